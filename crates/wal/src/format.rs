@@ -1,0 +1,324 @@
+//! The byte layout of segment files: the segment header and records.
+//! Pure functions, no I/O; docs/FORMAT.md is the normative description.
+//!
+//! Invariants:
+//! - An all-zero record header is never a valid record (LSNs start at 1 and
+//!   the checksum is seeded with the segment's salt), so zeroed, preallocated
+//!   space reads as "no record here".
+//! - A length field is checked against [`MAX_RECORD_LEN_LIMIT`], the caller's
+//!   maximum and the bytes actually available before anything is allocated or
+//!   read for it.
+//! - A record's checksum is seeded with its segment's random salt, so bytes
+//!   from another segment or an earlier life of a reused file never verify.
+
+/// Magic bytes at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
+/// Segment format version written by this code.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the segment header; the first record starts here.
+pub const SEGMENT_HEADER_LEN: usize = 48;
+/// Size of a record header.
+pub const RECORD_HEADER_LEN: usize = 24;
+/// Records start at multiples of this.
+pub const RECORD_ALIGN: usize = 8;
+/// No record payload may exceed this, whatever the options say (the length
+/// field is 32 bits and must leave room for the header and padding).
+pub const MAX_RECORD_LEN_LIMIT: u32 = u32::MAX - 64;
+
+/// The decoded header of a segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Identifies the log; every segment of one log carries the same id.
+    pub log_id: u64,
+    /// LSN of the first record in this segment.
+    pub first_lsn: u64,
+    /// Random per segment; seeds every record checksum in it.
+    pub salt: u64,
+}
+
+/// Why a segment header was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Fewer than [`SEGMENT_HEADER_LEN`] bytes.
+    Short,
+    /// All zeros: the file was created but its header never written.
+    Zeroed,
+    /// Not a keel segment.
+    BadMagic,
+    /// Written by a newer format.
+    UnsupportedVersion(u32),
+    /// The header's checksum does not match.
+    BadChecksum,
+}
+
+impl SegmentHeader {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        // 12..16: flags, zero in version 1.
+        b[16..24].copy_from_slice(&self.log_id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
+        b[32..40].copy_from_slice(&self.salt.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..40]);
+        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        // 44..48: zero padding so records start 8-aligned.
+        b
+    }
+
+    /// Parses and verifies a header.
+    pub fn decode(b: &[u8]) -> Result<SegmentHeader, HeaderError> {
+        if b.len() < SEGMENT_HEADER_LEN {
+            return Err(if b.iter().all(|&x| x == 0) {
+                HeaderError::Zeroed
+            } else {
+                HeaderError::Short
+            });
+        }
+        let b = &b[..SEGMENT_HEADER_LEN];
+        if b.iter().all(|&x| x == 0) {
+            return Err(HeaderError::Zeroed);
+        }
+        if b[0..8] != SEGMENT_MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        let crc = u32::from_le_bytes(b[40..44].try_into().expect("4 bytes"));
+        if crc != crc32c::crc32c(&b[0..40]) {
+            return Err(HeaderError::BadChecksum);
+        }
+        let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::UnsupportedVersion(version));
+        }
+        Ok(SegmentHeader {
+            log_id: le64(&b[16..24]),
+            first_lsn: le64(&b[24..32]),
+            salt: le64(&b[32..40]),
+        })
+    }
+}
+
+fn le64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.try_into().expect("8 bytes"))
+}
+
+/// Bytes a record with a payload of `len` bytes takes, padding included.
+pub fn record_size(len: usize) -> usize {
+    (RECORD_HEADER_LEN + len).next_multiple_of(RECORD_ALIGN)
+}
+
+fn record_crc(salt: u64, header_tail: &[u8], payload: &[u8]) -> u32 {
+    let seed = crc32c::crc32c(&salt.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c_append(seed, header_tail), payload)
+}
+
+/// Appends one record (header, payload, zero padding) to `out`.
+///
+/// `durable_lsn` is the writer's promise that every record with an LSN up to
+/// it had been made durable before this record was written; recovery uses it
+/// to tell damage to synced records from a torn, never-acknowledged tail.
+pub fn encode_record(out: &mut Vec<u8>, salt: u64, lsn: u64, durable_lsn: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&durable_lsn.to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = record_crc(salt, &out[start + 4..start + RECORD_HEADER_LEN], payload);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    out.resize(start + record_size(payload.len()), 0);
+}
+
+/// A record that passed every check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// The record's log sequence number.
+    pub lsn: u64,
+    /// Every record up to this LSN was durable when this one was written.
+    pub durable_lsn: u64,
+    /// The opaque payload.
+    pub payload: &'a [u8],
+    /// Bytes the record takes in the file, padding included.
+    pub size: usize,
+}
+
+/// What lies at a record position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A valid record.
+    Record(RecordView<'a>),
+    /// A header of zeros: no record was ever written here.
+    Zero,
+    /// The header or payload runs past the end of the bytes available.
+    Truncated,
+    /// The length field exceeds the maximum record size.
+    TooLong(u32),
+    /// The checksum does not match the contents.
+    BadChecksum,
+}
+
+/// Decodes the record at the start of `buf` (the rest of the segment),
+/// trusting nothing before it is checked.
+pub fn decode_record(buf: &[u8], salt: u64, max_len: u32) -> Decoded<'_> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return if buf.iter().all(|&b| b == 0) {
+            Decoded::Zero
+        } else {
+            Decoded::Truncated
+        };
+    }
+    let header = &buf[..RECORD_HEADER_LEN];
+    if header.iter().all(|&b| b == 0) {
+        return Decoded::Zero;
+    }
+    let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if len > max_len.min(MAX_RECORD_LEN_LIMIT) {
+        return Decoded::TooLong(len);
+    }
+    let size = record_size(len as usize);
+    if buf.len() < RECORD_HEADER_LEN + len as usize {
+        return Decoded::Truncated;
+    }
+    let payload = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len as usize];
+    let crc = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    if crc != record_crc(salt, &header[4..RECORD_HEADER_LEN], payload) {
+        return Decoded::BadChecksum;
+    }
+    let pad_end = size.min(buf.len());
+    if buf[RECORD_HEADER_LEN + len as usize..pad_end]
+        .iter()
+        .any(|&b| b != 0)
+    {
+        // Padding is always written as zeros; anything else is damage.
+        return Decoded::BadChecksum;
+    }
+    let lsn = le64(&header[8..16]);
+    if lsn == 0 {
+        // Never written by a writer: LSNs start at 1.
+        return Decoded::BadChecksum;
+    }
+    Decoded::Record(RecordView {
+        lsn,
+        durable_lsn: le64(&header[16..24]),
+        payload,
+        size: pad_end,
+    })
+}
+
+/// Reads a record header's length, LSN and durable LSN without verifying
+/// anything: a cheap filter before a checksum when scanning damaged bytes.
+pub fn peek_header(buf: &[u8]) -> Option<(u32, u64, u64)> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return None;
+    }
+    Some((
+        u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")),
+        le64(&buf[8..16]),
+        le64(&buf[16..24]),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_damage() {
+        let h = SegmentHeader {
+            log_id: 0x1122_3344_5566_7788,
+            first_lsn: 42,
+            salt: 0xDEAD_BEEF,
+        };
+        let b = h.encode();
+        assert_eq!(SegmentHeader::decode(&b), Ok(h));
+        assert_eq!(
+            SegmentHeader::decode(&[0u8; SEGMENT_HEADER_LEN]),
+            Err(HeaderError::Zeroed)
+        );
+        for i in 0..44 * 8 {
+            let mut d = b;
+            d[i / 8] ^= 1 << (i % 8);
+            assert!(SegmentHeader::decode(&d).is_err(), "bit {i} flip accepted");
+        }
+    }
+
+    #[test]
+    fn zeros_never_decode_as_a_record() {
+        for salt in [0u64, 1, u64::MAX] {
+            assert_eq!(decode_record(&[0u8; 64], salt, 1024), Decoded::Zero);
+            assert_eq!(decode_record(&[0u8; 5], salt, 1024), Decoded::Zero);
+        }
+    }
+
+    #[test]
+    fn length_is_checked_before_use() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 9, 1, 0, &[7u8; 100]);
+        assert_eq!(decode_record(&buf, 9, 99), Decoded::TooLong(100));
+        assert_eq!(decode_record(&buf[..100], 9, 1024), Decoded::Truncated);
+        // A huge length in a short buffer is rejected without allocating.
+        let mut bomb = buf.clone();
+        bomb[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode_record(&bomb, 9, u32::MAX),
+            Decoded::TooLong(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn a_record_from_another_segment_does_not_verify() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 1, 5, 4, b"payload");
+        assert_eq!(decode_record(&buf, 2, 1024), Decoded::BadChecksum);
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(
+            salt: u64,
+            records in proptest::collection::vec((1u64.., any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)), 1..20)
+        ) {
+            let mut buf = Vec::new();
+            for (lsn, durable, payload) in &records {
+                encode_record(&mut buf, salt, *lsn, *durable, payload);
+                prop_assert_eq!(buf.len() % RECORD_ALIGN, 0);
+            }
+            let mut off = 0;
+            for (lsn, durable, payload) in &records {
+                match decode_record(&buf[off..], salt, 1 << 20) {
+                    Decoded::Record(r) => {
+                        prop_assert_eq!(r.lsn, *lsn);
+                        prop_assert_eq!(r.durable_lsn, *durable);
+                        prop_assert_eq!(r.payload, &payload[..]);
+                        off += r.size;
+                    }
+                    other => prop_assert!(false, "decoded {:?}", other),
+                }
+            }
+            prop_assert_eq!(off, buf.len());
+        }
+
+        #[test]
+        fn every_bit_flip_is_detected(
+            salt: u64, lsn in 1u64.., payload in proptest::collection::vec(any::<u8>(), 0..64)
+        ) {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, salt, lsn, lsn - 1, &payload);
+            for bit in 0..buf.len() * 8 {
+                let mut d = buf.clone();
+                d[bit / 8] ^= 1 << (bit % 8);
+                let ok = matches!(decode_record(&d, salt, 1 << 20), Decoded::Record(_));
+                prop_assert!(!ok, "flip of bit {} accepted", bit);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(salt: u64, buf in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_record(&buf, salt, 1 << 20);
+            let _ = SegmentHeader::decode(&buf);
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Options of the log: sync policy, recovery mode, segment and record sizes.
+
+use crate::error::{Result, WalError};
+use std::time::Duration;
+
+/// When appended records are made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// Every append returns only after its record is fdatasynced. Concurrent
+    /// appenders share one write and one fdatasync (group commit). An
+    /// acknowledged record survives kill -9 and power loss.
+    #[default]
+    Always,
+    /// Appends return once written to the OS; a background thread fdatasyncs
+    /// every interval. An acknowledged record survives kill -9; power loss
+    /// may lose the records of the last interval.
+    Interval(Duration),
+    /// Appends return once written to the OS, which writes them back when it
+    /// likes. Survives kill -9, NOT power loss: not crash-safe.
+    Never,
+}
+
+/// What recovery does with damage it finds at open (named as in RocksDB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// A torn tail (damage at the end of the last segment that no later
+    /// record proves was ever synced) is cut and reported; any other damage
+    /// fails the open and changes nothing.
+    #[default]
+    TolerateCorruptedTail,
+    /// Any damage, a torn tail included, fails the open; nothing is cut.
+    AbsoluteConsistency,
+    /// Recovery stops at the first damage of any kind: the log keeps the
+    /// records before it, and the damaged bytes and every later segment are
+    /// moved aside (never deleted) and reported.
+    PointInTime,
+    /// Salvage: damaged records are skipped and every valid record found
+    /// after them is kept, leaving LSN gaps. Loud; for disaster recovery.
+    SkipAnyCorruptedRecords,
+}
+
+/// Options of a [`Wal`](crate::Wal).
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// When records are made durable. Default: [`SyncPolicy::Always`].
+    pub sync: SyncPolicy,
+    /// What to do with damage at open. Default: tolerate a torn tail.
+    pub recovery: RecoveryMode,
+    /// Size at which a segment is closed and the next begun. Default 64 MiB.
+    pub segment_size: u64,
+    /// Whether segments are preallocated to `segment_size` (by a background
+    /// thread for the next one). Default true.
+    pub preallocate: bool,
+    /// Largest payload accepted and read back. Default 128 MiB.
+    pub max_record_size: u32,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            sync: SyncPolicy::Always,
+            recovery: RecoveryMode::TolerateCorruptedTail,
+            segment_size: 64 << 20,
+            preallocate: true,
+            max_record_size: 128 << 20,
+        }
+    }
+}
+
+impl WalOptions {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.segment_size < 4096 {
+            return Err(WalError::InvalidOptions(format!(
+                "segment_size {} is below the minimum of 4096 bytes",
+                self.segment_size
+            )));
+        }
+        if self.max_record_size == 0 || self.max_record_size > crate::format::MAX_RECORD_LEN_LIMIT {
+            return Err(WalError::InvalidOptions(format!(
+                "max_record_size must be between 1 and {} bytes",
+                crate::format::MAX_RECORD_LEN_LIMIT
+            )));
+        }
+        if let SyncPolicy::Interval(d) = self.sync {
+            if d.is_zero() {
+                return Err(WalError::InvalidOptions(
+                    "SyncPolicy::Interval needs a non-zero interval (use Always to sync every write)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

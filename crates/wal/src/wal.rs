@@ -1,0 +1,860 @@
+//! [`Wal`]: the log's writer, with group commit, and its readers.
+//!
+//! Group commit (leader/followers, no sleeps): an appender encodes its record
+//! into the pending buffer under the state lock and takes the next LSN. If no
+//! flush is running it becomes the leader: it takes everything pending, writes
+//! it with one write per segment, fdatasyncs once, publishes the new
+//! "durable through" watermark and wakes the followers — then returns without
+//! waiting to be woken itself. Appenders that arrive during a flush wait; the
+//! first to see the flush end leads the next one, carrying all of them.
+//!
+//! Invariants:
+//! - An append under [`SyncPolicy::Always`] returns `Ok` only after an
+//!   fdatasync that covers its record returned `Ok`.
+//! - Records reach the files in LSN order, and every segment is fdatasynced
+//!   before the first record of the next one is written, so only the last
+//!   segment can ever hold unsynced bytes.
+//! - A failed write or sync stops the log for good (fail-stop): every waiter
+//!   gets the error and every later append is refused. A sync is never
+//!   retried, because after a failed fsync Linux may already have dropped the
+//!   data while reporting later syncs as successful.
+//! - Each record carries the durable watermark at the time it was encoded;
+//!   recovery relies on it (see [`crate::reader`]).
+
+use crate::error::Damage;
+use crate::error::{Result, StopCause, WalError};
+use crate::format::{self, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::options::{SyncPolicy, WalOptions};
+use crate::reader::{scan_records, ScanStop};
+use crate::recovery::{recover, RecoveryReport};
+use crate::rng::SplitMix64;
+use crate::segment::{read_whole, segment_file_name, Preparer};
+use crate::storage::{OpenMode, Storage, StorageFile};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Counters of a log's activity since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Records appended.
+    pub appends: u64,
+    /// Write calls that carried records to segment files.
+    pub writes: u64,
+    /// fdatasync calls on segment files made to cover records.
+    pub syncs: u64,
+    /// Bytes written to segment files (records and headers).
+    pub bytes_written: u64,
+    /// Segments begun since open.
+    pub rotations: u64,
+    /// Total time spent in those fdatasync calls, in nanoseconds.
+    pub sync_nanos: u64,
+    /// The longest of those fdatasync calls, in nanoseconds.
+    pub max_sync_nanos: u64,
+}
+
+#[derive(Default)]
+struct AtomicStats {
+    appends: AtomicU64,
+    writes: AtomicU64,
+    syncs: AtomicU64,
+    bytes_written: AtomicU64,
+    rotations: AtomicU64,
+    sync_nanos: AtomicU64,
+    max_sync_nanos: AtomicU64,
+}
+
+/// Encoded records waiting to be written, all bound for one segment.
+struct Batch {
+    /// Set when these records begin a new segment: (first LSN, salt).
+    new_segment: Option<(u64, u64)>,
+    bytes: Vec<u8>,
+}
+
+/// The segment being appended to. Touched only by the flushing thread.
+struct Tail {
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    /// Where the next record goes.
+    end: u64,
+    /// Whether bytes were written since the last successful sync.
+    unsynced: bool,
+}
+
+struct State {
+    next_lsn: u64,
+    pending: Vec<Batch>,
+    /// Salt and end offset of the segment the last pending batch targets.
+    plan_salt: u64,
+    plan_end: u64,
+    written_lsn: u64,
+    durable_lsn: u64,
+    flushing: bool,
+    flush_requested: bool,
+    tail: Option<Tail>,
+    stopped: Option<Arc<StopCause>>,
+    closed: bool,
+    wakers: Vec<(u64, Waker)>,
+    rng: SplitMix64,
+}
+
+struct Inner {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    opts: WalOptions,
+    log_id: u64,
+    state: Mutex<State>,
+    /// Followers wait here for the watermark to move.
+    done: Condvar,
+    /// The background flusher waits here for work.
+    work: Condvar,
+    /// Segment first LSNs and paths, oldest first.
+    segments: Mutex<Vec<(u64, PathBuf)>>,
+    preparer: Preparer,
+    stats: AtomicStats,
+}
+
+/// A write-ahead log in one directory. Share it between threads with `Arc`.
+pub struct Wal {
+    inner: Arc<Inner>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` and recovers it, without replay.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: WalOptions,
+    ) -> Result<(Wal, RecoveryReport)> {
+        Wal::open_with_replay(storage, dir, opts, u64::MAX, |_, _| {})
+    }
+
+    /// Opens (or creates) the log in `dir`, recovering it and calling
+    /// `replay(lsn, payload)` for every record with LSN >= `replay_from`, in
+    /// LSN order, in the same single read of the log.
+    pub fn open_with_replay(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: WalOptions,
+        replay_from: u64,
+        mut replay: impl FnMut(u64, &[u8]),
+    ) -> Result<(Wal, RecoveryReport)> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        storage
+            .create_dir_all(&dir)
+            .map_err(|e| WalError::io("creating the log directory", &dir, e))?;
+        let recovered = recover(&*storage, &dir, &opts, replay_from, false, &mut replay)?;
+        let mut rng = SplitMix64::from_entropy();
+        let log_id = recovered.log_id.unwrap_or_else(|| rng.next_u64());
+        let preparer = Preparer::start(
+            Arc::clone(&storage),
+            dir.clone(),
+            opts.segment_size,
+            opts.preallocate,
+        );
+        let next_lsn = recovered.next_lsn;
+        let segments: Vec<(u64, PathBuf)> = recovered
+            .segments
+            .iter()
+            .map(|s| (s.first_lsn, s.path.clone()))
+            .collect();
+        let (tail, plan_salt) = match recovered.segments.into_iter().last() {
+            Some(s) => (
+                Some(Tail {
+                    path: s.path,
+                    file: s.file,
+                    end: s.end,
+                    unsynced: false,
+                }),
+                s.salt,
+            ),
+            None => (None, 0),
+        };
+        let report = recovered.report;
+        let plan_end = tail.as_ref().map_or(0, |t| t.end);
+        let inner = Arc::new(Inner {
+            storage,
+            dir,
+            opts,
+            log_id,
+            state: Mutex::new(State {
+                next_lsn,
+                pending: Vec::new(),
+                plan_salt,
+                plan_end,
+                written_lsn: next_lsn - 1,
+                durable_lsn: next_lsn - 1,
+                flushing: false,
+                flush_requested: false,
+                tail,
+                stopped: None,
+                closed: false,
+                wakers: Vec::new(),
+                rng,
+            }),
+            done: Condvar::new(),
+            work: Condvar::new(),
+            segments: Mutex::new(segments),
+            preparer,
+            stats: AtomicStats::default(),
+        });
+        if inner.lock().tail.is_none() {
+            // A new log: its first segment exists (durably) before open returns.
+            let mut tail = None;
+            let salt = inner.lock().rng.next_u64();
+            inner.rotate(&mut tail, next_lsn, salt)?;
+            let mut st = inner.lock();
+            st.plan_salt = salt;
+            st.plan_end = SEGMENT_HEADER_LEN as u64;
+            st.tail = tail;
+        }
+        let flusher = {
+            let worker = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("keel-wal-flush".into())
+                .spawn(move || worker.flusher_loop())
+                .map_err(|e| WalError::io("starting the flush thread for", &inner.dir, e))?
+        };
+        if report.torn_tail.is_some() || report.set_aside.is_some() || !report.skipped.is_empty() {
+            tracing::warn!(%report, "write-ahead log recovered with damage");
+        } else {
+            tracing::info!(%report, "write-ahead log recovered");
+        }
+        Ok((
+            Wal {
+                inner,
+                flusher: Some(flusher),
+            },
+            report,
+        ))
+    }
+
+    /// Reads and checks the log in `dir` without changing anything, calling
+    /// `visit` for each record with LSN >= `from`. The report says what an
+    /// open would cut; damage an open would refuse is returned as an error.
+    pub fn read_dir(
+        storage: &dyn Storage,
+        dir: impl AsRef<Path>,
+        opts: &WalOptions,
+        from: u64,
+        mut visit: impl FnMut(u64, &[u8]),
+    ) -> Result<RecoveryReport> {
+        Ok(recover(storage, dir.as_ref(), opts, from, true, &mut visit)?.report)
+    }
+
+    /// Appends one record and returns its LSN once it is acknowledged under
+    /// the sync policy (for `Always`: fdatasynced).
+    ///
+    /// An `Err` means the outcome is unknown: the record may or may not be
+    /// found after a restart. It is never acknowledged.
+    pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        let inner = &*self.inner;
+        let mut st = inner.lock();
+        let lsn = inner.enqueue(&mut st, payload)?;
+        loop {
+            if inner.acked(&st, lsn) {
+                return Ok(lsn);
+            }
+            if let Some(cause) = &st.stopped {
+                return Err(inner.stopped_error(cause));
+            }
+            if !st.flushing {
+                st = inner.lead_flush(st);
+                continue;
+            }
+            st = inner.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Appends one record without blocking the calling thread: the record is
+    /// queued at once and the returned future resolves to its LSN when it is
+    /// acknowledged; the background flush thread does the I/O. For async
+    /// runtimes such as tokio.
+    pub fn append_async(&self, payload: &[u8]) -> AppendFuture {
+        let inner = &*self.inner;
+        let mut st = inner.lock();
+        let state = match inner.enqueue(&mut st, payload) {
+            Ok(lsn) => {
+                st.flush_requested = true;
+                inner.work.notify_one();
+                Ok(lsn)
+            }
+            Err(e) => Err(Some(e)),
+        };
+        AppendFuture {
+            inner: Arc::clone(&self.inner),
+            state,
+        }
+    }
+
+    /// Makes every record appended so far durable (whatever the policy).
+    pub fn sync(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let mut st = inner.lock();
+        let target = st.next_lsn - 1;
+        loop {
+            if let Some(cause) = &st.stopped {
+                return Err(inner.stopped_error(cause));
+            }
+            if st.durable_lsn >= target {
+                return Ok(());
+            }
+            if st.flushing {
+                st = inner.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            if st.written_lsn < target {
+                st = inner.lead_flush(st);
+                continue;
+            }
+            st = inner.sync_written(st);
+        }
+    }
+
+    /// Deletes every segment whose records all have LSNs below `lsn` (never
+    /// the segment being written). Crash-safe: oldest first, then the
+    /// directory is synced, so the log always starts at a segment boundary.
+    /// Returns how many segments were removed.
+    pub fn truncate_before(&self, lsn: u64) -> Result<usize> {
+        let inner = &*self.inner;
+        let mut segs = inner.segments.lock().unwrap_or_else(|p| p.into_inner());
+        let mut removed = 0;
+        while segs.len() > 1 && segs[1].0 <= lsn {
+            let (_, path) = segs.remove(0);
+            inner
+                .storage
+                .remove(&path)
+                .map_err(|e| WalError::io("removing an old segment", &path, e))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            // The removals are durable only once the directory is.
+            if let Err(e) = inner.storage.sync_dir(&inner.dir) {
+                let err = WalError::io("syncing the log directory", &inner.dir, e);
+                inner.stop(
+                    "syncing the log directory after removing segments",
+                    &inner.dir,
+                    &err,
+                );
+                return Err(err);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Calls `visit` for every acknowledged record with LSN >= `from`, in
+    /// order, reading the segment files. Appends may go on meanwhile.
+    pub fn read_from(&self, from: u64, mut visit: impl FnMut(u64, &[u8])) -> Result<()> {
+        let inner = &*self.inner;
+        let upto = {
+            let st = inner.lock();
+            match inner.opts.sync {
+                SyncPolicy::Always => st.durable_lsn,
+                _ => st.written_lsn,
+            }
+        };
+        let segs = inner
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (i, (first, path)) in segs.iter().enumerate() {
+            if segs.get(i + 1).is_some_and(|next| next.0 <= from) || *first > upto {
+                continue;
+            }
+            let file = inner
+                .storage
+                .open(path, OpenMode::Read)
+                .map_err(|e| WalError::io("opening a segment", path, e))?;
+            let data = read_whole(&*file, path)?;
+            let header = SegmentHeader::decode(&data).map_err(|e| {
+                WalError::Corrupt(Box::new(Damage {
+                    segment: path.clone(),
+                    offset: 0,
+                    lsn: *first,
+                    kind: crate::error::DamageKind::BadHeader(format!("{e:?}")),
+                }))
+            })?;
+            let mut done = false;
+            let scan = scan_records(
+                &data,
+                SEGMENT_HEADER_LEN,
+                header.first_lsn,
+                header.salt,
+                inner.opts.max_record_size,
+                &mut |l, p, _| {
+                    if l > upto {
+                        done = true;
+                    } else if l >= from && !done {
+                        visit(l, p);
+                    }
+                },
+            );
+            if let ScanStop::Damaged { offset, kind } = scan.stop {
+                if scan.next_lsn <= upto {
+                    return Err(WalError::Corrupt(Box::new(Damage {
+                        segment: path.clone(),
+                        offset,
+                        lsn: scan.next_lsn,
+                        kind,
+                    })));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next LSN an append will get.
+    pub fn next_lsn(&self) -> u64 {
+        self.inner.lock().next_lsn
+    }
+
+    /// Every record up to this LSN is durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.inner.lock().durable_lsn
+    }
+
+    /// The first LSN still held by the log's segments.
+    pub fn first_lsn(&self) -> u64 {
+        let segs = self
+            .inner
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        segs.first().map_or(1, |s| s.0)
+    }
+
+    /// Paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        let segs = self
+            .inner
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        segs.iter().map(|s| s.1.clone()).collect()
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &WalOptions {
+        &self.inner.opts
+    }
+
+    /// If the log has stopped after a failure, why.
+    pub fn stopped(&self) -> Option<WalError> {
+        let st = self.inner.lock();
+        st.stopped.as_ref().map(|c| self.inner.stopped_error(c))
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> WalStats {
+        let s = &self.inner.stats;
+        WalStats {
+            appends: s.appends.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+            syncs: s.syncs.load(Ordering::Relaxed),
+            bytes_written: s.bytes_written.load(Ordering::Relaxed),
+            rotations: s.rotations.load(Ordering::Relaxed),
+            sync_nanos: s.sync_nanos.load(Ordering::Relaxed),
+            max_sync_nanos: s.max_sync_nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Syncs what was appended and stops the background threads.
+    pub fn close(mut self) -> Result<()> {
+        let res = if self.inner.lock().stopped.is_none() {
+            self.sync()
+        } else {
+            Ok(())
+        };
+        self.shutdown();
+        res
+    }
+
+    fn shutdown(&mut self) {
+        {
+            let mut st = self.inner.lock();
+            st.closed = true;
+        }
+        self.inner.work.notify_all();
+        self.inner.done.notify_all();
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if self.flusher.is_some() {
+            // Best effort for Interval/Never: what was acknowledged as written
+            // should reach the disk on an orderly drop.
+            if self.inner.lock().stopped.is_none() {
+                let _ = self.sync();
+            }
+            self.shutdown();
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stopped_error(&self, cause: &Arc<StopCause>) -> WalError {
+        WalError::Stopped {
+            dir: self.dir.clone(),
+            cause: Arc::clone(cause),
+        }
+    }
+
+    fn acked(&self, st: &State, lsn: u64) -> bool {
+        match self.opts.sync {
+            SyncPolicy::Always => st.durable_lsn >= lsn,
+            SyncPolicy::Interval(_) | SyncPolicy::Never => st.written_lsn >= lsn,
+        }
+    }
+
+    /// Encodes a record into the pending batches and assigns its LSN.
+    fn enqueue(&self, st: &mut State, payload: &[u8]) -> Result<u64> {
+        if payload.len() > self.opts.max_record_size as usize {
+            return Err(WalError::RecordTooLarge {
+                len: payload.len(),
+                max: self.opts.max_record_size,
+            });
+        }
+        if let Some(cause) = &st.stopped {
+            return Err(self.stopped_error(cause));
+        }
+        if st.closed {
+            return Err(WalError::Closed);
+        }
+        let lsn = st.next_lsn;
+        let size = format::record_size(payload.len()) as u64;
+        let has_records = st.plan_end > SEGMENT_HEADER_LEN as u64;
+        if has_records && st.plan_end + size > self.opts.segment_size {
+            let salt = st.rng.next_u64();
+            st.pending.push(Batch {
+                new_segment: Some((lsn, salt)),
+                bytes: Vec::new(),
+            });
+            st.plan_salt = salt;
+            st.plan_end = SEGMENT_HEADER_LEN as u64;
+        } else if st.pending.is_empty() {
+            st.pending.push(Batch {
+                new_segment: None,
+                bytes: Vec::with_capacity(4096),
+            });
+        }
+        let salt = st.plan_salt;
+        let durable = st.durable_lsn;
+        let batch = st.pending.last_mut().expect("a batch was just ensured");
+        format::encode_record(&mut batch.bytes, salt, lsn, durable, payload);
+        st.plan_end += size;
+        st.next_lsn += 1;
+        self.stats.appends.fetch_add(1, Ordering::Relaxed);
+        Ok(lsn)
+    }
+
+    /// Writes (and under `Always`, syncs) everything pending, as the leader.
+    /// Called with the lock held and no flush running; returns with it held.
+    fn lead_flush<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.flushing = true;
+        st.flush_requested = false;
+        let batches = std::mem::take(&mut st.pending);
+        let last = st.next_lsn - 1;
+        let mut tail = st.tail.take();
+        drop(st);
+        let sync = self.opts.sync == SyncPolicy::Always;
+        let result = self.write_batches(&mut tail, batches, sync);
+        let mut st = self.lock();
+        st.tail = tail;
+        st.flushing = false;
+        match result {
+            Ok(()) => {
+                st.written_lsn = last;
+                if sync {
+                    st.durable_lsn = last;
+                }
+            }
+            Err(cause) => st.stopped = Some(cause),
+        }
+        self.publish(&mut st);
+        st
+    }
+
+    /// Syncs what is written but not yet durable (Interval, `Wal::sync`).
+    fn sync_written<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.flushing = true;
+        let target = st.written_lsn;
+        let mut tail = st.tail.take();
+        drop(st);
+        let result = match tail.as_mut() {
+            Some(t) if t.unsynced => self.sync_tail(t),
+            _ => Ok(()),
+        };
+        let mut st = self.lock();
+        st.tail = tail;
+        st.flushing = false;
+        match result {
+            Ok(()) => st.durable_lsn = st.durable_lsn.max(target),
+            Err(cause) => st.stopped = Some(cause),
+        }
+        self.publish(&mut st);
+        st
+    }
+
+    /// Wakes followers and async waiters after the watermarks moved.
+    fn publish(&self, st: &mut State) {
+        self.done.notify_all();
+        if !st.wakers.is_empty() {
+            let stopped = st.stopped.is_some();
+            let acked_to = match self.opts.sync {
+                SyncPolicy::Always => st.durable_lsn,
+                _ => st.written_lsn,
+            };
+            st.wakers.retain(|(lsn, waker)| {
+                let ready = stopped || *lsn <= acked_to;
+                if ready {
+                    waker.wake_by_ref();
+                }
+                !ready
+            });
+        }
+        if !st.pending.is_empty() && !st.wakers.is_empty() {
+            st.flush_requested = true;
+            self.work.notify_one();
+        }
+    }
+
+    fn stop(&self, op: &'static str, path: &Path, err: &WalError) {
+        let mut st = self.lock();
+        if st.stopped.is_none() {
+            st.stopped = Some(Arc::new(StopCause {
+                op,
+                path: path.to_path_buf(),
+                error: std::io::Error::other(err.to_string()),
+            }));
+        }
+        self.publish(&mut st);
+    }
+
+    fn write_batches(
+        &self,
+        tail: &mut Option<Tail>,
+        batches: Vec<Batch>,
+        sync: bool,
+    ) -> std::result::Result<(), Arc<StopCause>> {
+        let fail = |op, path: &Path, error| {
+            tracing::error!(op, path = %path.display(), %error, "write-ahead log stopped");
+            Arc::new(StopCause {
+                op,
+                path: path.to_path_buf(),
+                error,
+            })
+        };
+        for batch in batches {
+            if let Some((first_lsn, salt)) = batch.new_segment {
+                self.rotate(tail, first_lsn, salt).map_err(|e| match e {
+                    WalError::Io { op, path, source } => fail(op, &path, source),
+                    other => fail(
+                        "rotating segments",
+                        &self.dir,
+                        std::io::Error::other(other.to_string()),
+                    ),
+                })?;
+            }
+            if batch.bytes.is_empty() {
+                continue;
+            }
+            let t = tail.as_mut().expect("a tail segment exists after open");
+            t.file
+                .write_at(&batch.bytes, t.end)
+                .map_err(|e| fail("writing records", &t.path, e))?;
+            t.end += batch.bytes.len() as u64;
+            t.unsynced = true;
+            self.stats.writes.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_written
+                .fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
+        }
+        if sync {
+            if let Some(t) = tail.as_mut() {
+                if t.unsynced {
+                    self.sync_tail(t)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_tail(&self, t: &mut Tail) -> std::result::Result<(), Arc<StopCause>> {
+        let started = Instant::now();
+        // fdatasync: the records (and the file length, if it grew) must be on
+        // disk before any append they carry is acknowledged.
+        if let Err(error) = t.file.sync_data() {
+            tracing::error!(path = %t.path.display(), %error, "fdatasync failed; write-ahead log stopped");
+            return Err(Arc::new(StopCause {
+                op: "fdatasync",
+                path: t.path.clone(),
+                error,
+            }));
+        }
+        let nanos = started.elapsed().as_nanos() as u64;
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.stats
+            .max_sync_nanos
+            .fetch_max(nanos, Ordering::Relaxed);
+        if nanos > 1_000_000_000 {
+            tracing::warn!(ms = nanos / 1_000_000, "fdatasync took over a second");
+        }
+        t.unsynced = false;
+        Ok(())
+    }
+
+    /// Closes the current segment and begins the one starting at `first_lsn`.
+    fn rotate(&self, tail: &mut Option<Tail>, first_lsn: u64, salt: u64) -> Result<()> {
+        if let Some(t) = tail.as_mut() {
+            if t.unsynced {
+                // The old segment must be wholly durable before any record of
+                // the new one can be: only the last segment may hold a tear.
+                t.file
+                    .sync_data()
+                    .map_err(|e| WalError::io("fdatasync", &t.path, e))?;
+                t.unsynced = false;
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let prepared = self.preparer.take()?;
+        let header = SegmentHeader {
+            log_id: self.log_id,
+            first_lsn,
+            salt,
+        }
+        .encode();
+        prepared
+            .file
+            .write_at(&header, 0)
+            .map_err(|e| WalError::io("writing a segment header", &prepared.path, e))?;
+        // The header is durable before the file gets a segment's name, so a
+        // file named as a segment always has a valid header.
+        prepared
+            .file
+            .sync_data()
+            .map_err(|e| WalError::io("fdatasync", &prepared.path, e))?;
+        let path = self.dir.join(segment_file_name(first_lsn));
+        self.storage
+            .rename(&prepared.path, &path)
+            .map_err(|e| WalError::io("naming a new segment", &path, e))?;
+        // The new name must be durable before records in it are acknowledged.
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| WalError::io("syncing the log directory", &self.dir, e))?;
+        self.segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((first_lsn, path.clone()));
+        self.stats.rotations.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_written
+            .fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
+        *tail = Some(Tail {
+            path,
+            file: prepared.file,
+            end: SEGMENT_HEADER_LEN as u64,
+            unsynced: false,
+        });
+        Ok(())
+    }
+
+    /// The background thread: flushes for async appenders and syncs on the
+    /// interval of `SyncPolicy::Interval`.
+    fn flusher_loop(&self) {
+        let interval = match self.opts.sync {
+            SyncPolicy::Interval(d) => Some(d),
+            _ => None,
+        };
+        let mut next_sync = interval.map(|d| Instant::now() + d);
+        let mut st = self.lock();
+        loop {
+            if st.closed || st.stopped.is_some() {
+                self.publish(&mut st);
+                return;
+            }
+            let now = Instant::now();
+            let sync_due = next_sync.is_some_and(|t| now >= t);
+            if st.flush_requested && !st.pending.is_empty() {
+                if st.flushing {
+                    st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                } else {
+                    st = self.lead_flush(st);
+                }
+                continue;
+            }
+            st.flush_requested = false;
+            if sync_due {
+                if st.flushing {
+                    st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                if st.durable_lsn < st.written_lsn {
+                    st = self.sync_written(st);
+                }
+                next_sync = interval.map(|d| Instant::now() + d);
+                continue;
+            }
+            let wait = next_sync.map_or(Duration::from_secs(3600), |t| t - now);
+            st = self
+                .work
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The future returned by [`Wal::append_async`].
+pub struct AppendFuture {
+    inner: Arc<Inner>,
+    state: std::result::Result<u64, Option<WalError>>,
+}
+
+impl Future for AppendFuture {
+    type Output = Result<u64>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let lsn = match &mut this.state {
+            Ok(lsn) => *lsn,
+            Err(e) => return Poll::Ready(Err(e.take().unwrap_or(WalError::Closed))),
+        };
+        let inner = &*this.inner;
+        let mut st = inner.lock();
+        if inner.acked(&st, lsn) {
+            return Poll::Ready(Ok(lsn));
+        }
+        if let Some(cause) = &st.stopped {
+            return Poll::Ready(Err(inner.stopped_error(cause)));
+        }
+        if st.closed {
+            return Poll::Ready(Err(WalError::Closed));
+        }
+        st.wakers.push((lsn, cx.waker().clone()));
+        st.flush_requested = true;
+        inner.work.notify_one();
+        Poll::Pending
+    }
+}
