@@ -87,6 +87,10 @@ impl SegmentHeader {
         if crc != crc32c::crc32c(&b[0..40]) {
             return Err(HeaderError::BadChecksum);
         }
+        if b[44..48] != [0u8; 4] {
+            // Padding is written as zeros and not covered by the checksum.
+            return Err(HeaderError::BadChecksum);
+        }
         let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
         if version != FORMAT_VERSION {
             return Err(HeaderError::UnsupportedVersion(version));
@@ -238,7 +242,7 @@ mod tests {
             SegmentHeader::decode(&[0u8; SEGMENT_HEADER_LEN]),
             Err(HeaderError::Zeroed)
         );
-        for i in 0..44 * 8 {
+        for i in 0..SEGMENT_HEADER_LEN * 8 {
             let mut d = b;
             d[i / 8] ^= 1 << (i % 8);
             assert!(SegmentHeader::decode(&d).is_err(), "bit {i} flip accepted");
