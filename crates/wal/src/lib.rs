@@ -44,5 +44,7 @@ mod wal;
 pub use error::{Damage, DamageKind, Result, StopCause, WalError};
 pub use options::{RecoveryMode, SyncPolicy, WalOptions};
 pub use recovery::{RecoveryReport, SetAside, TornTail};
-pub use storage::{FsStorage, OpenMode, SimStorage, Storage, StorageFile};
+pub use storage::{
+    CrashMode, Fault, FaultKind, FaultOp, FsStorage, OpenMode, SimStorage, Storage, StorageFile,
+};
 pub use wal::{AppendFuture, Wal, WalStats};

@@ -606,6 +606,10 @@ impl SimFile {
     fn sync(&self) -> io::Result<()> {
         let mut st = self.lock();
         let fault = st.check(FaultOp::Sync)?;
+        if fault == Some(FaultKind::Crash) {
+            // The machine died: what is pending is for `crash()` to decide.
+            return Err(frozen_err());
+        }
         let node = st.inodes.get_mut(&self.inode).expect("open inode exists");
         if let Some(kind) = fault {
             // As Linux may: the dirty pages are marked clean and their data
