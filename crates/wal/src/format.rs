@@ -279,6 +279,29 @@ mod tests {
         assert_eq!(decode_record(&buf, 2, 1024), Decoded::BadChecksum);
     }
 
+    #[test]
+    fn worked_example_in_format_md_is_what_the_code_writes() {
+        let h = SegmentHeader {
+            log_id: 0x0123_4567_89AB_CDEF,
+            first_lsn: 1,
+            salt: 0x1122_3344_5566_7788,
+        };
+        let mut b = h.encode().to_vec();
+        encode_record(&mut b, h.salt, 1, 0, b"hello");
+        encode_record(&mut b, h.salt, 2, 1, b"keel!");
+        let hex: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+        let want = "4b 45 45 4c 57 41 4c 00 01 00 00 00 00 00 00 00 \
+                    ef cd ab 89 67 45 23 01 01 00 00 00 00 00 00 00 \
+                    88 77 66 55 44 33 22 11 dc 73 2a bd 00 00 00 00 \
+                    41 77 4d ac 05 00 00 00 01 00 00 00 00 00 00 00 \
+                    00 00 00 00 00 00 00 00 68 65 6c 6c 6f 00 00 00 \
+                    c7 77 a1 b3 05 00 00 00 02 00 00 00 00 00 00 00 \
+                    01 00 00 00 00 00 00 00 6b 65 65 6c 21 00 00 00";
+        let want: Vec<&str> = want.split_whitespace().collect();
+        assert_eq!(hex, want, "docs/FORMAT.md's worked example is out of date");
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    }
+
     proptest! {
         #[test]
         fn records_round_trip(
