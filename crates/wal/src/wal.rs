@@ -82,9 +82,18 @@ struct Tail {
     file: Arc<dyn StorageFile>,
     /// Where the next record goes.
     end: u64,
-    /// Whether bytes were written since the last successful sync.
-    unsynced: bool,
 }
+
+struct Parked {
+    lsn: u64,
+    durable: bool,
+    thread: std::thread::Thread,
+}
+
+/// Most rounds one syncing thread runs back to back before handing over.
+const MAX_SYNC_ROUNDS: usize = 8;
+/// Spare batch buffers kept for reuse.
+const SPARE_BUFFERS: usize = 4;
 
 struct State {
     next_lsn: u64,
@@ -94,9 +103,21 @@ struct State {
     plan_end: u64,
     written_lsn: u64,
     durable_lsn: u64,
-    flushing: bool,
+    /// A thread is writing pending batches (it has taken `tail`).
+    writing: bool,
+    /// A thread is fdatasyncing `sync_file`.
+    syncing: bool,
+    /// Threads parked until a watermark reaches an LSN: (LSN, whether it
+    /// must be durable, the thread). Publishing unparks exactly those whose
+    /// condition now holds, so no thread is woken only to sleep again.
+    parked: Vec<Parked>,
     flush_requested: bool,
     tail: Option<Tail>,
+    /// The segment that holds every written record not yet durable (records
+    /// in older segments were synced at rotation). Updated with
+    /// `written_lsn`, so a syncer reads a consistent pair.
+    sync_file: Option<(Arc<dyn StorageFile>, PathBuf)>,
+    spare: Vec<Vec<u8>>,
     stopped: Option<Arc<StopCause>>,
     closed: bool,
     wakers: Vec<(u64, Waker)>,
@@ -109,8 +130,6 @@ struct Inner {
     opts: WalOptions,
     log_id: u64,
     state: Mutex<State>,
-    /// Followers wait here for the watermark to move.
-    done: Condvar,
     /// The background flusher waits here for work.
     work: Condvar,
     /// Segment first LSNs and paths, oldest first.
@@ -171,7 +190,6 @@ impl Wal {
                     path: s.path,
                     file: s.file,
                     end: s.end,
-                    unsynced: false,
                 }),
                 s.salt,
             ),
@@ -191,15 +209,18 @@ impl Wal {
                 plan_end,
                 written_lsn: next_lsn - 1,
                 durable_lsn: next_lsn - 1,
-                flushing: false,
+                writing: false,
+                syncing: false,
+                parked: Vec::new(),
                 flush_requested: false,
+                sync_file: tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone())),
                 tail,
+                spare: Vec::new(),
                 stopped: None,
                 closed: false,
                 wakers: Vec::new(),
                 rng,
             }),
-            done: Condvar::new(),
             work: Condvar::new(),
             segments: Mutex::new(segments),
             preparer,
@@ -213,6 +234,7 @@ impl Wal {
             let mut st = inner.lock();
             st.plan_salt = salt;
             st.plan_end = SEGMENT_HEADER_LEN as u64;
+            st.sync_file = tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone()));
             st.tail = tail;
         }
         let flusher = {
@@ -258,19 +280,8 @@ impl Wal {
         let inner = &*self.inner;
         let mut st = inner.lock();
         let lsn = inner.enqueue(&mut st, payload)?;
-        loop {
-            if inner.acked(&st, lsn) {
-                return Ok(lsn);
-            }
-            if let Some(cause) = &st.stopped {
-                return Err(inner.stopped_error(cause));
-            }
-            if !st.flushing {
-                st = inner.lead_flush(st);
-                continue;
-            }
-            st = inner.done.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
+        let need_sync = inner.opts.sync == SyncPolicy::Always;
+        inner.drive(st, lsn, need_sync).map(|_| lsn)
     }
 
     /// Appends one record without blocking the calling thread: the record is
@@ -297,25 +308,9 @@ impl Wal {
     /// Makes every record appended so far durable (whatever the policy).
     pub fn sync(&self) -> Result<()> {
         let inner = &*self.inner;
-        let mut st = inner.lock();
+        let st = inner.lock();
         let target = st.next_lsn - 1;
-        loop {
-            if let Some(cause) = &st.stopped {
-                return Err(inner.stopped_error(cause));
-            }
-            if st.durable_lsn >= target {
-                return Ok(());
-            }
-            if st.flushing {
-                st = inner.done.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            if st.written_lsn < target {
-                st = inner.lead_flush(st);
-                continue;
-            }
-            st = inner.sync_written(st);
-        }
+        inner.drive(st, target, true).map(|_| ())
     }
 
     /// Deletes every segment whose records all have LSNs below `lsn` (never
@@ -486,9 +481,9 @@ impl Wal {
         {
             let mut st = self.inner.lock();
             st.closed = true;
+            self.inner.publish(&mut st);
         }
         self.inner.work.notify_all();
-        self.inner.done.notify_all();
         if let Some(t) = self.flusher.take() {
             let _ = t.join();
         }
@@ -553,9 +548,13 @@ impl Inner {
             st.plan_salt = salt;
             st.plan_end = SEGMENT_HEADER_LEN as u64;
         } else if st.pending.is_empty() {
+            let bytes = st
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(64 * 1024));
             st.pending.push(Batch {
                 new_segment: None,
-                bytes: Vec::with_capacity(4096),
+                bytes,
             });
         }
         let salt = st.plan_salt;
@@ -568,57 +567,146 @@ impl Inner {
         Ok(lsn)
     }
 
-    /// Writes (and under `Always`, syncs) everything pending, as the leader.
-    /// Called with the lock held and no flush running; returns with it held.
-    fn lead_flush<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        st.flushing = true;
+    /// Works until record `lsn` is acknowledged (written, or with `durable`
+    /// fdatasynced): writes what is pending if nobody is writing, syncs what
+    /// is written if nobody is syncing, and otherwise waits. Writing and
+    /// syncing are separate roles, so records are written while an fdatasync
+    /// runs and the next fdatasync covers all of them.
+    fn drive<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        lsn: u64,
+        durable: bool,
+    ) -> Result<MutexGuard<'a, State>> {
+        loop {
+            let done = if durable {
+                st.durable_lsn >= lsn
+            } else {
+                st.written_lsn >= lsn
+            };
+            if done {
+                return Ok(st);
+            }
+            if let Some(cause) = &st.stopped {
+                return Err(self.stopped_error(cause));
+            }
+            if !st.writing && !st.pending.is_empty() {
+                st = self.write_pending(st);
+                continue;
+            }
+            if durable && !st.syncing && st.written_lsn > st.durable_lsn && st.written_lsn >= lsn {
+                st = self.sync_rounds(st);
+                continue;
+            }
+            if st.closed && st.pending.is_empty() && !st.writing && !st.syncing {
+                return Err(WalError::Closed);
+            }
+            let me = std::thread::current();
+            let id = me.id();
+            st.parked.push(Parked {
+                lsn,
+                durable,
+                thread: me,
+            });
+            drop(st);
+            std::thread::park();
+            st = self.lock();
+            // Woken or not (park may return spuriously), leave the list; the
+            // loop re-checks and parks again if needed.
+            st.parked.retain(|p| p.thread.id() != id);
+        }
+    }
+
+    /// Writes everything pending, and whatever arrives meanwhile, as the
+    /// writer. Called with the lock held and no writer; returns with it held.
+    fn write_pending<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.writing = true;
         st.flush_requested = false;
-        let batches = std::mem::take(&mut st.pending);
-        let last = st.next_lsn - 1;
-        let mut tail = st.tail.take();
-        drop(st);
-        let sync = self.opts.sync == SyncPolicy::Always;
-        let result = self.write_batches(&mut tail, batches, sync);
-        let mut st = self.lock();
-        st.tail = tail;
-        st.flushing = false;
-        match result {
-            Ok(()) => {
-                st.written_lsn = last;
-                if sync {
-                    st.durable_lsn = last;
+        while !st.pending.is_empty() && st.stopped.is_none() {
+            let batches = std::mem::take(&mut st.pending);
+            let last = st.next_lsn - 1;
+            let mut tail = st.tail.take();
+            drop(st);
+            let result = self.write_batches(&mut tail, batches);
+            st = self.lock();
+            match result {
+                Ok(mut buffers) => {
+                    st.written_lsn = last;
+                    st.sync_file = tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone()));
+                    while st.spare.len() < SPARE_BUFFERS {
+                        match buffers.pop() {
+                            Some(b) => st.spare.push(b),
+                            None => break,
+                        }
+                    }
+                }
+                Err(cause) => st.stopped = Some(cause),
+            }
+            st.tail = tail;
+        }
+        st.writing = false;
+        self.publish(&mut st);
+        st
+    }
+
+    /// fdatasyncs what is written, as the syncer; when more was written
+    /// during a sync, syncs again without handing over (up to
+    /// [`MAX_SYNC_ROUNDS`]), so no thread has to be woken to carry on.
+    fn sync_rounds<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.syncing = true;
+        for _ in 0..MAX_SYNC_ROUNDS {
+            let target = st.written_lsn;
+            let Some((file, path)) = st.sync_file.clone() else {
+                break;
+            };
+            drop(st);
+            let result = self.sync_file(&*file, &path);
+            st = self.lock();
+            match result {
+                Ok(()) => st.durable_lsn = st.durable_lsn.max(target),
+                Err(cause) => {
+                    st.stopped = Some(cause);
+                    break;
                 }
             }
-            Err(cause) => st.stopped = Some(cause),
+            self.publish(&mut st);
+            if st.written_lsn <= st.durable_lsn {
+                break;
+            }
         }
+        st.syncing = false;
+        // Whoever waits for the rest must learn that nobody is syncing now.
         self.publish(&mut st);
         st
     }
 
-    /// Syncs what is written but not yet durable (Interval, `Wal::sync`).
-    fn sync_written<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        st.flushing = true;
-        let target = st.written_lsn;
-        let mut tail = st.tail.take();
-        drop(st);
-        let result = match tail.as_mut() {
-            Some(t) if t.unsynced => self.sync_tail(t),
-            _ => Ok(()),
-        };
-        let mut st = self.lock();
-        st.tail = tail;
-        st.flushing = false;
-        match result {
-            Ok(()) => st.durable_lsn = st.durable_lsn.max(target),
-            Err(cause) => st.stopped = Some(cause),
-        }
-        self.publish(&mut st);
-        st
-    }
-
-    /// Wakes followers and async waiters after the watermarks moved.
+    /// Wakes the parked threads and async appenders whose records are now
+    /// acknowledged, and one more to take over syncing if records are
+    /// written but nobody is syncing them.
     fn publish(&self, st: &mut State) {
-        self.done.notify_all();
+        if !st.parked.is_empty() {
+            let all = st.stopped.is_some() || st.closed;
+            let (written, durable) = (st.written_lsn, st.durable_lsn);
+            st.parked.retain(|p| {
+                let ready = all
+                    || if p.durable {
+                        durable >= p.lsn
+                    } else {
+                        written >= p.lsn
+                    };
+                if ready {
+                    p.thread.unpark();
+                }
+                !ready
+            });
+            let needs_syncer = !st.syncing && written > durable;
+            let needs_writer = !st.writing && !st.pending.is_empty();
+            if needs_syncer || needs_writer {
+                if let Some(p) = st.parked.iter().find(|p| p.durable || needs_writer) {
+                    p.thread.unpark();
+                }
+            }
+        }
         if !st.wakers.is_empty() {
             let stopped = st.stopped.is_some();
             let acked_to = match self.opts.sync {
@@ -632,10 +720,10 @@ impl Inner {
                 }
                 !ready
             });
-        }
-        if !st.pending.is_empty() && !st.wakers.is_empty() {
-            st.flush_requested = true;
-            self.work.notify_one();
+            if !st.wakers.is_empty() {
+                st.flush_requested = true;
+                self.work.notify_one();
+            }
         }
     }
 
@@ -655,8 +743,7 @@ impl Inner {
         &self,
         tail: &mut Option<Tail>,
         batches: Vec<Batch>,
-        sync: bool,
-    ) -> std::result::Result<(), Arc<StopCause>> {
+    ) -> std::result::Result<Vec<Vec<u8>>, Arc<StopCause>> {
         let fail = |op, path: &Path, error| {
             tracing::error!(op, path = %path.display(), %error, "write-ahead log stopped");
             Arc::new(StopCause {
@@ -665,7 +752,8 @@ impl Inner {
                 error,
             })
         };
-        for batch in batches {
+        let mut buffers = Vec::with_capacity(batches.len());
+        for mut batch in batches {
             if let Some((first_lsn, salt)) = batch.new_segment {
                 self.rotate(tail, first_lsn, salt).map_err(|e| match e {
                     WalError::Io { op, path, source } => fail(op, &path, source),
@@ -676,39 +764,37 @@ impl Inner {
                     ),
                 })?;
             }
-            if batch.bytes.is_empty() {
-                continue;
+            if !batch.bytes.is_empty() {
+                let t = tail.as_mut().expect("a tail segment exists after open");
+                t.file
+                    .write_at(&batch.bytes, t.end)
+                    .map_err(|e| fail("writing records", &t.path, e))?;
+                t.end += batch.bytes.len() as u64;
+                self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes_written
+                    .fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
             }
-            let t = tail.as_mut().expect("a tail segment exists after open");
-            t.file
-                .write_at(&batch.bytes, t.end)
-                .map_err(|e| fail("writing records", &t.path, e))?;
-            t.end += batch.bytes.len() as u64;
-            t.unsynced = true;
-            self.stats.writes.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .bytes_written
-                .fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
+            batch.bytes.clear();
+            buffers.push(batch.bytes);
         }
-        if sync {
-            if let Some(t) = tail.as_mut() {
-                if t.unsynced {
-                    self.sync_tail(t)?;
-                }
-            }
-        }
-        Ok(())
+        Ok(buffers)
     }
 
-    fn sync_tail(&self, t: &mut Tail) -> std::result::Result<(), Arc<StopCause>> {
+    fn sync_file(
+        &self,
+        file: &dyn StorageFile,
+        path: &Path,
+    ) -> std::result::Result<(), Arc<StopCause>> {
         let started = Instant::now();
         // fdatasync: the records (and the file length, if it grew) must be on
-        // disk before any append they carry is acknowledged.
-        if let Err(error) = t.file.sync_data() {
-            tracing::error!(path = %t.path.display(), %error, "fdatasync failed; write-ahead log stopped");
+        // disk before any append they carry is acknowledged. Never retried:
+        // a failure stops the log.
+        if let Err(error) = file.sync_data() {
+            tracing::error!(path = %path.display(), %error, "fdatasync failed; write-ahead log stopped");
             return Err(Arc::new(StopCause {
                 op: "fdatasync",
-                path: t.path.clone(),
+                path: path.to_path_buf(),
                 error,
             }));
         }
@@ -721,22 +807,18 @@ impl Inner {
         if nanos > 1_000_000_000 {
             tracing::warn!(ms = nanos / 1_000_000, "fdatasync took over a second");
         }
-        t.unsynced = false;
         Ok(())
     }
 
     /// Closes the current segment and begins the one starting at `first_lsn`.
     fn rotate(&self, tail: &mut Option<Tail>, first_lsn: u64, salt: u64) -> Result<()> {
-        if let Some(t) = tail.as_mut() {
-            if t.unsynced {
-                // The old segment must be wholly durable before any record of
-                // the new one can be: only the last segment may hold a tear.
-                t.file
-                    .sync_data()
-                    .map_err(|e| WalError::io("fdatasync", &t.path, e))?;
-                t.unsynced = false;
-                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(t) = tail.as_ref() {
+            // The old segment must be wholly durable before any record of the
+            // new one can be: only the last segment may hold a tear.
+            t.file
+                .sync_data()
+                .map_err(|e| WalError::io("fdatasync", &t.path, e))?;
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
         let prepared = self.preparer.take()?;
         let header = SegmentHeader {
@@ -775,18 +857,18 @@ impl Inner {
             path,
             file: prepared.file,
             end: SEGMENT_HEADER_LEN as u64,
-            unsynced: false,
         });
         Ok(())
     }
 
-    /// The background thread: flushes for async appenders and syncs on the
-    /// interval of `SyncPolicy::Interval`.
+    /// The background thread: writes (and under `Always` syncs) for async
+    /// appenders, and syncs on the interval of `SyncPolicy::Interval`.
     fn flusher_loop(&self) {
         let interval = match self.opts.sync {
             SyncPolicy::Interval(d) => Some(d),
             _ => None,
         };
+        let durable = self.opts.sync == SyncPolicy::Always;
         let mut next_sync = interval.map(|d| Instant::now() + d);
         let mut st = self.lock();
         loop {
@@ -794,29 +876,30 @@ impl Inner {
                 self.publish(&mut st);
                 return;
             }
-            let now = Instant::now();
-            let sync_due = next_sync.is_some_and(|t| now >= t);
-            if st.flush_requested && !st.pending.is_empty() {
-                if st.flushing {
-                    st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
-                } else {
-                    st = self.lead_flush(st);
-                }
+            if st.flush_requested && !st.pending.is_empty() || !st.wakers.is_empty() {
+                st.flush_requested = false;
+                let target = st.next_lsn - 1;
+                st = match self.drive(st, target, durable) {
+                    Ok(st) => st,
+                    Err(_) => self.lock(),
+                };
                 continue;
             }
             st.flush_requested = false;
-            if sync_due {
-                if st.flushing {
-                    st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
-                    continue;
-                }
-                if st.durable_lsn < st.written_lsn {
-                    st = self.sync_written(st);
+            if next_sync.is_some_and(|t| Instant::now() >= t) {
+                let target = st.written_lsn;
+                if st.durable_lsn < target {
+                    st = match self.drive(st, target, true) {
+                        Ok(st) => st,
+                        Err(_) => self.lock(),
+                    };
                 }
                 next_sync = interval.map(|d| Instant::now() + d);
                 continue;
             }
-            let wait = next_sync.map_or(Duration::from_secs(3600), |t| t - now);
+            let wait = next_sync.map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
             st = self
                 .work
                 .wait_timeout(st, wait)
