@@ -132,12 +132,13 @@ pub(crate) struct Recovered {
 }
 
 enum Fix {
-    /// Truncate a segment at `at`, zero-fill back to its length; optionally
-    /// save bytes `at..data_end` to a side file first.
+    /// Truncate a segment at `at`, zero-fill back to `old_len`; first save
+    /// `saved` (the cut bytes) to a side file, if given.
     Cut {
         seg: usize,
         at: u64,
-        save_until: Option<u64>,
+        old_len: u64,
+        saved: Option<Vec<u8>>,
     },
     /// Rename a segment to `<name>.dropped`.
     SetAside(PathBuf),
@@ -176,7 +177,9 @@ pub(crate) fn recover(
         duration: Duration::ZERO,
     };
     let mut kept: Vec<KeptSegment> = Vec::new();
-    let mut datas: Vec<Vec<u8>> = Vec::new();
+    // One buffer for every segment: no fresh 64 MiB allocation (and its page
+    // faults) per segment.
+    let mut data: Vec<u8> = Vec::new();
     let mut fixes: Vec<Fix> = Vec::new();
     let mut log_id: Option<u64> = None;
     let mut next_lsn: Option<u64> = None;
@@ -197,7 +200,7 @@ pub(crate) fn recover(
             file.sync_data()
                 .map_err(|e| WalError::io("syncing the last segment at open", path, e))?;
         }
-        let data = read_whole(&*file, path)?;
+        read_whole(&*file, path, &mut data)?;
         report.bytes_read += data.len() as u64;
         let expected = next_lsn.unwrap_or(*name_lsn);
         let at_header = |kind| Damage {
@@ -301,7 +304,8 @@ pub(crate) fn recover(
                 fixes.push(Fix::Cut {
                     seg: seg_index,
                     at,
-                    save_until: None,
+                    old_len: data.len() as u64,
+                    saved: None,
                 });
                 break at;
             }
@@ -320,7 +324,8 @@ pub(crate) fn recover(
                     fixes.push(Fix::Cut {
                         seg: seg_index,
                         at,
-                        save_until: Some(ev.data_end),
+                        old_len: data.len() as u64,
+                        saved: Some(data[at as usize..ev.data_end as usize].to_vec()),
                     });
                     for (_, p) in &segs[i + 1..] {
                         fixes.push(Fix::SetAside(p.clone()));
@@ -337,7 +342,6 @@ pub(crate) fn recover(
                         end: at,
                         file,
                     });
-                    datas.push(data);
                     next_lsn = Some(lsn);
                     break 'segments;
                 }
@@ -361,14 +365,13 @@ pub(crate) fn recover(
             end,
             file,
         });
-        datas.push(data);
         next_lsn = Some(lsn);
     }
 
     let next_lsn = next_lsn.unwrap_or(report.first_lsn);
     report.last_lsn = next_lsn - 1;
     if !read_only {
-        apply_fixes(storage, dir, opts, &fixes, &kept, &datas)?;
+        apply_fixes(storage, dir, opts, &fixes, &kept)?;
         for p in &prepared {
             storage
                 .remove(p)
@@ -409,31 +412,31 @@ fn apply_fixes(
     opts: &WalOptions,
     fixes: &[Fix],
     kept: &[KeptSegment],
-    datas: &[Vec<u8>],
 ) -> Result<()> {
     for fix in fixes {
         match fix {
             Fix::Cut {
                 seg,
                 at,
-                save_until,
+                old_len,
+                saved,
             } => {
                 let s = &kept[*seg];
-                if let Some(until) = save_until {
+                if let Some(bytes) = saved {
                     // Never destroy what we cut in point-in-time mode: save it
                     // durably before truncating.
                     let side = cut_name(&s.path, *at);
                     let f = storage
                         .open(&side, OpenMode::CreateNew)
                         .map_err(|e| WalError::io("saving cut bytes to", &side, e))?;
-                    f.write_at(&datas[*seg][*at as usize..*until as usize], 0)
+                    f.write_at(bytes, 0)
                         .and_then(|()| f.sync_data())
                         .map_err(|e| WalError::io("saving cut bytes to", &side, e))?;
                     storage
                         .sync_dir(dir)
                         .map_err(|e| WalError::io("syncing the log directory", dir, e))?;
                 }
-                let old_len = datas[*seg].len() as u64;
+                let old_len = *old_len;
                 let f = &s.file;
                 f.set_len(*at)
                     .map_err(|e| WalError::io("cutting a damaged tail of", &s.path, e))?;

@@ -61,15 +61,15 @@ pub(crate) fn list_segments(
     Ok((segments, prepared))
 }
 
-/// Reads a whole file into memory.
-pub(crate) fn read_whole(file: &dyn StorageFile, path: &Path) -> Result<Vec<u8>> {
+/// Reads a whole file into `buf` (reusing its allocation).
+pub(crate) fn read_whole(file: &dyn StorageFile, path: &Path, buf: &mut Vec<u8>) -> Result<()> {
     let len = file
         .len()
         .map_err(|e| WalError::io("reading the length of", path, e))?;
-    let mut data = vec![0u8; len as usize];
-    file.read_exact_at(&mut data, 0)
-        .map_err(|e| WalError::io("reading", path, e))?;
-    Ok(data)
+    buf.clear();
+    buf.resize(len as usize, 0);
+    file.read_exact_at(buf, 0)
+        .map_err(|e| WalError::io("reading", path, e))
 }
 
 /// A created, allocated, durable file waiting to become the next segment.

@@ -368,7 +368,8 @@ impl Wal {
                 .storage
                 .open(path, OpenMode::Read)
                 .map_err(|e| WalError::io("opening a segment", path, e))?;
-            let data = read_whole(&*file, path)?;
+            let mut data = Vec::new();
+            read_whole(&*file, path, &mut data)?;
             let header = SegmentHeader::decode(&data).map_err(|e| {
                 WalError::Corrupt(Box::new(Damage {
                     segment: path.clone(),
