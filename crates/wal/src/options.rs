@@ -53,6 +53,10 @@ pub struct WalOptions {
     pub preallocate: bool,
     /// Largest payload accepted and read back. Default 128 MiB.
     pub max_record_size: u32,
+    /// LSN of the first record when the directory holds no segment yet.
+    /// Default 1. A store that keeps a checkpoint at LSN N and must start a
+    /// new log sets N + 1, so LSNs never go back.
+    pub start_lsn: u64,
 }
 
 impl Default for WalOptions {
@@ -63,6 +67,7 @@ impl Default for WalOptions {
             segment_size: 64 << 20,
             preallocate: true,
             max_record_size: 128 << 20,
+            start_lsn: 1,
         }
     }
 }
@@ -80,6 +85,11 @@ impl WalOptions {
                 "max_record_size must be between 1 and {} bytes",
                 crate::format::MAX_RECORD_LEN_LIMIT
             )));
+        }
+        if self.start_lsn == 0 {
+            return Err(WalError::InvalidOptions(
+                "start_lsn must be at least 1 (LSN 0 is never a record)".into(),
+            ));
         }
         if let SyncPolicy::Interval(d) = self.sync {
             if d.is_zero() {

@@ -165,7 +165,7 @@ pub(crate) fn recover(
     let mut report = RecoveryReport {
         mode,
         segments: segs.len(),
-        first_lsn: segs.first().map_or(1, |s| s.0),
+        first_lsn: segs.first().map_or(opts.start_lsn, |s| s.0),
         last_lsn: 0,
         records_read: 0,
         records_replayed: 0,

@@ -277,9 +277,19 @@ impl Wal {
     /// An `Err` means the outcome is unknown: the record may or may not be
     /// found after a restart. It is never acknowledged.
     pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        self.append_with(payload, |_| {})
+    }
+
+    /// Like [`append`](Self::append), and calls `on_lsn(lsn)` when the LSN
+    /// is assigned, under the log's lock — so callers can queue work in LSN
+    /// order (the engine applies operations to memory that way). `on_lsn`
+    /// must be quick and must not call into this log. It is not called when
+    /// the record is refused before it gets an LSN.
+    pub fn append_with(&self, payload: &[u8], on_lsn: impl FnOnce(u64)) -> Result<u64> {
         let inner = &*self.inner;
         let mut st = inner.lock();
         let lsn = inner.enqueue(&mut st, payload)?;
+        on_lsn(lsn);
         let need_sync = inner.opts.sync == SyncPolicy::Always;
         inner.drive(st, lsn, need_sync).map(|_| lsn)
     }
@@ -289,10 +299,17 @@ impl Wal {
     /// acknowledged; the background flush thread does the I/O. For async
     /// runtimes such as tokio.
     pub fn append_async(&self, payload: &[u8]) -> AppendFuture {
+        self.append_async_with(payload, |_| {})
+    }
+
+    /// [`append_async`](Self::append_async) with the `on_lsn` hook of
+    /// [`append_with`](Self::append_with).
+    pub fn append_async_with(&self, payload: &[u8], on_lsn: impl FnOnce(u64)) -> AppendFuture {
         let inner = &*self.inner;
         let mut st = inner.lock();
         let state = match inner.enqueue(&mut st, payload) {
             Ok(lsn) => {
+                on_lsn(lsn);
                 st.flush_requested = true;
                 inner.work.notify_one();
                 Ok(lsn)

@@ -6,9 +6,10 @@
 //! reserved and the file length covers it: appends into it then need no
 //! metadata update at fdatasync.
 
-use super::{OpenMode, Storage, StorageFile};
+use super::{LockGuard, OpenMode, Storage, StorageFile};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -71,6 +72,30 @@ impl Storage for FsStorage {
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()
+    }
+
+    fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => {
+                // Diagnostics only: who holds it. Not synced; the lock itself
+                // lives in the kernel and dies with the process.
+                file.set_len(0)?;
+                file.write_all(holder.as_bytes())?;
+                Ok(LockGuard::new(Box::new(file)))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut current = String::new();
+                let _ = file.read_to_string(&mut current);
+                Err(io::Error::new(io::ErrorKind::WouldBlock, current))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 }
 

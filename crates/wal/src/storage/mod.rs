@@ -51,6 +51,29 @@ pub trait Storage: Send + Sync + 'static {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether a file exists.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Takes an exclusive advisory lock on `path` (creating the file if it
+    /// is missing) for as long as the returned guard lives, and records
+    /// `holder` in it. Fails with `ErrorKind::WouldBlock` if another holder
+    /// has it; the error message then carries what that holder recorded.
+    fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard>;
+}
+
+/// Holds a lock taken by [`Storage::lock_exclusive`]; dropping it unlocks.
+pub struct LockGuard {
+    _inner: Box<dyn Send + Sync>,
+}
+
+impl LockGuard {
+    /// Wraps whatever keeps the lock held until it is dropped.
+    pub fn new(inner: Box<dyn Send + Sync>) -> Self {
+        LockGuard { _inner: inner }
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockGuard")
+    }
 }
 
 /// An open file. All offsets are absolute; there is no cursor, so one handle

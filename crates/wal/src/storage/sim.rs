@@ -26,7 +26,7 @@
 //! All randomness comes from one seeded [`SplitMix64`]: a single-threaded run
 //! replays exactly from its seed.
 
-use super::{OpenMode, Storage, StorageFile};
+use super::{LockGuard, OpenMode, Storage, StorageFile};
 use crate::rng::SplitMix64;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -171,6 +171,9 @@ struct State {
     capacity: Option<u64>,
     ops: u64,
     syncs: u64,
+    /// Held locks and what their holders recorded (not durable: locks die
+    /// with the machine).
+    locks: HashMap<PathBuf, String>,
 }
 
 /// Deterministic simulated storage; clones share the same state.
@@ -324,6 +327,7 @@ impl SimStorage {
                 capacity: None,
                 ops: 0,
                 syncs: 0,
+                locks: HashMap::new(),
             })),
         }
     }
@@ -414,6 +418,7 @@ impl SimStorage {
                 capacity: st.capacity,
                 ops: 0,
                 syncs: 0,
+                locks: HashMap::new(),
             })),
         }
     }
@@ -558,6 +563,33 @@ impl Storage for SimStorage {
             return Err(frozen_err());
         }
         Ok(st.names.contains_key(path) || st.dirs.contains(path))
+    }
+
+    fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
+        let mut st = self.lock();
+        if st.frozen {
+            return Err(frozen_err());
+        }
+        if let Some(current) = st.locks.get(path) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, current.clone()));
+        }
+        st.locks.insert(path.to_path_buf(), holder.to_string());
+        Ok(LockGuard::new(Box::new(SimLock {
+            state: Arc::clone(&self.state),
+            path: path.to_path_buf(),
+        })))
+    }
+}
+
+struct SimLock {
+    state: Arc<Mutex<State>>,
+    path: PathBuf,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.locks.remove(&self.path);
     }
 }
 

@@ -1,0 +1,795 @@
+//! [`Db`]: the durable key-value store.
+//!
+//! Write path: validate -> encode the operation -> append to the log (which
+//! returns once the record is durable under the sync policy) -> apply to the
+//! in-memory tree -> return. Operations are queued in LSN order at the moment
+//! the log assigns their LSN (`Wal::append_with`), and a writer whose record
+//! is durable applies every queued operation up to its own LSN. So the tree
+//! always equals the log replayed up to `applied_lsn`, a reader never sees a
+//! write that is not yet acknowledged-durable, and no writer waits on another.
+//!
+//! Checkpoints snapshot the tree in O(1) (a persistent map) and serialise it
+//! on a background thread while writes go on. After checkpoint N is durable,
+//! the checkpoint before it (P) and the log after P are kept, so a damaged
+//! newest checkpoint is survivable; everything older is deleted.
+//!
+//! Directory layout: `LOCK`, `checkpoint-<LSN>.ckpt`, `wal/<LSN>.wal`.
+
+use crate::checkpoint::{self, Bytes, Tree};
+use crate::error::{Error, Result};
+use crate::op::{BatchOp, Op};
+use crate::options::Options;
+use keel_wal::{LockGuard, Storage, Wal, WalStats};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A checkpoint recovery started from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointUsed {
+    /// Its file.
+    pub path: PathBuf,
+    /// Its LSN.
+    pub lsn: u64,
+    /// Entries it held.
+    pub entries: u64,
+}
+
+/// What [`Db::open`] found and did.
+#[derive(Clone, Debug)]
+pub struct RecoveryReport {
+    /// The checkpoint loaded, if any.
+    pub checkpoint: Option<CheckpointUsed>,
+    /// Newer checkpoints that were damaged and passed over (path, why).
+    pub damaged_checkpoints: Vec<(PathBuf, String)>,
+    /// Interrupted checkpoint temp files removed.
+    pub checkpoint_temps_removed: usize,
+    /// What the log's recovery found and did (torn tail cut, ...).
+    pub wal: keel_wal::RecoveryReport,
+    /// Log records applied on top of the checkpoint.
+    pub records_replayed: u64,
+    /// Keys after recovery.
+    pub keys: usize,
+    /// The LSN the state is at.
+    pub lsn: u64,
+    /// Total time.
+    pub duration: Duration,
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.checkpoint {
+            Some(c) => write!(f, "checkpoint at LSN {} ({} keys)", c.lsn, c.entries)?,
+            None => write!(f, "no checkpoint")?,
+        }
+        write!(
+            f,
+            " + {} log records replayed -> {} keys at LSN {} in {:.1?}",
+            self.records_replayed, self.keys, self.lsn, self.duration
+        )?;
+        for (p, why) in &self.damaged_checkpoints {
+            write!(
+                f,
+                "; DAMAGED checkpoint {} passed over ({why})",
+                p.display()
+            )?;
+        }
+        write!(f, "; log: {}", self.wal)
+    }
+}
+
+/// Counters and positions of a running [`Db`].
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Keys stored.
+    pub keys: usize,
+    /// The state includes every record up to this LSN.
+    pub applied_lsn: u64,
+    /// Every record up to this LSN is durable.
+    pub durable_lsn: u64,
+    /// The log's counters since open.
+    pub wal: WalStats,
+    /// Log segments on disk.
+    pub log_segments: usize,
+    /// Log bytes written since the last checkpoint.
+    pub log_bytes_since_checkpoint: u64,
+    /// LSN of the newest checkpoint, if any.
+    pub checkpoint_lsn: Option<u64>,
+    /// When the newest checkpoint was written (or found at open).
+    pub checkpoint_time: Option<SystemTime>,
+    /// Checkpoints written since open.
+    pub checkpoints_written: u64,
+    /// The last checkpoint failure, if the last attempt failed.
+    pub last_checkpoint_error: Option<String>,
+    /// How the store was recovered at open.
+    pub recovery: RecoveryReport,
+    /// Whether writes have stopped after a failure (reads go on).
+    pub stopped: bool,
+}
+
+/// What a [`Db::checkpoint`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointOutcome {
+    /// LSN of the checkpoint now newest.
+    pub lsn: u64,
+    /// Whether a new file was written (false: the newest already covered it).
+    pub written: bool,
+    /// Log segments deleted after it.
+    pub segments_removed: usize,
+    /// Old checkpoint files deleted after it.
+    pub checkpoints_removed: usize,
+}
+
+/// A batch of puts and deletes applied atomically by [`Db::write`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<BatchOp>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        WriteBatch::default()
+    }
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(BatchOp::Put(key.into(), value.into()));
+        self
+    }
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(BatchOp::Delete(key.into()));
+        self
+    }
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+struct TreeState {
+    tree: Tree,
+    applied_lsn: u64,
+}
+
+struct CheckpointState {
+    newest: Option<(u64, PathBuf)>,
+    previous: Option<(u64, PathBuf)>,
+    time: Option<SystemTime>,
+    written: u64,
+    last_error: Option<String>,
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    opts: Options,
+    wal: Wal,
+    /// Operations whose LSN is assigned, not yet applied, keyed by LSN.
+    queue: Mutex<BTreeMap<u64, Op>>,
+    state: RwLock<TreeState>,
+    checkpoints: Mutex<CheckpointState>,
+    /// Serialises checkpoints (automatic and on demand).
+    checkpoint_running: Mutex<()>,
+    log_bytes_since_checkpoint: AtomicU64,
+    trigger: (Mutex<bool>, Condvar),
+    closing: AtomicBool,
+    recovery: RecoveryReport,
+    _lock: LockGuard,
+}
+
+/// A durable key-value store in one directory. Share it with `Arc`.
+pub struct Db {
+    shared: Arc<Shared>,
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+fn apply(tree: &mut Tree, op: Op) {
+    match op {
+        Op::Put(k, v) => {
+            tree.insert(Arc::from(k), Arc::from(v));
+        }
+        Op::Delete(k) => {
+            tree.remove(k.as_slice());
+        }
+        Op::Clear => *tree = Tree::new(),
+        Op::Batch(ops) => {
+            for op in ops {
+                match op {
+                    BatchOp::Put(k, v) => {
+                        tree.insert(Arc::from(k), Arc::from(v));
+                    }
+                    BatchOp::Delete(k) => {
+                        tree.remove(k.as_slice());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Db {
+    /// Opens (creating if needed) the store in `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Db, RecoveryReport)> {
+        Db::open_with_storage(Arc::new(keel_wal::FsStorage::new()), dir, opts)
+    }
+
+    /// Opens the store on any [`Storage`] (the simulated one in tests):
+    /// takes the directory lock, loads the newest valid checkpoint, replays
+    /// the log after it, and starts serving.
+    pub fn open_with_storage(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: Options,
+    ) -> Result<(Db, RecoveryReport)> {
+        let started = Instant::now();
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        storage
+            .create_dir_all(&dir)
+            .map_err(|e| Error::io("creating the data directory", &dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let guard = storage
+            .lock_exclusive(&lock_path, &format!("pid {}", std::process::id()))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock => Error::Locked {
+                    dir: dir.clone(),
+                    holder: if e.to_string().is_empty() {
+                        "holder unknown".into()
+                    } else {
+                        format!("held by {e}")
+                    },
+                },
+                _ => Error::io("locking the data directory", &lock_path, e),
+            })?;
+
+        let (found, temps) = checkpoint::list(&*storage, &dir)?;
+        for t in &temps {
+            storage
+                .remove(t)
+                .map_err(|e| Error::io("removing an interrupted checkpoint", t, e))?;
+        }
+        if !temps.is_empty() {
+            storage
+                .sync_dir(&dir)
+                .map_err(|e| Error::io("syncing the data directory", &dir, e))?;
+        }
+        let mut damaged = Vec::new();
+        let mut base: Option<(CheckpointUsed, Tree)> = None;
+        let mut older: Option<(u64, PathBuf)> = None;
+        for (lsn, path) in &found {
+            if base.is_some() {
+                older = Some((*lsn, path.clone()));
+                break;
+            }
+            match checkpoint::read(&*storage, path, opts.max_key_len, opts.max_value_len) {
+                Ok((h, tree)) if h.lsn == *lsn => {
+                    base = Some((
+                        CheckpointUsed {
+                            path: path.clone(),
+                            lsn: h.lsn,
+                            entries: h.count,
+                        },
+                        tree,
+                    ))
+                }
+                Ok((h, _)) => damaged.push((path.clone(), format!("header says LSN {}", h.lsn))),
+                Err(why) => {
+                    tracing::error!(path = %path.display(), %why, "damaged checkpoint passed over");
+                    damaged.push((path.clone(), why));
+                }
+            }
+        }
+        let (base_lsn, mut tree, used) = match base {
+            Some((used, tree)) => (used.lsn, tree, Some(used)),
+            None => (0, Tree::new(), None),
+        };
+
+        let wal_dir = dir.join("wal");
+        let mut replayed = 0u64;
+        let mut replayed_bytes = 0u64;
+        let mut bad_record: Option<Error> = None;
+        let (wal, wal_report) = Wal::open_with_replay(
+            Arc::clone(&storage),
+            &wal_dir,
+            opts.wal_options(base_lsn + 1),
+            base_lsn + 1,
+            |lsn, payload| {
+                if bad_record.is_some() {
+                    return;
+                }
+                match Op::decode(payload) {
+                    Ok(op) => {
+                        apply(&mut tree, op);
+                        replayed += 1;
+                        replayed_bytes += payload.len() as u64 + 32;
+                    }
+                    Err(e) => bad_record = Some(Error::BadRecord { lsn, why: e.0 }),
+                }
+            },
+        )?;
+        if let Some(e) = bad_record {
+            return Err(e);
+        }
+        let last_lsn = wal.next_lsn() - 1;
+        if wal.first_lsn() > base_lsn + 1 || last_lsn < base_lsn {
+            if let Some((p, why)) = damaged.first() {
+                return Err(Error::CheckpointDamaged {
+                    path: p.clone(),
+                    why: why.clone(),
+                });
+            }
+            return Err(Error::LogGap {
+                dir: wal_dir,
+                checkpoint_lsn: base_lsn,
+                log_first: wal.first_lsn().max(last_lsn + 1),
+            });
+        }
+        let report = RecoveryReport {
+            checkpoint: used.clone(),
+            damaged_checkpoints: damaged,
+            checkpoint_temps_removed: temps.len(),
+            wal: wal_report,
+            records_replayed: replayed,
+            keys: tree.len(),
+            lsn: last_lsn,
+            duration: started.elapsed(),
+        };
+        if report.damaged_checkpoints.is_empty() && report.wal.torn_tail.is_none() {
+            tracing::info!(%report, "keel recovered");
+        } else {
+            tracing::warn!(%report, "keel recovered with damage");
+        }
+        let newest = used.map(|u| (u.lsn, u.path));
+        let shared = Arc::new(Shared {
+            storage,
+            dir,
+            wal,
+            queue: Mutex::new(BTreeMap::new()),
+            state: RwLock::new(TreeState {
+                tree,
+                applied_lsn: last_lsn,
+            }),
+            checkpoints: Mutex::new(CheckpointState {
+                time: newest.as_ref().map(|_| SystemTime::now()),
+                newest,
+                previous: older,
+                written: 0,
+                last_error: None,
+            }),
+            checkpoint_running: Mutex::new(()),
+            log_bytes_since_checkpoint: AtomicU64::new(replayed_bytes),
+            trigger: (Mutex::new(false), Condvar::new()),
+            closing: AtomicBool::new(false),
+            recovery: report.clone(),
+            opts,
+            _lock: guard,
+        });
+        let checkpointer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("keel-checkpoint".into())
+                .spawn(move || shared.checkpoint_loop())
+                .map_err(|e| Error::io("starting the checkpoint thread", PathBuf::new(), e))?
+        };
+        Ok((
+            Db {
+                shared,
+                checkpointer: Some(checkpointer),
+            },
+            report,
+        ))
+    }
+
+    /// Sets `key` to `value`; returns the write's LSN once it is durable.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64> {
+        let (k, v) = (key.as_ref(), value.as_ref());
+        self.shared.check_key(k)?;
+        self.shared.check_value(k, v)?;
+        self.shared.submit(Op::Put(k.to_vec(), v.to_vec()))
+    }
+
+    /// Removes `key` (not an error if it is missing); returns the LSN.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<u64> {
+        let k = key.as_ref();
+        self.shared.check_key(k)?;
+        self.shared.submit(Op::Delete(k.to_vec()))
+    }
+
+    /// Removes every key, durably; returns the LSN.
+    pub fn clear(&self) -> Result<u64> {
+        self.shared.submit(Op::Clear)
+    }
+
+    /// Applies a batch atomically: after any crash all of it is there or
+    /// none. Returns the LSN. An invalid entry refuses the whole batch.
+    pub fn write(&self, batch: WriteBatch) -> Result<u64> {
+        let op = self.shared.check_batch(batch)?;
+        self.shared.submit(op)
+    }
+
+    /// [`put`](Self::put) for async code: never blocks the calling thread.
+    pub async fn put_async(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64> {
+        let (k, v) = (key.as_ref(), value.as_ref());
+        self.shared.check_key(k)?;
+        self.shared.check_value(k, v)?;
+        self.shared
+            .submit_async(Op::Put(k.to_vec(), v.to_vec()))
+            .await
+    }
+
+    /// [`delete`](Self::delete) for async code.
+    pub async fn delete_async(&self, key: impl AsRef<[u8]>) -> Result<u64> {
+        let k = key.as_ref();
+        self.shared.check_key(k)?;
+        self.shared.submit_async(Op::Delete(k.to_vec())).await
+    }
+
+    /// [`clear`](Self::clear) for async code.
+    pub async fn clear_async(&self) -> Result<u64> {
+        self.shared.submit_async(Op::Clear).await
+    }
+
+    /// [`write`](Self::write) for async code.
+    pub async fn write_async(&self, batch: WriteBatch) -> Result<u64> {
+        let op = self.shared.check_batch(batch)?;
+        self.shared.submit_async(op).await
+    }
+
+    /// The value of `key`, if any.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(st.tree.get(key.as_ref()).map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` entries with keys in `range`, in key order.
+    pub fn scan<R: RangeBounds<Vec<u8>>>(
+        &self,
+        range: R,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let start: Bound<Bytes> = range.start_bound().map(|k| Arc::from(k.as_slice()));
+        let end: Bound<Bytes> = range.end_bound().map(|k| Arc::from(k.as_slice()));
+        let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(st
+            .tree
+            .range((start, end))
+            .take(limit)
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect())
+    }
+
+    /// Up to `limit` entries whose keys start with `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = prefix.as_ref();
+        let start: Bytes = Arc::from(prefix);
+        let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(st
+            .tree
+            .range((Bound::Included(start), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect())
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .tree
+            .len()
+    }
+
+    /// Whether the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes a checkpoint now (or reports that the newest covers the state).
+    pub fn checkpoint(&self) -> Result<CheckpointOutcome> {
+        self.shared.checkpoint()
+    }
+
+    /// Counters and positions.
+    pub fn stats(&self) -> Stats {
+        let sh = &self.shared;
+        let (keys, applied_lsn) = {
+            let st = sh.state.read().unwrap_or_else(|p| p.into_inner());
+            (st.tree.len(), st.applied_lsn)
+        };
+        let ck = lock(&sh.checkpoints);
+        Stats {
+            keys,
+            applied_lsn,
+            durable_lsn: sh.wal.durable_lsn(),
+            wal: sh.wal.stats(),
+            log_segments: sh.wal.segment_paths().len(),
+            log_bytes_since_checkpoint: sh.log_bytes_since_checkpoint.load(Ordering::Relaxed),
+            checkpoint_lsn: ck.newest.as_ref().map(|c| c.0),
+            checkpoint_time: ck.time,
+            checkpoints_written: ck.written,
+            last_checkpoint_error: ck.last_error.clone(),
+            recovery: sh.recovery.clone(),
+            stopped: sh.wal.stopped().is_some(),
+        }
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &Options {
+        &self.shared.opts
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// If writes have stopped after a failure, why (reads go on).
+    pub fn stopped(&self) -> Option<Error> {
+        self.shared.wal.stopped().map(Error::Wal)
+    }
+
+    /// Makes every write so far durable (for `Interval`/`Never` policies),
+    /// stops the checkpoint thread and releases the directory.
+    pub fn close(mut self) -> Result<()> {
+        self.stop_checkpointer();
+        if self.shared.wal.stopped().is_none() {
+            self.shared.wal.sync()?;
+        }
+        Ok(())
+    }
+
+    fn stop_checkpointer(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        {
+            let (m, cv) = &self.shared.trigger;
+            *lock(m) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.stop_checkpointer();
+    }
+}
+
+impl Shared {
+    fn check_key(&self, k: &[u8]) -> Result<()> {
+        if k.is_empty() {
+            return Err(Error::InvalidKey("key cannot be empty".into()));
+        }
+        if k.len() > self.opts.max_key_len {
+            return Err(Error::InvalidKey(format!(
+                "key of {} bytes exceeds the limit of {} bytes (max_key_len)",
+                k.len(),
+                self.opts.max_key_len
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, _k: &[u8], v: &[u8]) -> Result<()> {
+        if v.len() > self.opts.max_value_len {
+            return Err(Error::TooLarge(format!(
+                "value of {} bytes exceeds the limit of {} bytes (max_value_len)",
+                v.len(),
+                self.opts.max_value_len
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, batch: WriteBatch) -> Result<Op> {
+        for op in &batch.ops {
+            match op {
+                BatchOp::Put(k, v) => {
+                    self.check_key(k)?;
+                    self.check_value(k, v)?;
+                }
+                BatchOp::Delete(k) => self.check_key(k)?,
+            }
+        }
+        let op = Op::Batch(batch.ops);
+        if op.encoded_len() > self.opts.max_batch_bytes {
+            return Err(Error::TooLarge(format!(
+                "batch of {} bytes exceeds the limit of {} bytes (max_batch_bytes)",
+                op.encoded_len(),
+                self.opts.max_batch_bytes
+            )));
+        }
+        Ok(op)
+    }
+
+    /// Appends `op` and applies it (with every earlier queued op) in LSN order.
+    fn submit(&self, op: Op) -> Result<u64> {
+        let payload = op.encode();
+        let lsn = self.wal.append_with(&payload, |lsn| {
+            lock(&self.queue).insert(lsn, op);
+        })?;
+        self.after_append(lsn, payload.len());
+        Ok(lsn)
+    }
+
+    async fn submit_async(&self, op: Op) -> Result<u64> {
+        let payload = op.encode();
+        let lsn = self
+            .wal
+            .append_async_with(&payload, |lsn| {
+                lock(&self.queue).insert(lsn, op);
+            })
+            .await?;
+        self.after_append(lsn, payload.len());
+        Ok(lsn)
+    }
+
+    /// Record `lsn` is acknowledged, so is every record before it: apply all
+    /// queued operations up to it, in order.
+    fn after_append(&self, lsn: u64, bytes: usize) {
+        {
+            let mut queue = lock(&self.queue);
+            if queue.first_key_value().is_some_and(|(l, _)| *l <= lsn) {
+                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+                while let Some(entry) = queue.first_entry() {
+                    if *entry.key() > lsn {
+                        break;
+                    }
+                    let (l, op) = entry.remove_entry();
+                    debug_assert_eq!(l, st.applied_lsn + 1, "operations applied out of order");
+                    apply(&mut st.tree, op);
+                    st.applied_lsn = l;
+                }
+            }
+        }
+        let since = self
+            .log_bytes_since_checkpoint
+            .fetch_add(bytes as u64 + 32, Ordering::Relaxed)
+            + bytes as u64
+            + 32;
+        if self.opts.checkpoint_log_bytes.is_some_and(|t| since >= t) {
+            let (m, cv) = &self.trigger;
+            let mut due = lock(m);
+            if !*due {
+                *due = true;
+                cv.notify_one();
+            }
+        }
+    }
+
+    fn checkpoint_loop(&self) {
+        let (m, cv) = &self.trigger;
+        let mut due = lock(m);
+        loop {
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            let timed_out = if *due {
+                false
+            } else {
+                match self.opts.checkpoint_interval {
+                    Some(d) => {
+                        let (g, r) = cv.wait_timeout(due, d).unwrap_or_else(|p| p.into_inner());
+                        due = g;
+                        r.timed_out()
+                    }
+                    None => {
+                        due = cv.wait(due).unwrap_or_else(|p| p.into_inner());
+                        false
+                    }
+                }
+            };
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            if *due || timed_out {
+                *due = false;
+                drop(due);
+                if self.wal.stopped().is_none() {
+                    if let Err(e) = self.checkpoint() {
+                        tracing::error!(error = %e, "automatic checkpoint failed; the log keeps every write, will retry at the next trigger");
+                    }
+                }
+                due = lock(m);
+            }
+        }
+    }
+
+    fn checkpoint(&self) -> Result<CheckpointOutcome> {
+        let _one_at_a_time = lock(&self.checkpoint_running);
+        // O(1): the persistent map shares structure with the live one.
+        let (tree, lsn) = {
+            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+            (st.tree.clone(), st.applied_lsn)
+        };
+        let bytes_at_snapshot = self.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+        let newest = lock(&self.checkpoints).newest.clone();
+        if newest.as_ref().is_some_and(|n| n.0 == lsn) || lsn == 0 {
+            return Ok(CheckpointOutcome {
+                lsn,
+                written: false,
+                segments_removed: 0,
+                checkpoints_removed: 0,
+            });
+        }
+        // Records up to `lsn` are applied, hence acknowledged; under Interval
+        // or Never they may not be durable yet, and a checkpoint must never
+        // get ahead of the log it replaces.
+        self.wal.sync()?;
+        let path = match checkpoint::write(&*self.storage, &self.dir, lsn, &tree) {
+            Ok(p) => p,
+            Err(e) => {
+                lock(&self.checkpoints).last_error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        self.log_bytes_since_checkpoint
+            .fetch_sub(bytes_at_snapshot, Ordering::Relaxed);
+        // The new checkpoint is durable. Keep it and the one before it (and
+        // the log after that one); delete everything older.
+        let previous = {
+            let mut ck = lock(&self.checkpoints);
+            let previous = ck.newest.replace((lsn, path));
+            ck.previous = previous.clone();
+            ck.time = Some(SystemTime::now());
+            ck.written += 1;
+            ck.last_error = None;
+            previous
+        };
+        let mut segments_removed = 0;
+        let mut checkpoints_removed = 0;
+        if let Some((prev_lsn, _)) = previous {
+            segments_removed = self.wal.truncate_before(prev_lsn + 1)?;
+            let (found, _) = checkpoint::list(&*self.storage, &self.dir)?;
+            for (l, p) in found {
+                if l < prev_lsn {
+                    self.storage
+                        .remove(&p)
+                        .map_err(|e| Error::io("removing an old checkpoint", &p, e))?;
+                    checkpoints_removed += 1;
+                }
+            }
+            if checkpoints_removed > 0 {
+                // The removals are durable only once the directory is.
+                self.storage
+                    .sync_dir(&self.dir)
+                    .map_err(|e| Error::io("syncing the data directory", &self.dir, e))?;
+            }
+        }
+        tracing::info!(
+            lsn,
+            keys = tree.len(),
+            segments_removed,
+            "checkpoint written"
+        );
+        Ok(CheckpointOutcome {
+            lsn,
+            written: true,
+            segments_removed,
+            checkpoints_removed,
+        })
+    }
+}

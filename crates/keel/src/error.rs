@@ -1,0 +1,92 @@
+//! Typed errors of the engine. Every message says what happened and what to do.
+
+use std::path::PathBuf;
+
+/// Errors of [`Db`](crate::Db).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The write-ahead log failed or refused (includes fail-stop).
+    #[error(transparent)]
+    Wal(#[from] keel_wal::WalError),
+    /// Another process (or another `Db` in this one) has the directory open.
+    #[error("the data directory {} is already in use ({holder}); only one process may open it at a time: stop the other one, or use another directory", dir.display())]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the holder recorded (its pid), if known.
+        holder: String,
+    },
+    /// A key is empty or too long.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// A value or batch is too large.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// A storage operation failed.
+    #[error("{op} failed on {}: {source}; check the disk, free space and permissions", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint file is damaged and no older one could stand in.
+    #[error("checkpoint {} is damaged: {why}; no older valid checkpoint and log cover it. Inspect it with `keel verify`", path.display())]
+    CheckpointDamaged {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The log does not continue where the checkpoint ends.
+    #[error("the log in {} starts at LSN {log_first} but the newest usable checkpoint ends at LSN {checkpoint_lsn}: records {} to {} are missing. Restore the missing segments or the newer checkpoint", dir.display(), checkpoint_lsn + 1, log_first - 1)]
+    LogGap {
+        /// The log directory.
+        dir: PathBuf,
+        /// The checkpoint's LSN.
+        checkpoint_lsn: u64,
+        /// The first LSN the log holds.
+        log_first: u64,
+    },
+    /// A log record does not decode as an operation.
+    #[error("log record {lsn} is not a valid operation ({why}); the log was written by another program or version")]
+    BadRecord {
+        /// The record's LSN.
+        lsn: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// Options are invalid or the options file could not be read.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// The database was closed.
+    #[error("the database is closed")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether the store has stopped accepting writes after a failed write
+    /// or sync (reads still work; restart to recover).
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, Error::Wal(e) if e.is_stopped())
+    }
+
+    /// Whether the request itself was bad (nothing was changed).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, Error::InvalidKey(_) | Error::TooLarge(_))
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,37 @@
+//! keel: a crash-safe embedded key-value store.
+//!
+//! Every mutation is appended to a checksummed write-ahead log
+//! ([`keel_wal`]) and made durable before the call returns (under the
+//! default [`SyncPolicy::Always`]); after a crash, [`Db::open`] loads the
+//! newest valid checkpoint and replays the log after it, and comes back with
+//! every acknowledged write and nothing else.
+//!
+//! ```
+//! use keel::{Db, Options, WriteBatch};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let (db, report) = Db::open(dir.path(), Options::default()).unwrap();
+//! println!("{report}");
+//! db.put("user:1", "ada").unwrap();           // durable when this returns
+//! let mut batch = WriteBatch::new();
+//! batch.put("user:2", "grace").delete("user:1");
+//! db.write(batch).unwrap();                   // all of it or none, after any crash
+//! assert_eq!(db.get("user:2").unwrap(), Some(b"grace".to_vec()));
+//! assert_eq!(db.get("user:1").unwrap(), None);
+//! db.close().unwrap();
+//!
+//! let (db, report) = Db::open(dir.path(), Options::default()).unwrap();
+//! assert_eq!(report.records_replayed, 2);
+//! assert_eq!(db.scan_prefix("user:", 10).unwrap().len(), 1);
+//! ```
+
+pub mod checkpoint;
+mod db;
+pub mod error;
+pub mod op;
+pub mod options;
+
+pub use db::{CheckpointOutcome, CheckpointUsed, Db, RecoveryReport, Stats, WriteBatch};
+pub use error::{Error, Result};
+pub use keel_wal::{RecoveryMode, SyncPolicy};
+pub use options::{parse_duration, parse_sync, Options};

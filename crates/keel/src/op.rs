@@ -1,0 +1,246 @@
+//! The engine's log records: what one WAL payload means. Pure codec, no I/O.
+//!
+//! Layout (all integers little-endian; specified in docs/FORMAT.md):
+//! - `1` Put:    `[1][klen u32][key][vlen u32][value]`
+//! - `2` Delete: `[2][klen u32][key]`
+//! - `3` Clear:  `[3]`
+//! - `4` Batch:  `[4][count u32]` then `count` Put or Delete bodies, each
+//!   with its own tag. A batch is one record, hence atomic.
+//!
+//! Decoding checks every length against the bytes left before using it and
+//! rejects trailing bytes, so no input can panic it or make it allocate more
+//! than the record's own size.
+
+use std::fmt;
+
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
+const CLEAR: u8 = 3;
+const BATCH: u8 = 4;
+
+/// One change inside a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Set a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Vec<u8>),
+}
+
+/// One logged mutation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set a key to a value.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key (removing a missing key is not an error).
+    Delete(Vec<u8>),
+    /// Remove every key.
+    Clear,
+    /// Puts and deletes applied together, in order, or not at all.
+    Batch(Vec<BatchOp>),
+}
+
+/// Why a payload did not decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+impl Op {
+    /// The record's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        match self {
+            Op::Put(k, v) => {
+                out.push(PUT);
+                put_bytes(&mut out, k);
+                put_bytes(&mut out, v);
+            }
+            Op::Delete(k) => {
+                out.push(DELETE);
+                put_bytes(&mut out, k);
+            }
+            Op::Clear => out.push(CLEAR),
+            Op::Batch(ops) => {
+                out.push(BATCH);
+                out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+                for op in ops {
+                    match op {
+                        BatchOp::Put(k, v) => {
+                            out.push(PUT);
+                            put_bytes(&mut out, k);
+                            put_bytes(&mut out, v);
+                        }
+                        BatchOp::Delete(k) => {
+                            out.push(DELETE);
+                            put_bytes(&mut out, k);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes [`encode`](Self::encode) produces.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Op::Put(k, v) => 9 + k.len() + v.len(),
+            Op::Delete(k) => 5 + k.len(),
+            Op::Clear => 1,
+            Op::Batch(ops) => {
+                5 + ops
+                    .iter()
+                    .map(|op| match op {
+                        BatchOp::Put(k, v) => 9 + k.len() + v.len(),
+                        BatchOp::Delete(k) => 5 + k.len(),
+                    })
+                    .sum::<usize>()
+            }
+        }
+    }
+
+    /// Parses a record, trusting nothing.
+    pub fn decode(buf: &[u8]) -> Result<Op, DecodeError> {
+        let mut r = Reader { buf, pos: 0 };
+        let op = match r.u8()? {
+            PUT => Op::Put(r.bytes()?, r.bytes()?),
+            DELETE => Op::Delete(r.bytes()?),
+            CLEAR => Op::Clear,
+            BATCH => {
+                let count = r.u32()? as usize;
+                // Each entry takes at least 5 bytes: cap before allocating.
+                if count > r.remaining() / 5 {
+                    return Err(DecodeError(format!(
+                        "batch claims {count} entries in {} bytes",
+                        r.remaining()
+                    )));
+                }
+                let mut ops = Vec::with_capacity(count);
+                for _ in 0..count {
+                    ops.push(match r.u8()? {
+                        PUT => BatchOp::Put(r.bytes()?, r.bytes()?),
+                        DELETE => BatchOp::Delete(r.bytes()?),
+                        t => return Err(DecodeError(format!("unknown batch entry tag {t}"))),
+                    });
+                }
+                Op::Batch(ops)
+            }
+            t => return Err(DecodeError(format!("unknown operation tag {t}"))),
+        };
+        if r.remaining() != 0 {
+            return Err(DecodeError(format!(
+                "{} unexpected bytes after the operation",
+                r.remaining()
+            )));
+        }
+        Ok(op)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if n > self.remaining() {
+            return Err(DecodeError(format!(
+                "needs {n} bytes at offset {}, only {} left",
+                self.pos,
+                self.remaining()
+            )));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..40)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let batch_op = prop_oneof![
+            (bytes(), bytes()).prop_map(|(k, v)| BatchOp::Put(k, v)),
+            bytes().prop_map(BatchOp::Delete),
+        ];
+        prop_oneof![
+            (bytes(), bytes()).prop_map(|(k, v)| Op::Put(k, v)),
+            bytes().prop_map(Op::Delete),
+            Just(Op::Clear),
+            proptest::collection::vec(batch_op, 0..8).prop_map(Op::Batch),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn ops_round_trip(op in op()) {
+            let enc = op.encode();
+            prop_assert_eq!(enc.len(), op.encoded_len());
+            prop_assert_eq!(Op::decode(&enc), Ok(op.clone()));
+            // Whatever decodes re-encodes identically.
+            prop_assert_eq!(Op::decode(&enc).unwrap().encode(), enc);
+        }
+
+        #[test]
+        fn truncations_are_rejected(op in op()) {
+            let enc = op.encode();
+            for cut in 0..enc.len() {
+                prop_assert!(Op::decode(&enc[..cut]).is_err());
+            }
+            let mut longer = enc.clone();
+            longer.push(0);
+            prop_assert!(Op::decode(&longer).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(op) = Op::decode(&buf) {
+                prop_assert_eq!(op.encode(), buf);
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_batch_count_does_not_allocate() {
+        let mut b = vec![BATCH];
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Op::decode(&b).is_err());
+    }
+}
