@@ -144,7 +144,8 @@ pub struct RecordView<'a> {
     pub durable_lsn: u64,
     /// The opaque payload.
     pub payload: &'a [u8],
-    /// Bytes the record takes in the file, padding included.
+    /// Bytes the record takes, padding included (the file may end inside
+    /// the padding; the next record starts after it).
     pub size: usize,
 }
 
@@ -207,7 +208,10 @@ pub fn decode_record(buf: &[u8], salt: u64, max_len: u32) -> Decoded<'_> {
         lsn,
         durable_lsn: le64(&header[16..24]),
         payload,
-        size: pad_end,
+        // Always the full padded size, even when the file ends inside the
+        // padding (a write torn there): the next record must go to the
+        // aligned offset, never on top of this record's padding.
+        size,
     })
 }
 

@@ -58,11 +58,11 @@ pub(crate) fn scan_records(
 ) -> Scan {
     loop {
         if offset >= data.len() {
+            // `offset` may pass the end of the file by up to 7 bytes when it
+            // ends inside the last record's padding: appends go there.
             return Scan {
                 next_lsn: lsn,
-                stop: ScanStop::Clean {
-                    end: offset.min(data.len()) as u64,
-                },
+                stop: ScanStop::Clean { end: offset as u64 },
             };
         }
         let damaged = |kind| Scan {

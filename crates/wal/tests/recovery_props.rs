@@ -70,8 +70,19 @@ fn cut_at_every_byte_of_the_last_record() {
                 assert_eq!(torn.last_good_lsn, n - 1);
                 assert_eq!(torn.damage.offset, last_start as u64);
             }
-            // The log goes on after the cut with the next LSN.
-            assert_eq!(wal.append(b"after").unwrap(), records.len() as u64 + 1);
+            // The log goes on after the cut with the next LSN, and what it
+            // appends there survives the next recovery (a file that ends
+            // inside a record's padding must not be appended to unaligned).
+            let after = wal.append(b"after").unwrap();
+            assert_eq!(after, records.len() as u64 + 1);
+            drop(wal);
+            let (_, again, records2) = open(&s, &opts).unwrap();
+            assert_eq!(
+                records2.last(),
+                Some(&(after, b"after".to_vec())),
+                "cut at {cut} (zero fill {zero_fill}): the append after recovery was lost"
+            );
+            assert!(again.torn_tail.is_none());
             tried += 1;
         }
     }
