@@ -739,7 +739,13 @@ impl Shared {
         // or Never they may not be durable yet, and a checkpoint must never
         // get ahead of the log it replaces.
         self.wal.sync()?;
-        let path = match checkpoint::write(&*self.storage, &self.dir, lsn, &tree) {
+        let path = match checkpoint::write(
+            &*self.storage,
+            &self.dir,
+            lsn,
+            &tree,
+            self.opts.checkpoint_bytes_per_sec,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 lock(&self.checkpoints).last_error = Some(e.to_string());

@@ -5,6 +5,7 @@
 //! segment_size = 67108864      # bytes per log segment
 //! checkpoint_log_bytes = 67108864  # checkpoint after this much log (0: never by size)
 //! checkpoint_interval = "10m"  # and/or after this long (omit: never by time)
+//! checkpoint_bytes_per_sec = 67108864  # pace checkpoint writes (0: unlimited)
 //! recovery = "tolerate-corrupted-tail"  # absolute-consistency, point-in-time, skip-any-corrupted-records
 //! max_key_len = 65536
 //! max_value_len = 67108864
@@ -30,6 +31,10 @@ pub struct Options {
     /// Checkpoint once this long has passed since the last one (if anything
     /// was written). Default `None`.
     pub checkpoint_interval: Option<Duration>,
+    /// Most bytes per second a checkpoint writes (it sleeps between 1 MiB
+    /// blocks), so that checkpoints leave the disk to the log's fdatasyncs.
+    /// Default 64 MiB/s; `None`: as fast as the disk goes.
+    pub checkpoint_bytes_per_sec: Option<u64>,
     /// What recovery does with a damaged log. Default: cut a torn tail,
     /// refuse anything else.
     pub recovery: RecoveryMode,
@@ -50,6 +55,7 @@ impl Default for Options {
             segment_size: 64 << 20,
             checkpoint_log_bytes: Some(64 << 20),
             checkpoint_interval: None,
+            checkpoint_bytes_per_sec: Some(32 << 20),
             recovery: RecoveryMode::TolerateCorruptedTail,
             max_key_len: 64 << 10,
             max_value_len: 64 << 20,
@@ -66,6 +72,7 @@ struct FileOptions {
     segment_size: Option<u64>,
     checkpoint_log_bytes: Option<u64>,
     checkpoint_interval: Option<String>,
+    checkpoint_bytes_per_sec: Option<u64>,
     recovery: Option<String>,
     max_key_len: Option<usize>,
     max_value_len: Option<usize>,
@@ -90,6 +97,9 @@ impl Options {
         }
         if let Some(s) = f.checkpoint_interval {
             o.checkpoint_interval = Some(parse_duration(&s)?);
+        }
+        if let Some(v) = f.checkpoint_bytes_per_sec {
+            o.checkpoint_bytes_per_sec = (v > 0).then_some(v);
         }
         if let Some(s) = f.recovery {
             o.recovery = parse_recovery(&s)?;
