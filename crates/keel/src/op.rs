@@ -238,6 +238,12 @@ mod tests {
     }
 
     #[test]
+    fn format_md_example_is_what_the_code_writes() {
+        let enc = Op::Put(b"a".to_vec(), b"xy".to_vec()).encode();
+        assert_eq!(enc, [0x01, 1, 0, 0, 0, 0x61, 2, 0, 0, 0, 0x78, 0x79]);
+    }
+
+    #[test]
     fn a_huge_batch_count_does_not_allocate() {
         let mut b = vec![BATCH];
         b.extend_from_slice(&u32::MAX.to_le_bytes());
