@@ -55,36 +55,56 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// A put or delete body with its tag: shared by lone operations and batch
+/// entries, which have the same layout.
+fn encode_put(out: &mut Vec<u8>, k: &[u8], v: &[u8]) {
+    out.push(PUT);
+    put_bytes(out, k);
+    put_bytes(out, v);
+}
+
+fn encode_delete(out: &mut Vec<u8>, k: &[u8]) {
+    out.push(DELETE);
+    put_bytes(out, k);
+}
+
+fn put_len(k: &[u8], v: &[u8]) -> usize {
+    9 + k.len() + v.len()
+}
+
+fn delete_len(k: &[u8]) -> usize {
+    5 + k.len()
+}
+
+impl BatchOp {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            BatchOp::Put(k, v) => encode_put(out, k, v),
+            BatchOp::Delete(k) => encode_delete(out, k),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            BatchOp::Put(k, v) => put_len(k, v),
+            BatchOp::Delete(k) => delete_len(k),
+        }
+    }
+}
+
 impl Op {
     /// The record's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         match self {
-            Op::Put(k, v) => {
-                out.push(PUT);
-                put_bytes(&mut out, k);
-                put_bytes(&mut out, v);
-            }
-            Op::Delete(k) => {
-                out.push(DELETE);
-                put_bytes(&mut out, k);
-            }
+            Op::Put(k, v) => encode_put(&mut out, k, v),
+            Op::Delete(k) => encode_delete(&mut out, k),
             Op::Clear => out.push(CLEAR),
             Op::Batch(ops) => {
                 out.push(BATCH);
                 out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
                 for op in ops {
-                    match op {
-                        BatchOp::Put(k, v) => {
-                            out.push(PUT);
-                            put_bytes(&mut out, k);
-                            put_bytes(&mut out, v);
-                        }
-                        BatchOp::Delete(k) => {
-                            out.push(DELETE);
-                            put_bytes(&mut out, k);
-                        }
-                    }
+                    op.encode_into(&mut out);
                 }
             }
         }
@@ -94,18 +114,10 @@ impl Op {
     /// Bytes [`encode`](Self::encode) produces.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Op::Put(k, v) => 9 + k.len() + v.len(),
-            Op::Delete(k) => 5 + k.len(),
+            Op::Put(k, v) => put_len(k, v),
+            Op::Delete(k) => delete_len(k),
             Op::Clear => 1,
-            Op::Batch(ops) => {
-                5 + ops
-                    .iter()
-                    .map(|op| match op {
-                        BatchOp::Put(k, v) => 9 + k.len() + v.len(),
-                        BatchOp::Delete(k) => 5 + k.len(),
-                    })
-                    .sum::<usize>()
-            }
+            Op::Batch(ops) => 5 + ops.iter().map(BatchOp::encoded_len).sum::<usize>(),
         }
     }
 

@@ -300,3 +300,22 @@ fn async_writers_on_one_runtime_thread_share_fdatasyncs() {
         db.stats().wal.syncs
     );
 }
+
+#[test]
+fn automatic_checkpoints_follow_the_time_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        checkpoint_interval: Some(std::time::Duration::from_millis(50)),
+        ..small()
+    };
+    let (db, _) = Db::open(dir.path(), opts).unwrap();
+    db.put("a", "1").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.stats().checkpoint_lsn != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "no timed checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // With nothing new written, later ticks write no new checkpoint.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(db.stats().checkpoints_written, 1);
+}
