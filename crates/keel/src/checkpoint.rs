@@ -47,10 +47,10 @@ pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
 }
 
 /// Checkpoint files (LSN, path), newest first.
-pub(crate) type CheckpointList = Vec<(u64, PathBuf)>;
+pub type CheckpointList = Vec<(u64, PathBuf)>;
 
 /// Checkpoint files in `dir`, newest first, and leftover temp files.
-pub(crate) fn list(storage: &dyn Storage, dir: &Path) -> Result<(CheckpointList, Vec<PathBuf>)> {
+pub fn list(storage: &dyn Storage, dir: &Path) -> Result<(CheckpointList, Vec<PathBuf>)> {
     let names = storage
         .list(dir)
         .map_err(|e| Error::io("listing the data directory", dir, e))?;

@@ -349,7 +349,7 @@ impl Db {
             duration: started.elapsed(),
         };
         if report.damaged_checkpoints.is_empty() && report.wal.torn_tail.is_none() {
-            tracing::info!(%report, "keel recovered");
+            tracing::debug!(%report, "keel recovered");
         } else {
             tracing::warn!(%report, "keel recovered with damage");
         }
@@ -547,6 +547,12 @@ impl Db {
     /// If writes have stopped after a failure, why (reads go on).
     pub fn stopped(&self) -> Option<Error> {
         self.shared.wal.stopped().map(Error::Wal)
+    }
+
+    /// Makes every write so far durable (a no-op under `Always`, where every
+    /// acknowledged write already is).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.shared.wal.sync()?)
     }
 
     /// Makes every write so far durable (for `Interval`/`Never` policies),

@@ -131,7 +131,9 @@ pub(crate) fn examine_after(
     // No more records can follow than headers fit in what remains.
     let max_lsn = lsn.saturating_add((data.len() / RECORD_HEADER_LEN) as u64 + 1);
     let mut p = offset + RECORD_ALIGN;
-    while p + RECORD_HEADER_LEN <= data.len() {
+    // Nothing past the last non-zero byte can be a record (zero headers
+    // never are): preallocated space costs nothing to pass over.
+    while p + RECORD_HEADER_LEN <= data.len() && (p as u64) < data_end {
         let Some((len, rlsn, durable)) = format::peek_header(&data[p..]) else {
             break;
         };

@@ -32,6 +32,8 @@ pub struct TornTail {
     pub last_good_lsn: u64,
     /// Valid-looking records after the tear, never synced, also cut.
     pub unsynced_records_cut: u64,
+    /// Where the cut bytes were saved (point-in-time mode and repair only).
+    pub saved_to: Option<PathBuf>,
 }
 
 /// Damage that point-in-time recovery stopped at, and what it set aside.
@@ -66,6 +68,10 @@ pub struct RecoveryReport {
     pub set_aside: Option<SetAside>,
     /// Salvage mode: damage skipped over.
     pub skipped: Vec<Damage>,
+    /// Damage confined to records below the replay start (records the
+    /// caller's checkpoint already holds): reported and stepped over, since
+    /// recovery does not need them.
+    pub covered_damage: Vec<Damage>,
     /// Leftover prepared segment files removed.
     pub prepared_removed: usize,
     /// How long recovery took.
@@ -101,6 +107,12 @@ impl fmt::Display for RecoveryReport {
                 f,
                 "; STOPPED at damage ({}), later data moved aside to {:?}",
                 s.damage, s.saved_to
+            )?;
+        }
+        for d in &self.covered_damage {
+            write!(
+                f,
+                "; stepped over damage in records the checkpoint holds: [{d}]"
             )?;
         }
         if !self.skipped.is_empty() {
@@ -173,6 +185,7 @@ pub(crate) fn recover(
         torn_tail: None,
         set_aside: None,
         skipped: Vec::new(),
+        covered_damage: Vec::new(),
         prepared_removed: 0,
         duration: Duration::ZERO,
     };
@@ -290,22 +303,38 @@ pub(crate) fn recover(
                 lsn,
                 kind,
             };
+            // Damage the caller does not need: every record it destroyed is
+            // below the replay start, and the log verifies again at or
+            // before it. Step over it, loudly.
+            if let Some((roff, rlsn)) = ev.resume {
+                if lsn < replay_from && rlsn <= replay_from && rlsn > lsn {
+                    tracing::warn!(%damage, resumed_at = rlsn, "damaged log records below the replay start (already in a checkpoint) were stepped over");
+                    report.covered_damage.push(damage);
+                    offset = roff as usize;
+                    lsn = rlsn;
+                    continue;
+                }
+            }
             let torn = is_last && ev.proof.is_none();
             if torn {
                 if mode == RecoveryMode::AbsoluteConsistency {
                     return Err(WalError::TornTailRefused(Box::new(damage)));
                 }
+                // Point-in-time mode (what repair uses) never destroys bytes,
+                // not even never-acknowledged ones: they are saved beside.
+                let save = mode == RecoveryMode::PointInTime && ev.data_end > at;
                 report.torn_tail = Some(TornTail {
                     damage,
                     bytes_cut: ev.data_end - at,
                     last_good_lsn: lsn - 1,
                     unsynced_records_cut: ev.valid_records,
+                    saved_to: save.then(|| cut_name(path, at)),
                 });
                 fixes.push(Fix::Cut {
                     seg: seg_index,
                     at,
                     old_len: data.len() as u64,
-                    saved: None,
+                    saved: save.then(|| data[at as usize..ev.data_end as usize].to_vec()),
                 });
                 break at;
             }

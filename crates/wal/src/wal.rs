@@ -151,12 +151,17 @@ impl Wal {
         dir: impl AsRef<Path>,
         opts: WalOptions,
     ) -> Result<(Wal, RecoveryReport)> {
-        Wal::open_with_replay(storage, dir, opts, u64::MAX, |_, _| {})
+        // Every record is needed: damage anywhere counts.
+        Wal::open_with_replay(storage, dir, opts, 1, |_, _| {})
     }
 
     /// Opens (or creates) the log in `dir`, recovering it and calling
     /// `replay(lsn, payload)` for every record with LSN >= `replay_from`, in
     /// LSN order, in the same single read of the log.
+    ///
+    /// Records below `replay_from` are ones the caller no longer needs (a
+    /// checkpoint holds them): damage confined to them does not fail the
+    /// open; it is reported in `RecoveryReport::covered_damage`.
     pub fn open_with_replay(
         storage: Arc<dyn Storage>,
         dir: impl AsRef<Path>,
@@ -247,7 +252,7 @@ impl Wal {
         if report.torn_tail.is_some() || report.set_aside.is_some() || !report.skipped.is_empty() {
             tracing::warn!(%report, "write-ahead log recovered with damage");
         } else {
-            tracing::info!(%report, "write-ahead log recovered");
+            tracing::debug!(%report, "write-ahead log recovered");
         }
         Ok((
             Wal {
@@ -681,7 +686,11 @@ impl Inner {
             let result = self.sync_file(&*file, &path);
             st = self.lock();
             match result {
-                Ok(()) => st.durable_lsn = st.durable_lsn.max(target),
+                Ok(()) => {
+                    let covered = target.saturating_sub(st.durable_lsn);
+                    metrics::histogram!("keel_wal_records_per_fsync").record(covered as f64);
+                    st.durable_lsn = st.durable_lsn.max(target);
+                }
                 Err(cause) => {
                     st.stopped = Some(cause);
                     break;
@@ -816,7 +825,10 @@ impl Inner {
                 error,
             }));
         }
-        let nanos = started.elapsed().as_nanos() as u64;
+        let elapsed = started.elapsed();
+        let nanos = elapsed.as_nanos() as u64;
+        // Facade only: free unless the application installs a recorder.
+        metrics::histogram!("keel_wal_fsync_seconds").record(elapsed.as_secs_f64());
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         self.stats.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.stats

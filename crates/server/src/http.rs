@@ -1,0 +1,370 @@
+//! The HTTP API. One handler routes on method and raw path, so that keys can
+//! be any percent-encoded bytes and every status and body is exactly as
+//! documented (each error body ends with a newline):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `PUT /kv/{key}`, body = value | 200 `OK` once durable; empty body: 400 `value cannot be empty` |
+//! | `GET /kv/{key}` | 200 with the raw value; 404 `key not found` |
+//! | `DELETE /kv/{key}` | 200 `OK`, also when missing |
+//! | `/kv/` (PUT, GET, DELETE) | 400 `key cannot be empty` |
+//! | `DELETE /clear` | 200 `OK`, every key removed durably |
+//! | other methods on `/kv/{key}`, `/clear` | 405 `method not allowed` |
+//! | key or value over the limit | 413 naming the limit; nothing stored |
+//! | after a failed fsync | writes 503, reads go on |
+//!
+//! Also `GET /health`, `GET /metrics`, `POST /admin/checkpoint`,
+//! `GET /kv?prefix=..&limit=..` and `POST /batch`.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use keel::{Db, WriteBatch};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub db: Arc<Db>,
+    /// The metrics exporter.
+    pub metrics: PrometheusHandle,
+}
+
+/// The router: everything goes through [`handle`].
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut body = body.into();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn ok() -> Response {
+    text(StatusCode::OK, "OK")
+}
+
+fn method_not_allowed() -> Response {
+    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+/// Maps an engine error to a status and a message that says what to do.
+fn error_response(e: keel::Error) -> Response {
+    if e.is_stopped() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the log is stopped and refuses writes ({e}); reads still work; restart the server to recover"),
+        );
+    }
+    match e {
+        keel::Error::InvalidKey(m) if m.contains("empty") => text(StatusCode::BAD_REQUEST, m),
+        keel::Error::InvalidKey(m) | keel::Error::TooLarge(m) => {
+            text(StatusCode::PAYLOAD_TOO_LARGE, m)
+        }
+        other => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {other}"),
+        ),
+    }
+}
+
+/// Percent-decodes a path segment into bytes; `None` when malformed.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (h, l) = (hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?);
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+async fn handle(State(st): State<AppState>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    match path.as_str() {
+        "/health" => match method {
+            Method::GET => text(StatusCode::OK, "ok"),
+            _ => method_not_allowed(),
+        },
+        "/metrics" => match method {
+            Method::GET => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                crate::metrics::render(&st.metrics, &st.db),
+            )
+                .into_response(),
+            _ => method_not_allowed(),
+        },
+        "/clear" => match method {
+            Method::DELETE => match st.db.clear_async().await {
+                Ok(_) => ok(),
+                Err(e) => error_response(e),
+            },
+            _ => method_not_allowed(),
+        },
+        "/admin/checkpoint" => match method {
+            Method::POST => {
+                let db = Arc::clone(&st.db);
+                match tokio::task::spawn_blocking(move || db.checkpoint()).await {
+                    Ok(Ok(c)) => json(
+                        StatusCode::OK,
+                        serde_json::json!({"lsn": c.lsn, "written": c.written,
+                            "segments_removed": c.segments_removed}),
+                    ),
+                    Ok(Err(e)) => error_response(e),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("checkpoint task failed: {e}")),
+                }
+            }
+            _ => method_not_allowed(),
+        },
+        "/kv" => match method {
+            Method::GET => list(&st.db, query.as_deref()),
+            _ => method_not_allowed(),
+        },
+        "/batch" => match method {
+            Method::POST => batch(&st.db, req.into_body()).await,
+            _ => method_not_allowed(),
+        },
+        p if p.starts_with("/kv/") => {
+            let raw = &p["/kv/".len()..];
+            if !matches!(method, Method::GET | Method::PUT | Method::DELETE) {
+                return method_not_allowed();
+            }
+            if raw.is_empty() {
+                return text(StatusCode::BAD_REQUEST, "key cannot be empty");
+            }
+            let Some(key) = percent_decode(raw) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "malformed percent-encoding in key: '%' must be followed by two hex digits",
+                );
+            };
+            let max_key = st.db.options().max_key_len;
+            if key.len() > max_key {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("key too large: {} bytes, the limit is {max_key} bytes", key.len()),
+                );
+            }
+            match method {
+                Method::GET => {
+                    metrics::counter!("keel_reads_total").increment(1);
+                    match st.db.get(&key) {
+                        Ok(Some(v)) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/octet-stream")],
+                            v,
+                        )
+                            .into_response(),
+                        Ok(None) => text(StatusCode::NOT_FOUND, "key not found"),
+                        Err(e) => error_response(e),
+                    }
+                }
+                Method::DELETE => {
+                    metrics::counter!("keel_writes_total").increment(1);
+                    match st.db.delete_async(&key).await {
+                        Ok(_) => ok(),
+                        Err(e) => error_response(e),
+                    }
+                }
+                _ => {
+                    let max_value = st.db.options().max_value_len;
+                    let value = match read_body(req.into_body(), max_value).await {
+                        Ok(v) => v,
+                        Err(r) => return r,
+                    };
+                    if value.is_empty() {
+                        return text(StatusCode::BAD_REQUEST, "value cannot be empty");
+                    }
+                    metrics::counter!("keel_writes_total").increment(1);
+                    match st.db.put_async(&key, &value).await {
+                        Ok(_) => ok(),
+                        Err(e) => error_response(e),
+                    }
+                }
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: the API is /kv/{key}, /kv?prefix=, /batch, /clear, /health, /metrics, /admin/checkpoint"),
+    }
+}
+
+/// Reads a body of at most `limit` bytes; over it: 413 naming the limit.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .map(|s| s.to_string().contains("length limit"))
+                .unwrap_or(false)
+                || e.to_string().contains("length limit");
+            if too_large {
+                Err(text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("value too large: the limit is {limit} bytes"),
+                ))
+            } else {
+                Err(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response {
+    let mut body = v.to_string();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn bytes_field(obj: &mut serde_json::Map<String, serde_json::Value>, name: &str, b: &[u8]) {
+    match std::str::from_utf8(b) {
+        Ok(s) => obj.insert(name.into(), s.into()),
+        Err(_) => obj.insert(
+            format!("{name}_hex"),
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+                .into(),
+        ),
+    };
+}
+
+fn list(db: &Db, query: Option<&str>) -> Response {
+    let mut prefix = Vec::new();
+    let mut limit = 100usize;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(v) = percent_decode(&v.replace('+', " ")) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "malformed percent-encoding in query",
+            );
+        };
+        match k {
+            "prefix" => prefix = v,
+            "limit" => match std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
+                Some(n) if n <= 10_000 => limit = n,
+                _ => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "limit must be a number from 0 to 10000",
+                    )
+                }
+            },
+            other => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {other:?}: use prefix and limit"),
+                )
+            }
+        }
+    }
+    match db.scan_prefix(&prefix, limit) {
+        Ok(items) => {
+            let items: Vec<serde_json::Value> = items
+                .iter()
+                .map(|(k, v)| {
+                    let mut o = serde_json::Map::new();
+                    bytes_field(&mut o, "key", k);
+                    bytes_field(&mut o, "value", v);
+                    serde_json::Value::Object(o)
+                })
+                .collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"count": items.len(), "items": items}),
+            )
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    ops: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum BatchItem {
+    Put { key: String, value: String },
+    Delete { key: String },
+}
+
+async fn batch(db: &Db, body: Body) -> Response {
+    let limit = db.options().max_batch_bytes;
+    let bytes = match read_body(body, limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req: BatchRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("malformed batch ({e}); expected {{\"ops\":[{{\"op\":\"put\",\"key\":\"k\",\"value\":\"v\"}},{{\"op\":\"delete\",\"key\":\"k\"}}]}}"),
+            )
+        }
+    };
+    let mut b = WriteBatch::new();
+    for item in req.ops {
+        match item {
+            BatchItem::Put { key, value } => {
+                if value.is_empty() {
+                    return text(StatusCode::BAD_REQUEST, "value cannot be empty");
+                }
+                b.put(key, value)
+            }
+            BatchItem::Delete { key } => b.delete(key),
+        };
+    }
+    metrics::counter!("keel_writes_total").increment(1);
+    match db.write_async(b).await {
+        Ok(lsn) => json(StatusCode::OK, serde_json::json!({"lsn": lsn})),
+        Err(e) => error_response(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("a%20b").unwrap(), b"a b");
+        assert_eq!(percent_decode("%ff%00").unwrap(), vec![0xff, 0]);
+        assert_eq!(percent_decode("caf%C3%A9").unwrap(), "café".as_bytes());
+        assert!(percent_decode("%").is_none());
+        assert!(percent_decode("%4").is_none());
+        assert!(percent_decode("%zz").is_none());
+    }
+}

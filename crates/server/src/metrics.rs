@@ -1,0 +1,60 @@
+//! Prometheus metrics: the exporter renders what the log records through the
+//! `metrics` facade (fsync latency, records per fsync) plus gauges read from
+//! the engine's stats at scrape time.
+
+use keel::Db;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::time::SystemTime;
+
+/// Installs the process-wide recorder; call once, before the store opens.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let fsync_buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0,
+    ];
+    let batch_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("keel_wal_fsync_seconds".into()),
+            &fsync_buckets,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("keel_wal_records_per_fsync".into()),
+            &batch_buckets,
+        )?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+/// The Prometheus text exposition, with the engine's gauges refreshed.
+pub fn render(handle: &PrometheusHandle, db: &Db) -> String {
+    let st = db.stats();
+    metrics::gauge!("keel_keys").set(st.keys as f64);
+    metrics::gauge!("keel_applied_lsn").set(st.applied_lsn as f64);
+    metrics::gauge!("keel_wal_durable_lsn").set(st.durable_lsn as f64);
+    metrics::gauge!("keel_wal_segments").set(st.log_segments as f64);
+    metrics::gauge!("keel_wal_fsyncs").set(st.wal.syncs as f64);
+    metrics::gauge!("keel_wal_appends").set(st.wal.appends as f64);
+    metrics::gauge!("keel_wal_bytes_written").set(st.wal.bytes_written as f64);
+    metrics::gauge!("keel_wal_bytes_since_checkpoint").set(st.log_bytes_since_checkpoint as f64);
+    metrics::gauge!("keel_stopped").set(if st.stopped { 1.0 } else { 0.0 });
+    metrics::gauge!("keel_checkpoint_lsn").set(st.checkpoint_lsn.unwrap_or(0) as f64);
+    metrics::gauge!("keel_checkpoints_written").set(st.checkpoints_written as f64);
+    if let Some(t) = st.checkpoint_time {
+        let age = SystemTime::now()
+            .duration_since(t)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::gauge!("keel_checkpoint_age_seconds").set(age);
+    }
+    metrics::gauge!("keel_last_recovery_seconds").set(st.recovery.duration.as_secs_f64());
+    metrics::gauge!("keel_last_recovery_records_replayed").set(st.recovery.records_replayed as f64);
+    metrics::gauge!("keel_last_recovery_torn_bytes_cut").set(
+        st.recovery
+            .wal
+            .torn_tail
+            .as_ref()
+            .map_or(0.0, |t| t.bytes_cut as f64),
+    );
+    handle.render()
+}

@@ -1,0 +1,126 @@
+//! `keel serve`: recover the store, then serve the HTTP API until SIGTERM
+//! or Ctrl-C; then stop accepting, finish in-flight requests, sync, exit 0.
+
+use crate::http::{router, AppState};
+use anyhow::Context;
+use keel::{Db, Options};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Arguments of `keel serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// TCP port to listen on.
+    #[arg(long, default_value_t = 7373)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Data directory (created if missing).
+    #[arg(long, default_value = "keel-data")]
+    pub working_dir: PathBuf,
+    /// Options file (TOML); flags given here override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Sync policy: always, never, or interval:<duration> (e.g. interval:100ms).
+    #[arg(long)]
+    pub sync: Option<String>,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the server; returns when it has shut down cleanly.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut opts = match &args.config {
+        Some(p) => Options::from_toml_file(p)?,
+        None => Options::default(),
+    };
+    if let Some(s) = &args.sync {
+        opts.sync = keel::parse_sync(s)?;
+    }
+    let metrics = crate::metrics::install().context("installing the metrics recorder")?;
+    let dir = args.working_dir.clone();
+    let (db, report) = match Db::open(&dir, opts) {
+        Ok(x) => x,
+        Err(e) => {
+            let hint = match &e {
+                keel::Error::Wal(w) if w.damage().is_some() => format!(
+                    "\nInspect the damage with `keel verify {0}`; `keel repair {0}` cuts the log back to its last valid record (saving what it cuts).",
+                    dir.display()
+                ),
+                _ => String::new(),
+            };
+            anyhow::bail!("cannot open the store in {}: {e}{hint}", dir.display());
+        }
+    };
+    let damaged = report.wal.torn_tail.is_some() || !report.damaged_checkpoints.is_empty();
+    if damaged {
+        tracing::warn!("recovered {}: {report}", dir.display());
+    } else {
+        tracing::info!("recovered {}: {report}", dir.display());
+    }
+    let db = Arc::new(db);
+    let addr: SocketAddr = format!("{}:{}", args.bind, args.port)
+        .parse()
+        .with_context(|| format!("bad listen address {}:{}", args.bind, args.port))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keel-http")
+        .build()
+        .context("starting the async runtime")?;
+    let state = AppState {
+        db: Arc::clone(&db),
+        metrics,
+    };
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr}: is another server using the port?")
+        })?;
+        tracing::info!("listening on http://{addr} (data in {})", dir.display());
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")
+    })?;
+    drop(rt);
+    tracing::info!("shutting down: syncing the log");
+    match Arc::try_unwrap(db) {
+        Ok(db) => db.close().context("closing the store")?,
+        Err(db) => {
+            // A request task still holds it (it finished, but its Arc lives
+            // a moment longer): sync through the shared handle.
+            if db.stopped().is_none() {
+                db.sync().context("syncing at shutdown")?;
+            }
+        }
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM ({e}); stop with Ctrl-C");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: finishing in-flight requests"),
+    }
+}
