@@ -51,7 +51,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let metrics = crate::metrics::install().context("installing the metrics recorder")?;
     let dir = args.working_dir.clone();
-    let (db, report) = match Db::open(&dir, opts) {
+    let storage: Arc<dyn keel_wal::Storage> = match std::env::var("KEEL_FAULT") {
+        // Test hook: inject storage faults into the real binary (see
+        // FaultyStorage::parse_faults), e.g. KEEL_FAULT=sync:50:eio.
+        Ok(spec) if !spec.is_empty() => {
+            let faults = keel_wal::FaultyStorage::parse_faults(&spec)
+                .map_err(|e| anyhow::anyhow!("KEEL_FAULT: {e}"))?;
+            tracing::warn!("KEEL_FAULT={spec}: injecting storage faults (testing only)");
+            Arc::new(keel_wal::FaultyStorage::new(
+                Arc::new(keel_wal::FsStorage::new()),
+                &faults,
+            ))
+        }
+        _ => Arc::new(keel_wal::FsStorage::new()),
+    };
+    let (db, report) = match Db::open_with_storage(storage, &dir, opts) {
         Ok(x) => x,
         Err(e) => {
             let hint = match &e {

@@ -12,9 +12,11 @@
 //! directory that holds the name, and written bytes are durable only after
 //! `sync_data`/`sync_all` of the file returned `Ok`.
 
+mod faulty;
 mod fs;
 mod sim;
 
+pub use faulty::FaultyStorage;
 pub use fs::FsStorage;
 pub use sim::{CrashMode, Fault, FaultKind, FaultOp, SimStorage};
 

@@ -158,6 +158,42 @@ struct ArmedFault {
     seen: u64,
 }
 
+/// Armed faults and their operation counts; shared by [`SimStorage`] and
+/// [`FaultyStorage`](super::FaultyStorage).
+#[derive(Default)]
+pub(crate) struct FaultPlan {
+    faults: Vec<ArmedFault>,
+}
+
+impl FaultPlan {
+    pub(crate) fn arm(&mut self, fault: Fault) {
+        self.faults.push(ArmedFault { fault, seen: 0 });
+    }
+
+    fn clear(&mut self) {
+        self.faults.clear();
+    }
+
+    /// Counts one operation of kind `op`; the fault that fires, if any.
+    pub(crate) fn check(&mut self, op: FaultOp) -> Option<FaultKind> {
+        let mut hit = None;
+        for armed in &mut self.faults {
+            if armed.fault.op == op || armed.fault.op == FaultOp::Any {
+                armed.seen += 1;
+                let fires = if armed.fault.persistent {
+                    armed.seen >= armed.fault.nth
+                } else {
+                    armed.seen == armed.fault.nth
+                };
+                if fires && hit.is_none() {
+                    hit = Some(armed.fault.kind);
+                }
+            }
+        }
+        hit
+    }
+}
+
 struct State {
     rng: SplitMix64,
     frozen: bool,
@@ -167,7 +203,7 @@ struct State {
     durable_names: BTreeMap<PathBuf, u64>,
     dir_log: Vec<DirOp>,
     dirs: BTreeSet<PathBuf>,
-    faults: Vec<ArmedFault>,
+    faults: FaultPlan,
     capacity: Option<u64>,
     ops: u64,
     syncs: u64,
@@ -192,7 +228,8 @@ fn frozen_err() -> io::Error {
     io::Error::other("simulated machine has crashed; this storage accepts no more calls")
 }
 
-fn fault_err(kind: FaultKind) -> io::Error {
+/// The error an injected fault of `kind` returns.
+pub(crate) fn fault_error(kind: FaultKind) -> io::Error {
     match kind {
         FaultKind::Eio => io::Error::from_raw_os_error(5),
         FaultKind::Enospc | FaultKind::ShortWrite => io::Error::from_raw_os_error(28),
@@ -220,20 +257,7 @@ impl State {
             return Err(frozen_err());
         }
         self.ops += 1;
-        let mut hit = None;
-        for armed in &mut self.faults {
-            if armed.fault.op == op || armed.fault.op == FaultOp::Any {
-                armed.seen += 1;
-                let fires = if armed.fault.persistent {
-                    armed.seen >= armed.fault.nth
-                } else {
-                    armed.seen == armed.fault.nth
-                };
-                if fires && hit.is_none() {
-                    hit = Some(armed.fault.kind);
-                }
-            }
-        }
+        let hit = self.faults.check(op);
         if hit == Some(FaultKind::Crash) {
             self.frozen = true;
         }
@@ -323,7 +347,7 @@ impl SimStorage {
                 durable_names: BTreeMap::new(),
                 dir_log: Vec::new(),
                 dirs: BTreeSet::new(),
-                faults: Vec::new(),
+                faults: FaultPlan::default(),
                 capacity: None,
                 ops: 0,
                 syncs: 0,
@@ -339,7 +363,7 @@ impl SimStorage {
 
     /// Arms a fault; its operation count starts now.
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.push(ArmedFault { fault, seen: 0 });
+        self.lock().faults.arm(fault);
     }
 
     /// Removes every armed fault (space and I/O come back).
@@ -414,7 +438,7 @@ impl SimStorage {
                 durable_names: names,
                 dir_log: Vec::new(),
                 dirs: st.dirs.clone(),
-                faults: Vec::new(),
+                faults: FaultPlan::default(),
                 capacity: st.capacity,
                 ops: 0,
                 syncs: 0,
@@ -462,7 +486,7 @@ impl Storage for SimStorage {
                     return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
                 }
                 if let Some(kind) = st.check(FaultOp::Create)? {
-                    return Err(fault_err(kind));
+                    return Err(fault_error(kind));
                 }
                 let inode = st.next_inode;
                 st.next_inode += 1;
@@ -515,7 +539,7 @@ impl Storage for SimStorage {
         let mut st = self.lock();
         let inode = *st.names.get(from).ok_or_else(not_found)?;
         if let Some(kind) = st.check(FaultOp::Rename)? {
-            return Err(fault_err(kind));
+            return Err(fault_error(kind));
         }
         st.names.remove(from);
         st.names.insert(to.to_path_buf(), inode);
@@ -533,7 +557,7 @@ impl Storage for SimStorage {
             return Err(not_found());
         }
         if let Some(kind) = st.check(FaultOp::Remove)? {
-            return Err(fault_err(kind));
+            return Err(fault_error(kind));
         }
         st.names.remove(path);
         st.dir_log.push(DirOp::Unlink {
@@ -545,7 +569,7 @@ impl Storage for SimStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
         if let Some(kind) = st.check(FaultOp::SyncDir)? {
-            return Err(fault_err(kind));
+            return Err(fault_error(kind));
         }
         let log = std::mem::take(&mut st.dir_log);
         let (now, later): (Vec<DirOp>, Vec<DirOp>) =
@@ -624,9 +648,9 @@ impl SimFile {
                 let node = st.inodes.get_mut(&self.inode).expect("open inode exists");
                 apply(&mut node.volatile, &half);
                 node.pending.push(half);
-                return Err(fault_err(FaultKind::ShortWrite));
+                return Err(fault_error(FaultKind::ShortWrite));
             }
-            (Some(kind), _) => return Err(fault_err(kind)),
+            (Some(kind), _) => return Err(fault_error(kind)),
         };
         st.check_space(self.inode, new_len)?;
         let node = st.inodes.get_mut(&self.inode).expect("open inode exists");
@@ -647,7 +671,7 @@ impl SimFile {
             // As Linux may: the dirty pages are marked clean and their data
             // never reaches the disk, but reads still see it.
             node.pending.clear();
-            return Err(fault_err(kind));
+            return Err(fault_error(kind));
         }
         for op in std::mem::take(&mut node.pending) {
             apply(&mut node.durable, &op);

@@ -1,0 +1,671 @@
+//! Integration tests of the shipped `keel` binary: start it on a free port,
+//! talk to it with a real HTTP client (and raw sockets for malformed
+//! requests), SIGKILL and SIGTERM it, restart it, damage its log.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keel");
+
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("keel.toml");
+    std::fs::write(&p, format!("segment_size = 4194304\n{extra}")).unwrap();
+    p
+}
+
+impl Server {
+    fn spawn(dir: &Path, config: &Path, env: &[(&str, &str)]) -> (Child, u16, PathBuf) {
+        let port = free_port();
+        let log = dir.join(format!("server-{port}.log"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--port", &port.to_string(), "--working-dir"])
+            .arg(dir.join("data"))
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        (cmd.spawn().expect("start keel serve"), port, log)
+    }
+
+    fn start(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Server {
+        let (child, port, log) = Server::spawn(dir, config, env);
+        let s = Server {
+            child: Some(child),
+            port,
+            dir: dir.to_path_buf(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = raw(
+                port,
+                "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            ) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not come up: {}",
+                s.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+    }
+
+    fn term(&mut self) -> ExitStatus {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn restart(&mut self, config: &Path) {
+        *self = Server::start(&self.dir.clone(), config, &[]);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One raw HTTP/1.1 exchange with `Connection: close`: (status, body).
+fn raw(port: u16, request: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let bad = || std::io::Error::other("malformed response");
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad())?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((status, buf[head_end + 4..].to_vec()))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn call(a: &ureq::Agent, method: &str, url: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
+    let mut resp = match (method, body) {
+        ("GET", _) => a.get(url).call(),
+        ("DELETE", _) => a.delete(url).call(),
+        ("PUT", Some(b)) => a.put(url).send(b),
+        ("PUT", None) => a.put(url).send_empty(),
+        ("POST", Some(b)) => a.post(url).send(b),
+        ("POST", None) => a.post(url).send_empty(),
+        ("PATCH", b) => a.patch(url).send(b.unwrap_or(b"")),
+        _ => panic!("method {method}"),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(256 << 20)
+        .read_to_vec()
+        .unwrap();
+    (status, body)
+}
+
+fn setup(extra: &str) -> (tempfile::TempDir, PathBuf, Server) {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), extra);
+    let s = Server::start(t.path(), &cfg, &[]);
+    (t, cfg, s)
+}
+
+#[test]
+fn every_status_code_and_body_is_as_documented() {
+    let (_t, _cfg, s) = setup("");
+    let a = agent();
+    let u = |p: &str| s.url(p);
+    assert_eq!(
+        call(&a, "PUT", &u("/kv/k1"), Some(b"v1")),
+        (200, b"OK\n".to_vec())
+    );
+    assert_eq!(call(&a, "GET", &u("/kv/k1"), None), (200, b"v1".to_vec()));
+    assert_eq!(
+        call(&a, "GET", &u("/kv/nope"), None),
+        (404, b"key not found\n".to_vec())
+    );
+    assert_eq!(
+        call(&a, "PUT", &u("/kv/k2"), None),
+        (400, b"value cannot be empty\n".to_vec())
+    );
+    assert_eq!(
+        call(&a, "GET", &u("/kv/k2"), None).0,
+        404,
+        "empty value stored"
+    );
+    for m in ["PUT", "GET", "DELETE"] {
+        let body = (m == "PUT").then_some(&b"x"[..]);
+        assert_eq!(
+            call(&a, m, &u("/kv/"), body),
+            (400, b"key cannot be empty\n".to_vec()),
+            "{m}"
+        );
+    }
+    for m in ["POST", "PATCH"] {
+        assert_eq!(
+            call(&a, m, &u("/kv/k1"), Some(b"x")),
+            (405, b"method not allowed\n".to_vec()),
+            "{m}"
+        );
+    }
+    for m in ["GET", "POST", "PUT", "PATCH"] {
+        let body = (m != "GET").then_some(&b"x"[..]);
+        assert_eq!(
+            call(&a, m, &u("/clear"), body),
+            (405, b"method not allowed\n".to_vec()),
+            "{m} /clear"
+        );
+    }
+    assert_eq!(
+        call(&a, "DELETE", &u("/kv/k1"), None),
+        (200, b"OK\n".to_vec())
+    );
+    assert_eq!(
+        call(&a, "DELETE", &u("/kv/k1"), None),
+        (200, b"OK\n".to_vec()),
+        "delete is idempotent"
+    );
+    assert_eq!(call(&a, "GET", &u("/kv/k1"), None).0, 404);
+    call(&a, "PUT", &u("/kv/a"), Some(b"1"));
+    call(&a, "PUT", &u("/kv/b"), Some(b"2"));
+    assert_eq!(
+        call(&a, "DELETE", &u("/clear"), None),
+        (200, b"OK\n".to_vec())
+    );
+    assert_eq!(call(&a, "GET", &u("/kv/a"), None).0, 404);
+    assert_eq!(
+        call(&a, "GET", &u("/health"), None),
+        (200, b"ok\n".to_vec())
+    );
+}
+
+#[test]
+fn keys_and_values_round_trip_byte_for_byte() {
+    let (_t, _cfg, s) = setup("");
+    let a = agent();
+    let big: Vec<u8> = (0..10_240u32).map(|i| (i % 251) as u8).collect();
+    let huge: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 256) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("Key", b"upper".to_vec()),
+        ("key", b"lower".to_vec()),
+        ("a:b-c_d.e", b"punctuation".to_vec()),
+        (
+            "caf%C3%A9",
+            "caf\u{e9} \u{65e5}\u{672c}".as_bytes().to_vec(),
+        ),
+        ("%E6%97%A5%E6%9C%AC", b"unicode key".to_vec()),
+        ("bin%00%FF", b"tab\there\nnewline".to_vec()),
+        ("big", big),
+        ("huge", huge),
+    ];
+    for (k, v) in &cases {
+        assert_eq!(
+            call(&a, "PUT", &s.url(&format!("/kv/{k}")), Some(v)).0,
+            200,
+            "{k}"
+        );
+    }
+    for (k, v) in &cases {
+        assert_eq!(
+            &call(&a, "GET", &s.url(&format!("/kv/{k}")), None).1,
+            v,
+            "{k}"
+        );
+    }
+    // Percent-encoded and literal spellings name the same key.
+    assert_eq!(
+        call(&a, "GET", &s.url("/kv/a%3Ab-c_d.e"), None).1,
+        b"punctuation"
+    );
+}
+
+#[test]
+fn oversized_and_malformed_requests_are_refused_and_store_nothing() {
+    let (_t, _cfg, s) = setup("max_key_len = 100\nmax_value_len = 1000\n");
+    let a = agent();
+    let (st, body) = call(
+        &a,
+        "PUT",
+        &s.url(&format!("/kv/{}", "k".repeat(101))),
+        Some(b"v"),
+    );
+    assert_eq!(st, 413);
+    assert!(
+        String::from_utf8_lossy(&body).contains("100 bytes"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (st, body) = call(&a, "PUT", &s.url("/kv/big"), Some(&[b'x'; 1001]));
+    assert_eq!(st, 413);
+    assert!(String::from_utf8_lossy(&body).contains("1000 bytes"));
+    assert_eq!(call(&a, "GET", &s.url("/kv/big"), None).0, 404);
+    let (st, body) = raw(
+        s.port,
+        "PUT /kv/bad%zz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nv",
+    )
+    .unwrap();
+    assert_eq!(st, 400);
+    assert!(String::from_utf8_lossy(&body).contains("percent-encoding"));
+    let (st, _) = raw(
+        s.port,
+        "PUT /kv/trunc% HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nv",
+    )
+    .unwrap();
+    assert_eq!(st, 400);
+    let (st, body) = call(&a, "POST", &s.url("/batch"), Some(b"{not json"));
+    assert_eq!(st, 400);
+    assert!(String::from_utf8_lossy(&body).contains("malformed batch"));
+    let (_, list) = call(&a, "GET", &s.url("/kv?prefix="), None);
+    assert!(
+        String::from_utf8_lossy(&list).starts_with("{\"count\":0"),
+        "something was stored"
+    );
+}
+
+#[test]
+fn batches_listing_checkpoints_and_metrics() {
+    let (_t, _cfg, s) = setup("");
+    let a = agent();
+    let (st, body) = call(
+        &a,
+        "POST",
+        &s.url("/batch"),
+        Some(br#"{"ops":[{"op":"put","key":"user:1","value":"ada"},{"op":"put","key":"user:2","value":"grace"},{"op":"delete","key":"user:1"}]}"#),
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let (_, list) = call(&a, "GET", &s.url("/kv?prefix=user%3A&limit=10"), None);
+    let v: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(v["count"], 1);
+    assert_eq!(v["items"][0]["key"], "user:2");
+    assert_eq!(v["items"][0]["value"], "grace");
+    let (st, body) = call(&a, "POST", &s.url("/admin/checkpoint"), None);
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&body).contains("\"written\":true"));
+    let (_, m) = call(&a, "GET", &s.url("/metrics"), None);
+    let m = String::from_utf8_lossy(&m);
+    for name in [
+        "keel_wal_fsync_seconds_bucket",
+        "keel_wal_records_per_fsync_bucket",
+        "keel_keys 1",
+        "keel_checkpoint_lsn",
+        "keel_checkpoint_age_seconds",
+        "keel_last_recovery_seconds",
+        "keel_last_recovery_torn_bytes_cut",
+        "keel_wal_segments",
+        "keel_wal_fsyncs",
+        "keel_writes_total",
+    ] {
+        assert!(m.contains(name), "metrics lack {name}:\n{m}");
+    }
+}
+
+#[test]
+fn ten_thousand_concurrent_puts_survive_sigkill() {
+    let (t, cfg, mut s) = setup("");
+    let port = s.port;
+    let threads = 50;
+    let per = 200;
+    let hs: Vec<_> = (0..threads)
+        .map(|th| {
+            std::thread::spawn(move || {
+                let a = agent();
+                for i in 0..per {
+                    let (st, _) = call(
+                        &a,
+                        "PUT",
+                        &format!("http://127.0.0.1:{port}/kv/t{th}-{i}"),
+                        Some(format!("value {th} {i}").as_bytes()),
+                    );
+                    assert_eq!(st, 200);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    s.kill9();
+    s.restart(&cfg);
+    let a = agent();
+    let (_, list) = call(&a, "GET", &s.url("/kv?prefix=t&limit=10000"), None);
+    let v: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(
+        v["count"],
+        threads * per,
+        "acknowledged writes lost after SIGKILL"
+    );
+    for item in v["items"].as_array().unwrap() {
+        let key = item["key"].as_str().unwrap();
+        let (th, i) = key[1..].split_once('-').unwrap();
+        assert_eq!(item["value"], format!("value {th} {i}"));
+    }
+    assert!(s.stderr().contains("recovered"), "startup line missing");
+    drop(t);
+}
+
+#[test]
+fn concurrent_puts_to_one_key_end_with_one_of_the_values() {
+    let (_t, _cfg, s) = setup("");
+    let port = s.port;
+    let hs: Vec<_> = (0..16)
+        .map(|th| {
+            std::thread::spawn(move || {
+                let a = agent();
+                for i in 0..20 {
+                    let url = format!("http://127.0.0.1:{port}/kv/contended");
+                    assert_eq!(
+                        call(&a, "PUT", &url, Some(format!("{th}-{i}").as_bytes())).0,
+                        200
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let (_, v) = call(&agent(), "GET", &s.url("/kv/contended"), None);
+    let v = String::from_utf8(v).unwrap();
+    let (th, i) = v.split_once('-').unwrap();
+    assert!(
+        th.parse::<u32>().unwrap() < 16 && i == "19",
+        "{v}: not a last write of any client"
+    );
+}
+
+#[test]
+fn thousands_of_concurrent_connections() {
+    let (_t, _cfg, s) = setup("");
+    let n = 2000;
+    let mut conns: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(("127.0.0.1", s.port)).unwrap())
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let body = format!("v{i}");
+        write!(
+            c,
+            "PUT /kv/conn{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    }
+    let mut ok = 0;
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = Vec::new();
+        c.read_to_end(&mut buf).unwrap();
+        if parse_response(&buf).unwrap().0 == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, n, "{} of {n} connections answered 200", ok);
+    let (_, list) = call(&agent(), "GET", &s.url("/kv?prefix=conn&limit=10000"), None);
+    let v: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(v["count"], n);
+}
+
+#[test]
+fn sigterm_finishes_syncs_and_exits_zero() {
+    let (_t, cfg, mut s) = setup("sync = \"interval:1h\"\n");
+    let a = agent();
+    for i in 0..50 {
+        call(&a, "PUT", &s.url(&format!("/kv/k{i}")), Some(b"v"));
+    }
+    let st = s.term();
+    assert!(st.success(), "exit status {st:?}: {}", s.stderr());
+    assert!(s.stderr().contains("stopped cleanly"));
+    s.restart(&cfg);
+    let (_, list) = call(&a, "GET", &s.url("/kv?prefix=k&limit=100"), None);
+    let v: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(
+        v["count"], 50,
+        "SIGTERM did not sync an interval-policy log"
+    );
+}
+
+#[test]
+fn a_failed_fsync_stops_writes_with_503_and_reads_go_on() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    let s = Server::start(t.path(), &cfg, &[("KEEL_FAULT", "sync:40:eio")]);
+    let a = agent();
+    let mut acked = vec![];
+    let mut refused = None;
+    for i in 0..200 {
+        let (st, body) = call(&a, "PUT", &s.url(&format!("/kv/k{i}")), Some(b"v"));
+        match st {
+            200 => acked.push(i),
+            503 => {
+                refused = Some(String::from_utf8_lossy(&body).into_owned());
+                break;
+            }
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+    let msg = refused.expect("the injected fsync failure never surfaced");
+    assert!(msg.contains("stopped") && msg.contains("restart"), "{msg}");
+    let (st, body) = call(&a, "PUT", &s.url("/kv/after"), Some(b"v"));
+    assert_eq!(st, 503, "{}", String::from_utf8_lossy(&body));
+    for i in &acked {
+        assert_eq!(
+            call(&a, "GET", &s.url(&format!("/kv/k{i}")), None),
+            (200, b"v".to_vec())
+        );
+    }
+    assert_eq!(call(&a, "GET", &s.url("/health"), None).0, 200);
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("data/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_damaged_log_refuses_to_start_and_the_tools_find_and_cut_it() {
+    let (t, cfg, mut s) = setup("checkpoint_log_bytes = 0\n");
+    let a = agent();
+    for i in 0..300 {
+        call(
+            &a,
+            "PUT",
+            &s.url(&format!("/kv/k{i:03}")),
+            Some(format!("value {i}").as_bytes()),
+        );
+    }
+    assert!(s.term().success());
+    let seg = segments(t.path()).remove(0);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let off = 48 + 100 * 40; // inside a record well before the end
+    bytes[off] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (mut child, _, log) = Server::spawn(t.path(), &cfg, &[]);
+    let st = child.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!st.success(), "started on a damaged log");
+    let name = seg.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name) && err.contains("offset"), "{err}");
+    assert!(
+        err.contains("keel verify") && err.contains("keel repair"),
+        "{err}"
+    );
+
+    let data = t.path().join("data");
+    let v = Command::new(BIN).arg("verify").arg(&data).output().unwrap();
+    assert_eq!(v.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("DAMAGED"));
+    let d = Command::new(BIN)
+        .args(["dump", "--json"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&d.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["type"] == "damage"));
+    assert!(
+        lines.iter().filter(|l| l["type"] == "record").count() >= 290,
+        "dump stopped at the damage"
+    );
+    let r = Command::new(BIN)
+        .args(["repair", "--yes"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("repaired"));
+    let saved = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .contains(".cut-at-")
+        })
+        .count();
+    assert_eq!(saved, 1, "repair did not save what it cut");
+    let v = Command::new(BIN).arg("verify").arg(&data).output().unwrap();
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    s.restart(&cfg);
+    assert_eq!(call(&a, "GET", &s.url("/kv/k000"), None).0, 200);
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_logged_at_start() {
+    let (t, cfg, mut s) = setup("");
+    let a = agent();
+    for i in 0..20 {
+        call(&a, "PUT", &s.url(&format!("/kv/k{i}")), Some(b"v"));
+    }
+    s.kill9();
+    let seg = segments(t.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let end = end.next_multiple_of(8);
+    bytes[end..end + 13].copy_from_slice(b"torn garbage!");
+    std::fs::write(&seg, &bytes).unwrap();
+    s.restart(&cfg);
+    let log = s.stderr();
+    assert!(log.contains("cut a torn tail"), "{log}");
+    for i in 0..20 {
+        assert_eq!(call(&a, "GET", &s.url(&format!("/kv/k{i}")), None).0, 200);
+    }
+}
+
+#[test]
+fn a_second_server_on_the_same_directory_is_refused() {
+    let (t, cfg, _s) = setup("");
+    let (mut child, _, log) = Server::spawn(t.path(), &cfg, &[]);
+    assert!(!child.wait().unwrap().success());
+    let err = std::fs::read_to_string(log).unwrap();
+    assert!(
+        err.contains("already in use") && err.contains("pid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dump_prints_every_record() {
+    let (t, _cfg, mut s) = setup("");
+    let a = agent();
+    call(&a, "PUT", &s.url("/kv/alpha"), Some(b"one"));
+    call(&a, "DELETE", &s.url("/kv/alpha"), None);
+    call(&a, "DELETE", &s.url("/clear"), None);
+    assert!(s.term().success());
+    let out = Command::new(BIN)
+        .arg("dump")
+        .arg(t.path().join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("put key=\"alpha\" value=\"one\""), "{text}");
+    assert!(text.contains("delete key=\"alpha\""));
+    assert!(text.contains("clear"));
+    let out = Command::new(BIN)
+        .args(["dump", "--from", "3"])
+        .arg(t.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
