@@ -235,6 +235,18 @@ impl Db {
         dir: impl AsRef<Path>,
         opts: Options,
     ) -> Result<(Db, RecoveryReport)> {
+        Db::open_with_progress(storage, dir, opts, &|_| {})
+    }
+
+    /// Like [`open_with_storage`](Self::open_with_storage), calling
+    /// `progress(records_replayed)` every 8,192 records replayed, for a
+    /// progress display during a long recovery.
+    pub fn open_with_progress(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: Options,
+        progress: &dyn Fn(u64),
+    ) -> Result<(Db, RecoveryReport)> {
         let started = Instant::now();
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -316,6 +328,9 @@ impl Db {
                         apply(&mut tree, op);
                         replayed += 1;
                         replayed_bytes += payload.len() as u64 + 32;
+                        if replayed.is_multiple_of(8192) {
+                            progress(replayed);
+                        }
                     }
                     Err(e) => bad_record = Some(Error::BadRecord { lsn, why: e.0 }),
                 }

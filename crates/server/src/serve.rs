@@ -65,7 +65,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => Arc::new(keel_wal::FsStorage::new()),
     };
-    let (db, report) = match Db::open_with_storage(storage, &dir, opts) {
+    // A long recovery shows its progress when a person is watching.
+    let spinner = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("recovering {}", dir.display()));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress = |n: u64| {
+        spinner.set_message(format!(
+            "recovering {}: {n} log records replayed",
+            dir.display()
+        ))
+    };
+    let opened = Db::open_with_progress(storage, &dir, opts, &progress);
+    spinner.finish_and_clear();
+    let (db, report) = match opened {
         Ok(x) => x,
         Err(e) => {
             let hint = match &e {
