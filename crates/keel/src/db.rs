@@ -350,7 +350,8 @@ impl Db {
             return Err(Error::LogGap {
                 dir: wal_dir,
                 checkpoint_lsn: base_lsn,
-                log_first: wal.first_lsn().max(last_lsn + 1),
+                log_first: wal.first_lsn(),
+                log_last: last_lsn,
             });
         }
         let report = RecoveryReport {

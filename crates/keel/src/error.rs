@@ -42,14 +42,16 @@ pub enum Error {
         why: String,
     },
     /// The log does not continue where the checkpoint ends.
-    #[error("the log in {} starts at LSN {log_first} but the newest usable checkpoint ends at LSN {checkpoint_lsn}: records {} to {} are missing. Restore the missing segments or the newer checkpoint", dir.display(), checkpoint_lsn + 1, log_first - 1)]
+    #[error("the log in {} holds LSN {log_first}..={log_last}, which does not continue the newest usable checkpoint at LSN {checkpoint_lsn} (the log must hold LSN {} onwards, or end exactly at {checkpoint_lsn}); records are missing. Restore the missing log segments or the newer checkpoint", dir.display(), checkpoint_lsn + 1)]
     LogGap {
         /// The log directory.
         dir: PathBuf,
         /// The checkpoint's LSN.
         checkpoint_lsn: u64,
-        /// The first LSN the log holds.
+        /// The first LSN the log holds (or would write next, if empty).
         log_first: u64,
+        /// The last LSN the log holds (first - 1 if empty).
+        log_last: u64,
     },
     /// A log record does not decode as an operation.
     #[error("log record {lsn} is not a valid operation ({why}); the log was written by another program or version")]

@@ -46,7 +46,7 @@ pub use error::{Damage, DamageKind, Result, StopCause, WalError};
 pub use options::{RecoveryMode, SyncPolicy, WalOptions};
 pub use recovery::{RecoveryReport, SetAside, TornTail};
 pub use storage::{
-    CrashMode, Fault, FaultKind, FaultOp, FaultyStorage, FsStorage, LockGuard, OpenMode,
-    SimStorage, Storage, StorageFile,
+    BufferedStorage, CrashMode, Fault, FaultKind, FaultOp, FaultyStorage, FsStorage, LockGuard,
+    OpenMode, SimStorage, Storage, StorageFile,
 };
 pub use wal::{AppendFuture, Wal, WalStats};

@@ -12,10 +12,12 @@
 //! directory that holds the name, and written bytes are durable only after
 //! `sync_data`/`sync_all` of the file returned `Ok`.
 
+mod buffered;
 mod faulty;
 mod fs;
 mod sim;
 
+pub use buffered::BufferedStorage;
 pub use faulty::FaultyStorage;
 pub use fs::FsStorage;
 pub use sim::{CrashMode, Fault, FaultKind, FaultOp, SimStorage};

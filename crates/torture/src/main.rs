@@ -1,0 +1,472 @@
+//! `keel-torture`: kill -9 the real `keel serve` under load, restart it, and
+//! check every recorded operation.
+//!
+//! Each cycle starts the server on a loopback port and a scratch directory
+//! (tiny checkpoint trigger, so kills land during checkpoints too), runs N
+//! clients that PUT, DELETE, batch, clear, GET and checkpoint with unique
+//! values on a small key set, SIGKILLs the server after a uniform random
+//! 10-500 ms, restarts it and reads everything back. Every operation is ok
+//! (2xx), fail (refused before sending) or unknown (sent, then timeout, reset
+//! or 5xx); a client whose operation is unknown continues under a fresh id.
+//!
+//! Checks, after every restart and at the end: acknowledged writes present
+//! unless a later-or-concurrent write may have replaced them; no value that
+//! no client wrote; batches all-or-nothing; then, per key, linearizability of
+//! the whole history (which rules out reads going back in time across
+//! restarts). On a violation: exit 1, keeping the history (JSON lines), the
+//! data directory and the seed.
+//!
+//! Short tier (CI): `cargo run -p keel-torture -- --cycles 40`.
+//! Long tier: `cargo run --release -p keel-torture -- --release-bin --cycles 1000`.
+
+mod history;
+mod linearizability;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use history::{Event, History, Outcome, Target};
+use keel_wal::rng::SplitMix64;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "kill -9 torture of keel serve with a history checker")]
+struct Args {
+    /// Kill-and-restart cycles.
+    #[arg(long, default_value_t = 20)]
+    cycles: u32,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: u32,
+    /// Distinct keys (few, so keys are overwritten often).
+    #[arg(long, default_value_t = 12)]
+    keys: u32,
+    /// Seed of every random choice (printed; replays the schedule).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Shortest time before the kill, ms.
+    #[arg(long, default_value_t = 10)]
+    min_ms: u64,
+    /// Longest time before the kill, ms.
+    #[arg(long, default_value_t = 500)]
+    max_ms: u64,
+    /// The keel binary (default: target/debug/keel, or target/release/keel
+    /// with --release-bin).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Use target/release/keel.
+    #[arg(long)]
+    release_bin: bool,
+    /// Scratch directory (default: a new one under target/keel-torture).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Sync policy given to the server (always is the only one whose
+    /// acknowledged writes must survive).
+    #[arg(long, default_value = "always")]
+    sync: String,
+    /// Storage under the server: `real` files, or `buffered` (file data held
+    /// in the server process until synced: kill -9 then loses exactly what
+    /// power loss would).
+    #[arg(long, default_value = "real")]
+    storage: String,
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start(bin: &Path, dir: &Path, args: &Args, cycle: u32) -> anyhow::Result<(Server, Duration)> {
+    let sync = args.sync.as_str();
+    let port = free_port()?;
+    let cfg = dir.join("keel.toml");
+    std::fs::write(
+        &cfg,
+        "segment_size = 1048576\ncheckpoint_log_bytes = 65536\ncheckpoint_bytes_per_sec = 0\n",
+    )?;
+    let log = std::fs::File::create(dir.join(format!("server-{cycle}.log")))?;
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--sync",
+            sync,
+            "--working-dir",
+        ])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(&cfg)
+        .env(
+            "KEEL_STORAGE",
+            if args.storage == "buffered" {
+                "buffered"
+            } else {
+                ""
+            },
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut s = Server { child, port };
+    loop {
+        if let Ok((200, _)) = raw(port, "GET", "/health", b"") {
+            return Ok((s, started.elapsed()));
+        }
+        if let Some(st) = s.child.try_wait()? {
+            bail!(
+                "keel serve exited with {st} at start of cycle {cycle}; see {}",
+                dir.join(format!("server-{cycle}.log")).display()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = s.child.kill();
+            bail!("keel serve did not come up within 60 s (cycle {cycle})");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, body). Errors say
+/// whether the request was sent.
+fn raw(port: u16, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), Sent> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|_| Sent::No)?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).map_err(|_| Sent::Maybe)?;
+    s.write_all(body).map_err(|_| Sent::Maybe)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|_| Sent::Maybe)?;
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(Sent::Maybe)?;
+    let status = std::str::from_utf8(&buf[..end])
+        .ok()
+        .and_then(|h| h.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or(Sent::Maybe)?;
+    Ok((status, buf[end + 4..].to_vec()))
+}
+
+#[derive(Debug)]
+enum Sent {
+    /// Refused before anything was sent: the operation did not happen.
+    No,
+    /// Sent (or maybe sent), no answer: outcome unknown.
+    Maybe,
+}
+
+fn key(i: u64) -> String {
+    format!("k{i:03}")
+}
+
+struct Shared {
+    port: u16,
+    stop: AtomicBool,
+    history: Mutex<History>,
+    next_client: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+fn client_loop(sh: Arc<Shared>, mut rng: SplitMix64, keys: u64) {
+    let mut client = sh.next_client.fetch_add(1, Ordering::SeqCst);
+    let mut seq = 0u64;
+    while !sh.stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let val = |j: u64| format!("c{client}:{seq}:{j}");
+        let roll = rng.below(100);
+        let (method, path, body, targets): (&str, String, Vec<u8>, Vec<Target>) = match roll {
+            0..=44 => {
+                let k = key(rng.below(keys));
+                let v = val(0);
+                (
+                    "PUT",
+                    format!("/kv/{k}"),
+                    v.clone().into_bytes(),
+                    vec![Target::Write(k, Some(v))],
+                )
+            }
+            45..=54 => {
+                let k = key(rng.below(keys));
+                (
+                    "DELETE",
+                    format!("/kv/{k}"),
+                    vec![],
+                    vec![Target::Write(k, None)],
+                )
+            }
+            55..=64 => {
+                let n = 2 + rng.below(2);
+                let mut ops = vec![];
+                let mut targets = vec![];
+                let mut used = vec![];
+                for j in 0..n {
+                    let k = key(rng.below(keys));
+                    if used.contains(&k) {
+                        continue;
+                    }
+                    used.push(k.clone());
+                    if rng.chance(4, 5) {
+                        let v = val(j);
+                        ops.push(serde_json::json!({"op": "put", "key": k, "value": v}));
+                        targets.push(Target::Write(k, Some(v)));
+                    } else {
+                        ops.push(serde_json::json!({"op": "delete", "key": k}));
+                        targets.push(Target::Write(k, None));
+                    }
+                }
+                let body = serde_json::json!({ "ops": ops }).to_string().into_bytes();
+                ("POST", "/batch".into(), body, targets)
+            }
+            65 => ("DELETE", "/clear".into(), vec![], vec![Target::Clear]),
+            66..=67 => ("POST", "/admin/checkpoint".into(), vec![], vec![]),
+            _ => {
+                let k = key(rng.below(keys));
+                (
+                    "GET",
+                    format!("/kv/{k}"),
+                    vec![],
+                    vec![Target::Read(k, None)],
+                )
+            }
+        };
+        let call = sh.now();
+        let result = raw(sh.port, method, &path, &body);
+        let ret = sh.now();
+        let (outcome, targets) = match result {
+            Ok((s, _)) if (200..300).contains(&s) || (method == "GET" && s == 404) => {
+                let targets = match (method, &result) {
+                    ("GET", Ok((200, b))) => match &targets[0] {
+                        Target::Read(k, _) => vec![Target::Read(
+                            k.clone(),
+                            Some(String::from_utf8_lossy(b).into_owned()),
+                        )],
+                        t => vec![t.clone()],
+                    },
+                    _ => targets,
+                };
+                (Outcome::Ok, targets)
+            }
+            Err(Sent::No) => (Outcome::Fail, targets),
+            _ => (Outcome::Unknown, targets),
+        };
+        if !targets.is_empty() {
+            sh.history.lock().unwrap().push(Event {
+                client,
+                call,
+                ret,
+                outcome,
+                targets,
+            });
+        }
+        match outcome {
+            Outcome::Ok => {}
+            // The server is gone or going: a fresh client id for the
+            // operations after an unknown one, then back off briefly.
+            Outcome::Unknown | Outcome::Fail => {
+                client = sh.next_client.fetch_add(1, Ordering::SeqCst);
+                seq = 0;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keel-torture: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let seed = args
+        .seed
+        .unwrap_or_else(|| SplitMix64::from_entropy().next_u64());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = args.bin.clone().unwrap_or_else(|| {
+        root.join(if args.release_bin {
+            "target/release/keel"
+        } else {
+            "target/debug/keel"
+        })
+    });
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build{} -p keel-server)",
+            bin.display(),
+            if args.release_bin { " --release" } else { "" }
+        );
+    }
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            let base = root.join("target/keel-torture");
+            std::fs::create_dir_all(&base)?;
+            base.join(format!("run-{seed}"))
+        }
+    };
+    if args.storage != "real" && args.storage != "buffered" {
+        bail!("--storage must be `real` or `buffered`");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "keel-torture: seed {seed}, {} cycles, {} clients, {} keys, kill after {}-{} ms, sync {}, storage {}, data in {}",
+        args.cycles,
+        args.clients,
+        args.keys,
+        args.min_ms,
+        args.max_ms,
+        args.sync,
+        args.storage,
+        dir.display()
+    );
+    let mut rng = SplitMix64::new(seed);
+    let epoch = Instant::now();
+    let mut history = History::default();
+    let mut recoveries = vec![];
+    let mut next_client = 0u64;
+    let started = Instant::now();
+    for cycle in 0..=args.cycles {
+        let (server, took) = match start(&bin, &dir, &args, cycle) {
+            Ok(x) => x,
+            // Not coming back after a kill is a violation, not a tool error.
+            Err(e) if cycle > 0 => {
+                let log = std::fs::read_to_string(dir.join(format!("server-{cycle}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                return violation(
+                    &dir,
+                    &history,
+                    seed,
+                    &format!(
+                        "the server did not recover after kill {cycle}: {e}; its log ends: {}",
+                        tail.join(" | ")
+                    ),
+                );
+            }
+            Err(e) => return Err(e),
+        };
+        if cycle > 0 {
+            recoveries.push(took);
+        }
+        // Whatever was unknown could only take effect before this server
+        // was ready: close those windows now.
+        history.close_unknown_windows(epoch.elapsed().as_nanos() as u64);
+        let call = epoch.elapsed().as_nanos() as u64;
+        let listing = raw(server.port, "GET", "/kv?limit=10000", b"");
+        let ret = epoch.elapsed().as_nanos() as u64;
+        let state = match listing {
+            Ok((200, body)) => history::parse_listing(&body)?,
+            other => bail!("reading everything back after restart {cycle} failed: {other:?}"),
+        };
+        if let Err(v) = history.check_snapshot(&state) {
+            history.push_snapshot(call, ret, &state, args.keys as u64, key);
+            return violation(&dir, &history, seed, &format!("after restart {cycle}: {v}"));
+        }
+        history.push_snapshot(call, ret, &state, args.keys as u64, key);
+        let mut child = server.child;
+        if cycle == args.cycles {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        let sh = Arc::new(Shared {
+            port: server.port,
+            stop: AtomicBool::new(false),
+            history: Mutex::new(std::mem::take(&mut history)),
+            next_client: AtomicU64::new(next_client),
+            epoch,
+        });
+        let clients: Vec<_> = (0..args.clients)
+            .map(|_| {
+                let sh = Arc::clone(&sh);
+                let rng = SplitMix64::new(rng.next_u64());
+                let keys = args.keys as u64;
+                std::thread::spawn(move || client_loop(sh, rng, keys))
+            })
+            .collect();
+        let wait = args.min_ms + rng.below(args.max_ms.saturating_sub(args.min_ms) + 1);
+        std::thread::sleep(Duration::from_millis(wait));
+        child.kill()?; // SIGKILL, at a random moment under load
+        child.wait()?;
+        sh.stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+        }
+        next_client = sh.next_client.load(Ordering::SeqCst);
+        history = std::mem::take(&mut *sh.history.lock().unwrap());
+    }
+    let checking = Instant::now();
+    let lin = history.check_linearizable();
+    let lin_time = checking.elapsed();
+    let counts = history.counts();
+    recoveries.sort();
+    let (p50, max) = match recoveries.len() {
+        0 => (Duration::ZERO, Duration::ZERO),
+        n => (recoveries[n / 2], recoveries[n - 1]),
+    };
+    println!(
+        "cycles {}, ops ok {} / fail {} / unknown {}, acknowledged writes verified {}, lost 0, phantom 0, stale reads 0, keys linearizable {}/{}, restart-to-ready p50 {:.0} ms max {:.0} ms, {:.1} s ({:.1} s in the linearizability check)",
+        args.cycles,
+        counts.ok,
+        counts.fail,
+        counts.unknown,
+        counts.acked_writes,
+        lin.iter().filter(|(_, ok)| *ok).count(),
+        lin.len(),
+        p50.as_secs_f64() * 1000.0,
+        max.as_secs_f64() * 1000.0,
+        started.elapsed().as_secs_f64(),
+        lin_time.as_secs_f64()
+    );
+    if let Some((k, _)) = lin.iter().find(|(_, ok)| !ok) {
+        return violation(
+            &dir,
+            &history,
+            seed,
+            &format!("key {k} is not linearizable"),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn violation(dir: &Path, history: &History, seed: u64, what: &str) -> anyhow::Result<ExitCode> {
+    let path = dir.join("history.jsonl");
+    history.save(&path)?;
+    eprintln!(
+        "VIOLATION {what}\n  seed {seed} (replay: --seed {seed}); history: {}; data directory and server logs: {}",
+        path.display(),
+        dir.display()
+    );
+    Ok(ExitCode::from(1))
+}
