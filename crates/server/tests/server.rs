@@ -669,3 +669,51 @@ fn dump_prints_every_record() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
+
+#[test]
+fn a_full_disk_stops_writes_with_an_error_and_a_restart_recovers() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    // From the 30th write on, every write hits ENOSPC.
+    let mut s = Server::start(
+        t.path(),
+        &cfg,
+        &[("KEEL_FAULT", "write:30:enospc:persistent")],
+    );
+    let a = agent();
+    let mut acked = vec![];
+    let mut refused = None;
+    for i in 0..200 {
+        let (st, body) = call(&a, "PUT", &s.url(&format!("/kv/k{i}")), Some(b"v"));
+        if st == 200 {
+            acked.push(i);
+        } else {
+            refused = Some((st, String::from_utf8_lossy(&body).into_owned()));
+            break;
+        }
+    }
+    let (st, msg) = refused.expect("ENOSPC never surfaced");
+    assert_eq!(st, 503, "{msg}");
+    assert!(
+        msg.contains("No space left") || msg.contains("os error 28"),
+        "{msg}"
+    );
+    assert!(msg.contains("restart"), "{msg}");
+    for i in &acked {
+        assert_eq!(
+            call(&a, "GET", &s.url(&format!("/kv/k{i}")), None).0,
+            200,
+            "read after ENOSPC"
+        );
+    }
+    // Space is back: a restart recovers every acknowledged write and takes writes.
+    s.kill9();
+    s.restart(&cfg);
+    for i in &acked {
+        assert_eq!(
+            call(&a, "GET", &s.url(&format!("/kv/k{i}")), None),
+            (200, b"v".to_vec())
+        );
+    }
+    assert_eq!(call(&a, "PUT", &s.url("/kv/again"), Some(b"v")).0, 200);
+}

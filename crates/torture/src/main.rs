@@ -74,6 +74,20 @@ struct Args {
     /// power loss would).
     #[arg(long, default_value = "real")]
     storage: String,
+    /// Instead of SIGKILL at a random moment, make the server abort itself
+    /// at a storage step, in turn: the Nth create, rename, directory sync,
+    /// remove or sync (the steps of segment rotation, checkpoints and
+    /// segment deletion), N = 1..4.
+    #[arg(long)]
+    failpoints: bool,
+}
+
+/// The fail point of a cycle in `--failpoints` mode (`KEEL_FAULT` syntax).
+fn failpoint(cycle: u32) -> String {
+    const OPS: [&str; 5] = ["create", "rename", "syncdir", "remove", "sync"];
+    let op = OPS[cycle as usize % OPS.len()];
+    let nth = 1 + (cycle as usize / OPS.len()) % 4;
+    format!("{op}:{nth}:crash")
 }
 
 struct Server {
@@ -87,7 +101,13 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn start(bin: &Path, dir: &Path, args: &Args, cycle: u32) -> anyhow::Result<(Server, Duration)> {
+fn start(
+    bin: &Path,
+    dir: &Path,
+    args: &Args,
+    cycle: u32,
+    fault: Option<&str>,
+) -> anyhow::Result<(Server, Duration)> {
     let sync = args.sync.as_str();
     let port = free_port()?;
     let cfg = dir.join("keel.toml");
@@ -117,6 +137,7 @@ fn start(bin: &Path, dir: &Path, args: &Args, cycle: u32) -> anyhow::Result<(Ser
                 ""
             },
         )
+        .env("KEEL_FAULT", fault.unwrap_or(""))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -338,12 +359,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     println!(
-        "keel-torture: seed {seed}, {} cycles, {} clients, {} keys, kill after {}-{} ms, sync {}, storage {}, data in {}",
+        "keel-torture: seed {seed}, {} cycles, {} clients, {} keys, {}, sync {}, storage {}, data in {}",
         args.cycles,
         args.clients,
         args.keys,
-        args.min_ms,
-        args.max_ms,
+        if args.failpoints {
+            "crash at the Nth create/rename/syncdir/remove/sync in turn".to_string()
+        } else {
+            format!("kill after {}-{} ms", args.min_ms, args.max_ms)
+        },
         args.sync,
         args.storage,
         dir.display()
@@ -353,9 +377,18 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut history = History::default();
     let mut recoveries = vec![];
     let mut next_client = 0u64;
+    let mut self_crashes = 0u32;
     let started = Instant::now();
     for cycle in 0..=args.cycles {
-        let (server, took) = match start(&bin, &dir, &args, cycle) {
+        // In fail-point mode the server of this cycle carries its fault; if
+        // it fires during startup recovery, that is the cycle's crash, and
+        // the server is started again without it.
+        let fault = (args.failpoints && cycle < args.cycles).then(|| failpoint(cycle));
+        let started_at = match start(&bin, &dir, &args, cycle, fault.as_deref()) {
+            Err(_) if fault.is_some() => start(&bin, &dir, &args, cycle + 100_000, None),
+            r => r,
+        };
+        let (server, took) = match started_at {
             Ok(x) => x,
             // Not coming back after a kill is a violation, not a tool error.
             Err(e) if cycle > 0 => {
@@ -414,8 +447,19 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
             .collect();
         let wait = args.min_ms + rng.below(args.max_ms.saturating_sub(args.min_ms) + 1);
-        std::thread::sleep(Duration::from_millis(wait));
-        child.kill()?; // SIGKILL, at a random moment under load
+        if fault.is_some() {
+            // Wait for the injected abort (or give up after a while and kill).
+            let deadline = Instant::now() + Duration::from_millis(wait.max(100) * 10);
+            while child.try_wait()?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if child.try_wait()?.is_some() {
+                self_crashes += 1;
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(wait));
+        }
+        let _ = child.kill(); // SIGKILL, at a random moment under load
         child.wait()?;
         sh.stop.store(true, Ordering::SeqCst);
         for c in clients {
@@ -448,6 +492,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         lin_time.as_secs_f64()
     );
+    if args.failpoints {
+        println!(
+            "fail points: the server aborted itself at its injected fault in {self_crashes} of {} cycles (the others were killed after waiting)",
+            args.cycles
+        );
+    }
     if let Some((k, _)) = lin.iter().find(|(_, ok)| !ok) {
         return violation(
             &dir,
