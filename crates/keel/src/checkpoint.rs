@@ -106,6 +106,12 @@ pub fn decode_header(b: &[u8]) -> Result<CheckpointHeader, String> {
     if version != VERSION {
         return Err(format!("unsupported checkpoint version {version}"));
     }
+    let flags = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+    if flags != 0 {
+        return Err(format!(
+            "unknown checkpoint flags {flags:#x} (written by a newer keel?)"
+        ));
+    }
     Ok(CheckpointHeader {
         lsn: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
         count: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
@@ -122,7 +128,7 @@ fn block_crc(header_tail: &[u8], payload: &[u8]) -> u32 {
 /// `bytes_per_sec` paces the writing (sleeping on this, the checkpoint's own
 /// thread) so that a checkpoint never takes the disk away from the log's
 /// fdatasyncs; `None` writes as fast as possible.
-pub(crate) fn write(
+pub fn write(
     storage: &dyn Storage,
     dir: &Path,
     lsn: u64,

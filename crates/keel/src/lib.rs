@@ -28,6 +28,7 @@
 pub mod checkpoint;
 mod db;
 pub mod error;
+pub mod fuzzing;
 pub mod op;
 pub mod options;
 

@@ -4,8 +4,6 @@
 //! - `keel dump | verify | repair PATH`: inspect, check and repair a data
 //!   directory, a log directory or one file, without a server running.
 
-mod http;
-mod metrics;
 mod serve;
 mod tools;
 

@@ -1,9 +1,9 @@
 //! `keel serve`: recover the store, then serve the HTTP API until SIGTERM
 //! or Ctrl-C; then stop accepting, finish in-flight requests, sync, exit 0.
 
-use crate::http::{router, AppState};
 use anyhow::Context;
 use keel::{Db, Options};
+use keel_server::http::{router, AppState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = &args.sync {
         opts.sync = keel::parse_sync(s)?;
     }
-    let metrics = crate::metrics::install().context("installing the metrics recorder")?;
+    let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;
     let dir = args.working_dir.clone();
     // Test hook: KEEL_STORAGE=buffered holds file data in this process until
     // it is synced, so kill -9 loses exactly what a power loss would.

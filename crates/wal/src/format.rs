@@ -47,6 +47,8 @@ pub enum HeaderError {
     BadMagic,
     /// Written by a newer format.
     UnsupportedVersion(u32),
+    /// Reserved flag bits are set: written by a newer writer.
+    UnknownFlags(u32),
     /// The header's checksum does not match.
     BadChecksum,
 }
@@ -94,6 +96,12 @@ impl SegmentHeader {
         let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
         if version != FORMAT_VERSION {
             return Err(HeaderError::UnsupportedVersion(version));
+        }
+        let flags = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+        if flags != 0 {
+            // Version 1 defines no flag: a set bit could change what the
+            // bytes mean, so refuse rather than guess (found by fuzzing).
+            return Err(HeaderError::UnknownFlags(flags));
         }
         Ok(SegmentHeader {
             log_id: le64(&b[16..24]),
@@ -251,6 +259,23 @@ mod tests {
             d[i / 8] ^= 1 << (i % 8);
             assert!(SegmentHeader::decode(&d).is_err(), "bit {i} flip accepted");
         }
+    }
+
+    #[test]
+    fn unknown_header_flags_are_refused() {
+        let mut b = SegmentHeader {
+            log_id: 1,
+            first_lsn: 1,
+            salt: 2,
+        }
+        .encode();
+        b[14] = 0x20;
+        let crc = crc32c::crc32c(&b[0..40]);
+        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            Err(HeaderError::UnknownFlags(0x20_0000))
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@
 
 pub mod error;
 pub mod format;
+pub mod fuzzing;
 pub mod inspect;
 pub mod options;
 mod reader;

@@ -1,0 +1,7 @@
+//! The library half of the `keel` binary: the HTTP layer and metrics, kept
+//! apart from `main` so that fuzz targets and tests can drive the router
+//! in-process. The binary (`src/main.rs`) adds `serve` and the tools.
+
+pub mod fuzzing;
+pub mod http;
+pub mod metrics;
