@@ -1,7 +1,9 @@
-//! The library half of the `keel` binary: the HTTP layer and metrics, kept
+//! The library half of the `keel` binary: the HTTP layer, the Redis
+//! protocol listener and metrics, kept
 //! apart from `main` so that fuzz targets and tests can drive the router
 //! in-process. The binary (`src/main.rs`) adds `serve` and the tools.
 
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod resp;

@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// Sync policy: always, never, or interval:<duration> (e.g. interval:100ms).
     #[arg(long)]
     pub sync: Option<String>,
+    /// Also serve the Redis protocol (RESP2) on this port (off unless given).
+    #[arg(long)]
+    pub resp_port: Option<u16>,
 }
 
 fn init_logging() {
@@ -125,13 +128,44 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         db: Arc::clone(&db),
         metrics,
     };
+    let resp_addr: Option<SocketAddr> = match args.resp_port {
+        Some(p) => Some(
+            format!("{}:{p}", args.bind)
+                .parse()
+                .with_context(|| format!("bad RESP listen address {}:{p}", args.bind))?,
+        ),
+        None => None,
+    };
+    let resp_db = Arc::clone(&db);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr}: is another server using the port?")
         })?;
+        // One shutdown signal for both listeners.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(raddr) = resp_addr {
+            let rl = tokio::net::TcpListener::bind(raddr)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {raddr} for RESP: is another server using the port?")
+                })?;
+            tracing::info!("serving the Redis protocol on {raddr}");
+            tokio::spawn(keel_server::resp::serve(
+                rl,
+                resp_db,
+                stopped(stop_rx.clone()),
+            ));
+        }
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
         tracing::info!("listening on http://{addr} (data in {})", dir.display());
         axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(stopped(stop_rx))
             .await
             .context("serving HTTP")
     })?;

@@ -1,0 +1,272 @@
+//! The Redis protocol listener of the real binary, with a raw client (exact
+//! replies, pipelining, protocol errors), the `redis` crate, and redis-cli
+//! when it is installed.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+struct Resp {
+    _t: tempfile::TempDir,
+    server: Server,
+    port: u16,
+}
+
+fn start_resp(t: tempfile::TempDir) -> Resp {
+    let cfg = config(t.path(), "");
+    let port = free_port();
+    let server = Server::start_with(t.path(), &cfg, &[], &["--resp-port", &port.to_string()]);
+    Resp {
+        _t: t,
+        server,
+        port,
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+fn cmd(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Reads exactly one reply (any RESP2 type) and returns its raw bytes.
+fn read_reply(s: &mut TcpStream, pending: &mut Vec<u8>) -> Vec<u8> {
+    loop {
+        if let Some(n) = reply_len(pending) {
+            return pending.drain(..n).collect();
+        }
+        let mut buf = [0u8; 65536];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed while waiting for a reply");
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn reply_len(b: &[u8]) -> Option<usize> {
+    let line = b.windows(2).position(|w| w == b"\r\n")?;
+    match b[0] {
+        b'+' | b'-' | b':' => Some(line + 2),
+        b'$' => {
+            let n: i64 = std::str::from_utf8(&b[1..line]).ok()?.parse().ok()?;
+            if n < 0 {
+                return Some(line + 2);
+            }
+            let total = line + 2 + n as usize + 2;
+            (b.len() >= total).then_some(total)
+        }
+        b'*' => {
+            let n: i64 = std::str::from_utf8(&b[1..line]).ok()?.parse().ok()?;
+            let mut pos = line + 2;
+            for _ in 0..n.max(0) {
+                pos += reply_len(&b[pos..])?;
+            }
+            Some(pos)
+        }
+        _ => None,
+    }
+}
+
+fn ask(s: &mut TcpStream, args: &[&[u8]]) -> Vec<u8> {
+    s.write_all(&cmd(args)).unwrap();
+    read_reply(s, &mut Vec::new())
+}
+
+#[test]
+fn commands_answer_exactly_like_redis() {
+    let r = start_resp(tempfile::tempdir().unwrap());
+    let mut s = connect(r.port);
+    assert_eq!(ask(&mut s, &[b"PING"]), b"+PONG\r\n");
+    assert_eq!(ask(&mut s, &[b"ping", b"hi"]), b"$2\r\nhi\r\n");
+    assert_eq!(ask(&mut s, &[b"ECHO", b"x y"]), b"$3\r\nx y\r\n");
+    assert_eq!(ask(&mut s, &[b"SET", b"k", b"v\r\n\x00bin"]), b"+OK\r\n");
+    assert_eq!(ask(&mut s, &[b"GET", b"k"]), b"$7\r\nv\r\n\x00bin\r\n");
+    assert_eq!(ask(&mut s, &[b"GET", b"missing"]), b"$-1\r\n");
+    assert_eq!(ask(&mut s, &[b"MSET", b"a", b"1", b"b", b"2"]), b"+OK\r\n");
+    assert_eq!(
+        ask(&mut s, &[b"MGET", b"a", b"nope", b"b"]),
+        b"*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n"
+    );
+    assert_eq!(ask(&mut s, &[b"EXISTS", b"a", b"b", b"nope"]), b":2\r\n");
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":3\r\n");
+    assert_eq!(ask(&mut s, &[b"DEL", b"a", b"nope"]), b":1\r\n");
+    assert_eq!(ask(&mut s, &[b"SELECT", b"0"]), b"+OK\r\n");
+    assert!(ask(&mut s, &[b"SELECT", b"1"]).starts_with(b"-ERR"));
+    assert_eq!(ask(&mut s, &[b"COMMAND", b"DOCS"]), b"*0\r\n");
+    assert_eq!(
+        ask(&mut s, &[b"CONFIG", b"GET", b"appendonly"]),
+        b"*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n"
+    );
+    assert!(String::from_utf8(ask(&mut s, &[b"INFO"]))
+        .unwrap()
+        .contains("db0:keys=2"));
+    assert!(ask(&mut s, &[b"HELLO", b"3"]).starts_with(b"-NOPROTO"));
+    // Errors keep the connection usable and store nothing.
+    let e = ask(&mut s, &[b"SET", b"x", b"1", b"EX", b"10"]);
+    assert!(
+        e.starts_with(b"-ERR syntax error"),
+        "{}",
+        String::from_utf8_lossy(&e)
+    );
+    assert_eq!(ask(&mut s, &[b"GET", b"x"]), b"$-1\r\n");
+    let e = ask(&mut s, &[b"GET"]);
+    assert_eq!(e, b"-ERR wrong number of arguments for 'get' command\r\n");
+    let e = ask(&mut s, &[b"NOSUCH", b"arg"]);
+    assert!(
+        e.starts_with(b"-ERR unknown command 'NOSUCH'"),
+        "{}",
+        String::from_utf8_lossy(&e)
+    );
+    assert_eq!(ask(&mut s, &[b"FLUSHALL"]), b"+OK\r\n");
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":0\r\n");
+    assert_eq!(ask(&mut s, &[b"QUIT"]), b"+OK\r\n");
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "QUIT did not close");
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let r = start_resp(tempfile::tempdir().unwrap());
+    let mut s = connect(r.port);
+    let mut batch = Vec::new();
+    for i in 0..500 {
+        batch.extend(cmd(&[
+            b"SET",
+            format!("p{i}").as_bytes(),
+            format!("{i}").as_bytes(),
+        ]));
+    }
+    batch.extend(cmd(&[b"GET", b"p499"]));
+    batch.extend(b"PING\r\n"); // inline
+    s.write_all(&batch).unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..500 {
+        assert_eq!(read_reply(&mut s, &mut pending), b"+OK\r\n");
+    }
+    assert_eq!(read_reply(&mut s, &mut pending), b"$3\r\n499\r\n");
+    assert_eq!(read_reply(&mut s, &mut pending), b"+PONG\r\n");
+}
+
+#[test]
+fn malformed_or_oversized_frames_close_the_connection_and_store_nothing() {
+    let r = start_resp(tempfile::tempdir().unwrap());
+    for bad in [
+        &b"*1\r\n$99999999999\r\n"[..],
+        b"*2\r\n$3\r\nGET\r\n:5\r\n",
+        b"*1\r\n$3\r\nGETX\r\n",
+        b"*-7\r\n",
+    ] {
+        let mut s = connect(r.port);
+        s.write_all(bad).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("-ERR Protocol error"), "{bad:?}: {out}");
+    }
+    let mut s = connect(r.port);
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":0\r\n");
+}
+
+#[test]
+fn acknowledged_sets_survive_sigkill() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_path_buf();
+    let mut r = start_resp(t);
+    let port = r.port;
+    let hs: Vec<_> = (0..10)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = connect(port);
+                for i in 0..100 {
+                    let reply = ask(&mut s, &[b"SET", format!("c{c}-{i}").as_bytes(), b"v"]);
+                    assert_eq!(reply, b"+OK\r\n");
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    r.server.kill9();
+    let cfg = config(&dir, "");
+    let port = free_port();
+    let _server = Server::start_with(&dir, &cfg, &[], &["--resp-port", &port.to_string()]);
+    let mut s = connect(port);
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":1000\r\n");
+}
+
+#[test]
+fn the_redis_crate_client_works() {
+    let r = start_resp(tempfile::tempdir().unwrap());
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", r.port)).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("name")
+        .arg("keel")
+        .query(&mut con)
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("name").query(&mut con).unwrap();
+    assert_eq!(v, "keel");
+    let _: () = redis::cmd("MSET")
+        .arg("a")
+        .arg(1)
+        .arg("b")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    let v: Vec<Option<i64>> = redis::cmd("MGET")
+        .arg("a")
+        .arg("b")
+        .arg("c")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(v, vec![Some(1), Some(2), None]);
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    pipe.cmd("DBSIZE");
+    let (n,): (i64,) = pipe.query(&mut con).unwrap();
+    assert_eq!(n, 53);
+    let deleted: i64 = redis::cmd("DEL").arg("a").arg("b").query(&mut con).unwrap();
+    assert_eq!(deleted, 2);
+}
+
+#[test]
+fn redis_cli_works_when_installed() {
+    let Ok(out) = std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+    else {
+        println!("redis-cli not installed (Debian package redis-tools): skipped");
+        return;
+    };
+    assert!(out.status.success());
+    let r = start_resp(tempfile::tempdir().unwrap());
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &r.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["PING"]), "PONG");
+    assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "hello world");
+    assert_eq!(cli(&["DBSIZE"]), "1");
+    assert!(cli(&["INFO"]).contains("keel_version"));
+    let _ = &r.server;
+}
