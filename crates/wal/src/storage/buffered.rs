@@ -8,7 +8,6 @@
 //! `allocate` go straight through: only file data is buffered.
 
 use super::{LockGuard, OpenMode, Storage, StorageFile};
-use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,16 +26,17 @@ impl BufferedStorage {
 
 struct BufferedFile {
     inner: Arc<dyn StorageFile>,
-    /// Unsynced writes: offset -> bytes, applied in offset order at sync
-    /// (later writes to the same range replace earlier ones on insert).
-    pending: Mutex<BTreeMap<u64, Vec<u8>>>,
+    /// Unsynced writes (offset, bytes) in the order they were made: applied
+    /// in that order at sync, and overlaid in that order on reads, so a later
+    /// write always wins over an earlier one, however they overlap.
+    pending: Mutex<Vec<(u64, Vec<u8>)>>,
 }
 
 impl Storage for BufferedStorage {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         Ok(Arc::new(BufferedFile {
             inner: self.inner.open(path, mode)?,
-            pending: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(Vec::new()),
         }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -63,7 +63,7 @@ impl Storage for BufferedStorage {
 }
 
 impl BufferedFile {
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Vec<u8>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Vec<u8>)>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -96,7 +96,7 @@ impl StorageFile for BufferedFile {
         let n = buf.len().min((len - offset) as usize);
         let buf = &mut buf[..n];
         // The file's bytes (zeros past its end), then pending writes on top,
-        // oldest range first.
+        // oldest first.
         buf.fill(0);
         if offset < file_len {
             let m = n.min((file_len - offset) as usize);
@@ -115,11 +115,7 @@ impl StorageFile for BufferedFile {
         Ok(n)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut p = self.pending();
-        // Merge with an identical-offset write; overlapping ones are applied
-        // in offset order at flush, which the log never relies on (it only
-        // appends, and rewrites nothing before syncing it).
-        p.insert(offset, buf.to_vec());
+        self.pending().push((offset, buf.to_vec()));
         Ok(())
     }
     fn len(&self) -> io::Result<u64> {
@@ -170,5 +166,20 @@ mod tests {
         f.write_at(b"!", 11).unwrap();
         drop(f); // a killed process: the unsynced byte is gone
         assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+    }
+
+    #[test]
+    fn a_later_overlapping_write_wins_in_reads_and_at_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BufferedStorage::new(Arc::new(FsStorage::new()));
+        let path = dir.path().join("f");
+        let f = s.open(&path, OpenMode::CreateNew).unwrap();
+        f.write_at(b"BBB", 5).unwrap();
+        f.write_at(b"AAAAAAAAAA", 0).unwrap();
+        let mut buf = [0u8; 10];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"AAAAAAAAAA");
+        f.sync_data().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"AAAAAAAAAA");
     }
 }
