@@ -2,16 +2,8 @@
 //! the same functions the fuzz targets call, on the stable toolchain.
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        run(&std::fs::read(&path).unwrap());
-        n += 1;
-    }
-    assert!(n > 0, "no seeds in {}", dir.display());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let n = keel_wal::fuzzing::replay_corpus(&root, target, run);
     println!("{target}: {n} seeds replayed");
 }
 

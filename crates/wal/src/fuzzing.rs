@@ -5,7 +5,22 @@
 
 use crate::format::{decode_record, encode_record, Decoded, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::{inspect, OpenMode, RecoveryMode, SimStorage, Storage, Wal, WalOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Runs `run` on every file of `fuzz/corpus/<target>` under the repository
+/// root `root` (the seed corpus replayed by `cargo test`); returns how many.
+/// Panics if there are none, so a moved corpus cannot pass silently.
+pub fn replay_corpus(root: &Path, target: &str, run: fn(&[u8])) -> usize {
+    let dir = root.join("fuzz/corpus").join(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("corpus entry").path();
+        run(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+        n += 1;
+    }
+    assert!(n > 0, "no seeds in {}", dir.display());
+    n
+}
 
 /// Record decoding: the first 8 bytes are the salt, the rest the record.
 pub fn record_decoding(data: &[u8]) {
