@@ -153,12 +153,18 @@ pub fn dump(path: &Path, from: u64, as_json: bool) -> anyhow::Result<ExitCode> {
         checkpoints.push((lsn, p.clone()));
     }
     for (_, p) in &checkpoints {
+        // Through the storage trait, like every other read of keel's files.
+        let file = fs
+            .open(p, keel_wal::OpenMode::Read)
+            .with_context(|| format!("opening {}", p.display()))?;
+        let size = file
+            .len()
+            .with_context(|| format!("reading {}", p.display()))?;
         let mut head = vec![0u8; 64];
-        let n = std::fs::File::open(p)
-            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        let n = file
+            .read_at(&mut head, 0)
             .with_context(|| format!("reading {}", p.display()))?;
         head.truncate(n);
-        let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         // Header checks only; pad so the length check passes for the header.
         head.resize(64, 0);
         match checkpoint::decode_header(&head) {
