@@ -16,6 +16,7 @@
 //! `cargo run --release -p keel-bench --bin keel-vs-redis [-- --quick]`.
 
 use anyhow::{bail, Context};
+use keel_bench::{free_port, median};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,12 +35,6 @@ struct Point {
     rps: f64,
     p50: f64,
     p99: f64,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn wait_ready(port: u16) -> anyhow::Result<()> {
@@ -151,11 +146,6 @@ fn bench(port: u16, clients: u32, requests: u32) -> anyhow::Result<BTreeMap<Stri
         }
     }
     Ok(res)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn loadavg() -> String {

@@ -12,6 +12,7 @@
 //! --bin recovery-vs-redis [-- --mib 1024]`
 
 use anyhow::{bail, Context};
+use keel_bench::{free_port, median};
 use std::io::{BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -20,12 +21,6 @@ use std::time::{Duration, Instant};
 
 const KEYS: u64 = 1_000_000;
 const VALUE: [u8; 100] = [b'v'; 100];
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// Time from `spawn` until PING answers +PONG.
 fn time_to_ready(mut cmd: Command, port: u16) -> anyhow::Result<Duration> {
@@ -52,11 +47,6 @@ fn time_to_ready(mut cmd: Command, port: u16) -> anyhow::Result<Duration> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {
