@@ -8,6 +8,12 @@
 //! always equals the log replayed up to `applied_lsn`, a reader never sees a
 //! write that is not yet acknowledged-durable, and no writer waits on another.
 //!
+//! Deferred writes (`put_deferred`, ...) split that path in two for event
+//! loops: the operation is queued and gets its LSN at once, and
+//! `commit_through(lsn)` later makes it durable (one fdatasync for all the
+//! writes of a loop turn, on the loop's own thread) and applies it. Until
+//! then it is not acknowledged and no reader sees it.
+//!
 //! Checkpoints snapshot the tree in O(1) (a persistent map) and serialise it
 //! on a background thread while writes go on. After checkpoint N is durable,
 //! the checkpoint before it (P) and the log after P are kept, so a damaged
@@ -185,6 +191,22 @@ struct Shared {
     closing: AtomicBool,
     recovery: RecoveryReport,
     _lock: LockGuard,
+}
+
+/// A write queued in the log by one of the `*_deferred` methods of [`Db`],
+/// not yet acknowledged: pass its [`lsn`](Self::lsn) (or a later one) to
+/// [`Db::commit_through`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a deferred write is not acknowledged until Db::commit_through returns Ok"]
+pub struct Deferred {
+    lsn: u64,
+}
+
+impl Deferred {
+    /// The write's LSN.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
 }
 
 /// A durable key-value store in one directory. Share it with `Arc`.
@@ -465,6 +487,52 @@ impl Db {
         self.shared.submit_async(op).await
     }
 
+    /// Queues `key = value` in the log and returns at once, **not yet
+    /// acknowledged**: it is neither durable nor visible to readers until
+    /// [`commit_through`](Self::commit_through) is called with its LSN (or a
+    /// later one) and returns `Ok`. For event loops that gather the writes
+    /// of many requests, then commit them with one fdatasync on their own
+    /// thread before replying to any (what Redis does once per loop turn).
+    /// Validation errors are returned at once and queue nothing.
+    pub fn put_deferred(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Deferred> {
+        let (k, v) = (key.as_ref(), value.as_ref());
+        self.shared.check_key(k)?;
+        self.shared.check_value(k, v)?;
+        self.shared.submit_deferred(Op::Put(k.to_vec(), v.to_vec()))
+    }
+
+    /// [`delete`](Self::delete), deferred like [`put_deferred`](Self::put_deferred).
+    pub fn delete_deferred(&self, key: impl AsRef<[u8]>) -> Result<Deferred> {
+        let k = key.as_ref();
+        self.shared.check_key(k)?;
+        self.shared.submit_deferred(Op::Delete(k.to_vec()))
+    }
+
+    /// [`clear`](Self::clear), deferred like [`put_deferred`](Self::put_deferred).
+    pub fn clear_deferred(&self) -> Result<Deferred> {
+        self.shared.submit_deferred(Op::Clear)
+    }
+
+    /// [`write`](Self::write), deferred like [`put_deferred`](Self::put_deferred).
+    pub fn write_deferred(&self, batch: WriteBatch) -> Result<Deferred> {
+        let op = self.shared.check_batch(batch)?;
+        self.shared.submit_deferred(op)
+    }
+
+    /// Acknowledges every write up to LSN `lsn` (deferred or not): returns
+    /// once they are durable under the sync policy, doing the log's write
+    /// and fdatasync on the calling thread when no other thread is, and
+    /// applies them, so readers see them from now on.
+    ///
+    /// On `Err` none of the writes not yet acknowledged is: their outcome is
+    /// unknown (they may or may not be there after a restart), and the store
+    /// has stopped taking writes (fail-stop).
+    pub fn commit_through(&self, lsn: u64) -> Result<()> {
+        self.shared.wal.flush_through(lsn)?;
+        self.shared.apply_through(lsn);
+        Ok(())
+    }
+
     /// The value of `key`, if any.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
@@ -657,6 +725,15 @@ impl Shared {
         Ok(lsn)
     }
 
+    fn submit_deferred(&self, op: Op) -> Result<Deferred> {
+        let payload = op.encode();
+        let lsn = self.wal.enqueue_with(&payload, |lsn| {
+            lock(&self.queue).insert(lsn, op);
+        })?;
+        self.count_log_bytes(payload.len());
+        Ok(Deferred { lsn })
+    }
+
     async fn submit_async(&self, op: Op) -> Result<u64> {
         let payload = op.encode();
         let lsn = self
@@ -672,6 +749,13 @@ impl Shared {
     /// Record `lsn` is acknowledged, so is every record before it: apply all
     /// queued operations up to it, in order.
     fn after_append(&self, lsn: u64, bytes: usize) {
+        self.apply_through(lsn);
+        self.count_log_bytes(bytes);
+    }
+
+    /// Applies every queued operation up to `lsn`, in order. Call only once
+    /// `lsn` is acknowledged.
+    fn apply_through(&self, lsn: u64) {
         {
             let mut queue = lock(&self.queue);
             if queue.first_key_value().is_some_and(|(l, _)| *l <= lsn) {
@@ -687,6 +771,10 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Counts log bytes towards the size trigger of the next checkpoint.
+    fn count_log_bytes(&self, bytes: usize) {
         let since = self
             .log_bytes_since_checkpoint
             .fetch_add(bytes as u64 + 32, Ordering::Relaxed)

@@ -32,7 +32,7 @@ pub mod fuzzing;
 pub mod op;
 pub mod options;
 
-pub use db::{CheckpointOutcome, CheckpointUsed, Db, RecoveryReport, Stats, WriteBatch};
+pub use db::{CheckpointOutcome, CheckpointUsed, Db, Deferred, RecoveryReport, Stats, WriteBatch};
 pub use error::{Error, Result};
 pub use keel_wal::{RecoveryMode, SyncPolicy};
 pub use options::{parse_duration, parse_sync, Options};

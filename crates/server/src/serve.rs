@@ -136,29 +136,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let resp_db = Arc::clone(&db);
+    // The RESP listener runs its own event loop thread (see resp::event_loop).
+    let resp = match resp_addr {
+        Some(raddr) => {
+            let l = std::net::TcpListener::bind(raddr).with_context(|| {
+                format!("cannot listen on {raddr} for RESP: is another server using the port?")
+            })?;
+            let server = keel_server::resp::RespServer::start(l, Arc::clone(&db))
+                .context("starting the Redis protocol listener")?;
+            tracing::info!("serving the Redis protocol on {raddr}");
+            Some(server)
+        }
+        None => None,
+    };
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr}: is another server using the port?")
         })?;
-        // One shutdown signal for both listeners.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        if let Some(raddr) = resp_addr {
-            let rl = tokio::net::TcpListener::bind(raddr)
-                .await
-                .with_context(|| {
-                    format!("cannot listen on {raddr} for RESP: is another server using the port?")
-                })?;
-            tracing::info!("serving the Redis protocol on {raddr}");
-            tokio::spawn(keel_server::resp::serve(
-                rl,
-                resp_db,
-                stopped(stop_rx.clone()),
-            ));
-        }
         tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
@@ -170,6 +168,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .context("serving HTTP")
     })?;
     drop(rt);
+    if let Some(r) = resp {
+        r.shutdown();
+    }
     tracing::info!("shutting down: syncing the log");
     match Arc::try_unwrap(db) {
         Ok(db) => db.close().context("closing the store")?,

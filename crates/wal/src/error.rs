@@ -136,6 +136,14 @@ pub enum WalError {
     /// The options are invalid.
     #[error("invalid log options: {0}")]
     InvalidOptions(String),
+    /// A caller waited for an LSN the log has not handed out yet.
+    #[error("LSN {lsn} has not been appended (the next LSN is {next}); wait only for LSNs that an append returned")]
+    NotAppended {
+        /// The LSN asked for.
+        lsn: u64,
+        /// The next LSN the log will assign.
+        next: u64,
+    },
     /// The log was closed.
     #[error("the log has been closed; open it again to write")]
     Closed,

@@ -299,6 +299,45 @@ impl Wal {
         inner.drive(st, lsn, need_sync).map(|_| lsn)
     }
 
+    /// Queues one record and returns its LSN at once, without writing it:
+    /// the first half of [`append_with`](Self::append_with), for callers
+    /// that gather many records and then wait once, on their own thread, with
+    /// [`flush_through`](Self::flush_through) (an event loop does this once
+    /// per turn, as Redis does before it replies).
+    ///
+    /// The record is **not acknowledged** until `flush_through` (or any
+    /// other append or sync that covers its LSN) returns `Ok`. Nothing is
+    /// written unless somebody asks: a queued record that nobody waits for
+    /// goes out with the next flush, the next interval sync, or at close.
+    pub fn enqueue_with(&self, payload: &[u8], on_lsn: impl FnOnce(u64)) -> Result<u64> {
+        let inner = &*self.inner;
+        let mut st = inner.lock();
+        let lsn = inner.enqueue(&mut st, payload)?;
+        on_lsn(lsn);
+        Ok(lsn)
+    }
+
+    /// Waits until every record up to `lsn` is acknowledged under the sync
+    /// policy (for `Always`: fdatasynced), doing the write and the
+    /// fdatasync on the calling thread when no other thread is doing them.
+    /// So a single caller pays no thread hand-off; concurrent callers still
+    /// share one fdatasync (group commit).
+    ///
+    /// An `Err` means the outcome of every record not yet acknowledged is
+    /// unknown, and the log has stopped (fail-stop).
+    pub fn flush_through(&self, lsn: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let st = inner.lock();
+        if lsn >= st.next_lsn {
+            return Err(WalError::NotAppended {
+                lsn,
+                next: st.next_lsn,
+            });
+        }
+        let need_sync = inner.opts.sync == SyncPolicy::Always;
+        inner.drive(st, lsn, need_sync).map(|_| ())
+    }
+
     /// Appends one record without blocking the calling thread: the record is
     /// queued at once and the returned future resolves to its LSN when it is
     /// acknowledged; the background flush thread does the I/O. For async

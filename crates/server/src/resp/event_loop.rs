@@ -1,0 +1,444 @@
+//! The RESP listener's event loop: one thread that reads, executes, commits
+//! and replies, as Redis does, with no thread hand-off on the write path.
+//!
+//! One turn of the loop:
+//! 1. wait for readiness (epoll, through `mio`), accept new connections;
+//! 2. for each ready connection, read what has arrived and execute every
+//!    complete command in order; writes are queued in the log
+//!    ([`Db::put_deferred`]) and their replies held back;
+//! 3. commit the turn's writes with [`Db::commit_through`]: one write and,
+//!    under `--sync always`, one fdatasync for all of them, done on this
+//!    thread;
+//! 4. send the replies (replacing those to writes with an error if the
+//!    commit failed).
+//!
+//! Invariants:
+//! - A reply to a write is sent only after the commit covering it returned
+//!   `Ok` (durability rule 1): replies of a connection with a deferred write
+//!   stay in its buffer until the turn's commit.
+//! - A connection's commands run in the order sent, and a command that reads
+//!   runs only once the connection's own earlier writes are committed (see
+//!   [`can_run`]); replies go out in order.
+//! - Memory per connection is bounded: unparsed input by
+//!   [`RespLimits::max_pending`]; unsent output by [`OUTPUT_HIGH_WATER`]
+//!   (past it, the connection's input is not read until the client reads).
+//! - Fair: at most [`READS_PER_TURN`] reads per connection per turn.
+//!
+//! Sockets are registered edge-triggered, so a connection that stopped
+//! reading before its socket said `WouldBlock` is remembered as runnable.
+
+use super::command::{can_run, db_error, execute, Outcome};
+use super::frame::{error, parse_command, FrameError, RespLimits};
+use keel::Db;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads per connection per turn before others get their go.
+pub const READS_PER_TURN: usize = 16;
+/// Unsent reply bytes past which a connection's input waits.
+pub const OUTPUT_HIGH_WATER: usize = 4 << 20;
+
+/// A running RESP listener. [`shutdown`](Self::shutdown) (or drop) stops it.
+pub struct RespServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RespServer {
+    /// Starts the event loop thread on `listener`.
+    pub fn start(listener: std::net::TcpListener, db: Arc<Db>) -> io::Result<RespServer> {
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let limits = RespLimits::for_db(&db);
+        let mut event_loop = EventLoop {
+            poll,
+            listener,
+            db,
+            limits,
+            conns: Vec::new(),
+            free: Vec::new(),
+            runnable: VecDeque::new(),
+            stop: Arc::clone(&stop),
+            scratch: vec![0; READ_CHUNK],
+        };
+        let thread = std::thread::Builder::new()
+            .name("keel-resp".into())
+            .spawn(move || event_loop.run())?;
+        Ok(RespServer {
+            addr,
+            stop,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and reading; the turn under way finishes (its writes
+    /// committed, its replies sent where the socket takes them).
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RespServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+struct Conn {
+    sock: TcpStream,
+    /// Bytes read; `inbuf[start..]` is not yet parsed.
+    inbuf: Vec<u8>,
+    start: usize,
+    /// Replies; `out[sent..]` is not yet sent.
+    out: Vec<u8>,
+    sent: usize,
+    /// Ranges of `out` holding replies to writes not yet committed.
+    acks: Vec<(usize, usize)>,
+    /// Edge-triggered: the socket may still hold unread bytes.
+    may_read: bool,
+    /// A complete command waits for this turn's commit.
+    paused: bool,
+    /// Close once `out` is sent.
+    closing: bool,
+    /// The socket failed: drop without sending.
+    dead: bool,
+    /// Queued in `runnable` already.
+    queued: bool,
+}
+
+impl Conn {
+    fn unsent(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Sends what the socket takes of `out`.
+    fn flush(&mut self) {
+        while self.sent < self.out.len() && !self.dead {
+            match self.sock.write(&self.out[self.sent..]) {
+                Ok(0) => self.dead = true,
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.dead = true,
+            }
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        }
+    }
+
+    /// Replaces the replies to uncommitted writes with `err` (the commit
+    /// failed, so none of them is acknowledged).
+    fn fail_acks(&mut self, err: &[u8]) {
+        let mut out = Vec::with_capacity(self.out.len());
+        let mut at = 0;
+        for &(from, to) in &self.acks {
+            out.extend_from_slice(&self.out[at..from]);
+            out.extend_from_slice(err);
+            at = to;
+        }
+        out.extend_from_slice(&self.out[at..]);
+        self.out = out;
+        self.acks.clear();
+    }
+}
+
+struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    db: Arc<Db>,
+    limits: RespLimits,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    /// Connections with work left that no event will announce.
+    runnable: VecDeque<usize>,
+    stop: Arc<AtomicBool>,
+    /// Every read lands here first (one buffer for all connections).
+    scratch: Vec<u8>,
+}
+
+/// What one turn's commands amounted to.
+#[derive(Default)]
+struct Turn {
+    /// Highest LSN of a deferred write.
+    max_lsn: u64,
+    /// Connections holding deferred replies.
+    holding: Vec<usize>,
+    writes: u64,
+    reads: u64,
+}
+
+impl EventLoop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.runnable.is_empty() {
+                None
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(
+                    "RESP event loop: poll failed ({e}); the Redis protocol listener stops"
+                );
+                return;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(t) => {
+                        let Some(Some(c)) = self.conns.get_mut(t - FIRST_CONN) else {
+                            continue;
+                        };
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            c.may_read = true;
+                        }
+                        if ev.is_writable() {
+                            c.flush();
+                        }
+                        self.mark_runnable(t - FIRST_CONN);
+                    }
+                }
+            }
+            self.turn();
+        }
+    }
+
+    fn mark_runnable(&mut self, i: usize) {
+        if let Some(Some(c)) = self.conns.get_mut(i) {
+            if !c.queued {
+                c.queued = true;
+                self.runnable.push_back(i);
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut sock, _)) => {
+                    let _ = sock.set_nodelay(true);
+                    let i = self.free.pop().unwrap_or_else(|| {
+                        self.conns.push(None);
+                        self.conns.len() - 1
+                    });
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        Token(i + FIRST_CONN),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!("RESP: cannot watch a new connection ({e}); closing it");
+                        self.free.push(i);
+                        continue;
+                    }
+                    self.conns[i] = Some(Conn {
+                        sock,
+                        inbuf: Vec::new(),
+                        start: 0,
+                        out: Vec::new(),
+                        sent: 0,
+                        acks: Vec::new(),
+                        may_read: true,
+                        paused: false,
+                        closing: false,
+                        dead: false,
+                        queued: false,
+                    });
+                    self.mark_runnable(i);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors, most likely: the connection
+                    // waits in the backlog until the next accept.
+                    tracing::warn!(
+                        "RESP: accept failed ({e}); raise the open-files limit if this repeats"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Steps 2-4 of the module doc for every runnable connection.
+    fn turn(&mut self) {
+        let mut turn = Turn::default();
+        let ready: Vec<usize> = self.runnable.drain(..).collect();
+        for &i in &ready {
+            if let Some(Some(c)) = self.conns.get_mut(i) {
+                c.queued = false;
+                c.paused = false;
+                run_commands(&self.db, &self.limits, c, &mut self.scratch, &mut turn);
+                if !c.acks.is_empty() {
+                    turn.holding.push(i);
+                } else {
+                    // Nothing of it waits for the commit: answer now.
+                    c.flush();
+                }
+            }
+        }
+        if turn.max_lsn > 0 {
+            if let Err(e) = self.db.commit_through(turn.max_lsn) {
+                let mut err = Vec::new();
+                db_error(&mut err, &e);
+                for &i in &turn.holding {
+                    if let Some(Some(c)) = self.conns.get_mut(i) {
+                        c.fail_acks(&err);
+                    }
+                }
+            }
+            for &i in &turn.holding {
+                if let Some(Some(c)) = self.conns.get_mut(i) {
+                    c.acks.clear();
+                    c.flush();
+                }
+            }
+        }
+        if turn.writes > 0 {
+            metrics::counter!("keel_writes_total").increment(turn.writes);
+        }
+        if turn.reads > 0 {
+            metrics::counter!("keel_reads_total").increment(turn.reads);
+        }
+        // Paused connections go first next turn, so a DEL waiting for a
+        // turn without pending writes gets one.
+        for &i in &ready {
+            let Some(Some(c)) = self.conns.get_mut(i) else {
+                continue;
+            };
+            if c.dead || (c.closing && c.unsent() == 0) {
+                self.close(i);
+                continue;
+            }
+            let blocked = c.unsent() > OUTPUT_HIGH_WATER;
+            if c.paused && !blocked {
+                c.queued = true;
+                self.runnable.push_front(i);
+            } else if c.may_read && !c.closing && !blocked {
+                self.mark_runnable(i);
+            }
+        }
+    }
+
+    fn close(&mut self, i: usize) {
+        if let Some(mut c) = self.conns[i].take() {
+            let _ = self.poll.registry().deregister(&mut c.sock);
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            self.free.push(i);
+        }
+    }
+}
+
+/// Reads and executes what connection `c` has, until it would block, is
+/// paused for a commit, has read its share, or has too much unsent output.
+fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn) {
+    let mut reads = 0;
+    loop {
+        // Execute every complete command buffered.
+        while !c.closing && c.unsent() <= OUTPUT_HIGH_WATER {
+            match parse_command(&c.inbuf[c.start..], limits) {
+                Ok((args, used)) => {
+                    if !can_run(&args, !c.acks.is_empty(), turn.max_lsn > 0) {
+                        c.paused = true;
+                        return;
+                    }
+                    c.start += used;
+                    let before = c.out.len();
+                    match execute(db, args, &mut c.out) {
+                        Outcome::Done => {}
+                        Outcome::Read => turn.reads += 1,
+                        Outcome::Deferred(lsn) => {
+                            c.acks.push((before, c.out.len()));
+                            turn.max_lsn = turn.max_lsn.max(lsn);
+                            turn.writes += 1;
+                        }
+                        Outcome::Close => c.closing = true,
+                    }
+                }
+                Err(FrameError::Incomplete) => break,
+                Err(FrameError::Protocol(why)) => {
+                    error(&mut c.out, &format!("ERR Protocol error: {why}"));
+                    c.closing = true;
+                }
+            }
+        }
+        if c.closing || c.unsent() > OUTPUT_HIGH_WATER || !c.may_read {
+            return;
+        }
+        if c.inbuf.len() - c.start > limits.max_pending {
+            error(
+                &mut c.out,
+                "ERR Protocol error: too many pending bytes on this connection",
+            );
+            c.closing = true;
+            return;
+        }
+        if reads == READS_PER_TURN {
+            return; // still `may_read`: runnable next turn
+        }
+        if c.start > 0 {
+            c.inbuf.drain(..c.start);
+            c.start = 0;
+        }
+        let got = c.sock.read(scratch);
+        reads += 1;
+        match got {
+            Ok(0) => {
+                // The client closed its side: answer what was complete.
+                c.may_read = false;
+                c.closing = true;
+            }
+            Ok(n) => c.inbuf.extend_from_slice(&scratch[..n]),
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock => c.may_read = false,
+                io::ErrorKind::Interrupted => {}
+                _ => {
+                    c.dead = true;
+                    return;
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! RESP2 frames: the command parser (arrays of bulk strings, and inline
+//! commands) with its limits, and the reply encoders.
+//!
+//! The parser never trusts a length before checking it against a limit, and
+//! never reads past the bytes it was given: a frame not yet complete is
+//! `Incomplete`, bytes that are not RESP are a `Protocol` error (after which
+//! the frame boundary is lost and the connection must close).
+
+use keel::Db;
+
+/// Limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct RespLimits {
+    /// Longest bulk string accepted.
+    pub max_bulk: usize,
+    /// Most arguments in one command.
+    pub max_args: usize,
+    /// Most unparsed bytes buffered for one connection.
+    pub max_pending: usize,
+}
+
+impl RespLimits {
+    /// Limits that fit the store's options.
+    pub fn for_db(db: &Db) -> Self {
+        let o = db.options();
+        RespLimits {
+            max_bulk: o.max_value_len.max(o.max_key_len),
+            max_args: 1 << 20,
+            max_pending: o.max_batch_bytes.saturating_add(1 << 20),
+        }
+    }
+}
+
+/// Why a frame could not be parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Not enough bytes yet.
+    Incomplete,
+    /// The bytes are not RESP (or over a limit): the connection must close.
+    Protocol(String),
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| from + p)
+}
+
+fn parse_int(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// Parses one command (an array of bulk strings, or an inline line) from
+/// the start of `buf`: the arguments and the bytes consumed.
+pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<(Vec<Vec<u8>>, usize), FrameError> {
+    let Some(&first) = buf.first() else {
+        return Err(FrameError::Incomplete);
+    };
+    if first != b'*' {
+        // Inline command (telnet, redis-cli in some modes): one line.
+        let Some(end) = find_crlf(buf, 0).or_else(|| buf.iter().position(|&b| b == b'\n')) else {
+            if buf.len() > 64 * 1024 {
+                return Err(FrameError::Protocol("too big inline request".into()));
+            }
+            return Err(FrameError::Incomplete);
+        };
+        let line = &buf[..end];
+        let consumed = if buf.get(end) == Some(&b'\r') {
+            end + 2
+        } else {
+            end + 1
+        };
+        let args = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|a| !a.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        return Ok((args, consumed));
+    }
+    let end = find_crlf(buf, 1).ok_or(FrameError::Incomplete)?;
+    let n = parse_int(&buf[1..end])
+        .ok_or_else(|| FrameError::Protocol("invalid multibulk length".into()))?;
+    if n < 0 || n as usize > limits.max_args {
+        return Err(FrameError::Protocol("invalid multibulk length".into()));
+    }
+    let mut pos = end + 2;
+    let mut args = Vec::with_capacity((n as usize).min(1024));
+    for _ in 0..n {
+        match buf.get(pos) {
+            None => return Err(FrameError::Incomplete),
+            Some(b'$') => {}
+            Some(&c) => {
+                return Err(FrameError::Protocol(format!(
+                    "expected '$', got '{}'",
+                    char::from(c).escape_default()
+                )))
+            }
+        }
+        let end = find_crlf(buf, pos + 1).ok_or(FrameError::Incomplete)?;
+        let len = parse_int(&buf[pos + 1..end])
+            .ok_or_else(|| FrameError::Protocol("invalid bulk length".into()))?;
+        if len < 0 || len as usize > limits.max_bulk {
+            return Err(FrameError::Protocol("invalid bulk length".into()));
+        }
+        let start = end + 2;
+        let stop = start + len as usize;
+        if buf.len() < stop + 2 {
+            return Err(FrameError::Incomplete);
+        }
+        if &buf[stop..stop + 2] != b"\r\n" {
+            return Err(FrameError::Protocol(
+                "bulk string not followed by CRLF".into(),
+            ));
+        }
+        args.push(buf[start..stop].to_vec());
+        pos = stop + 2;
+    }
+    Ok((args, pos))
+}
+
+pub(crate) fn simple(out: &mut Vec<u8>, s: &str) {
+    out.push(b'+');
+    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+pub(crate) fn error(out: &mut Vec<u8>, s: &str) {
+    out.push(b'-');
+    // An error line must not contain CR or LF.
+    out.extend(
+        s.bytes()
+            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+pub(crate) fn integer(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(format!(":{n}\r\n").as_bytes());
+}
+
+pub(crate) fn bulk(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => out.extend_from_slice(b"$-1\r\n"),
+        Some(b) => {
+            out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+            out.extend_from_slice(b);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+pub(crate) fn array_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(format!("*{n}\r\n").as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: RespLimits = RespLimits {
+        max_bulk: 16,
+        max_args: 8,
+        max_pending: 1024,
+    };
+
+    #[test]
+    fn parses_arrays_inline_and_pipelines() {
+        let b = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n";
+        let (args, used) = parse_command(b, &L).unwrap();
+        assert_eq!(args, vec![b"GET".to_vec(), b"k".to_vec()]);
+        let (args, _) = parse_command(&b[used..], &L).unwrap();
+        assert_eq!(args, vec![b"PING".to_vec()]);
+        assert_eq!(
+            parse_command(b"PING\r\n", &L).unwrap().0,
+            vec![b"PING".to_vec()]
+        );
+        assert_eq!(
+            parse_command(b"SET a  b\n", &L).unwrap(),
+            (vec![b"SET".to_vec(), b"a".to_vec(), b"b".to_vec()], 9)
+        );
+    }
+
+    #[test]
+    fn partial_frames_wait_and_bad_frames_are_protocol_errors() {
+        let b = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        for cut in 0..b.len() {
+            assert_eq!(
+                parse_command(&b[..cut], &L),
+                Err(FrameError::Incomplete),
+                "cut {cut}"
+            );
+        }
+        assert!(matches!(
+            parse_command(b"*1\r\n$99\r\n", &L),
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_command(b"*-5\r\n", &L),
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_command(b"*1\r\n:1\r\n", &L),
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_command(b"*1\r\n$1\r\nabc\r\n", &L),
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_command(b"*x\r\n", &L),
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_command(b"*99\r\n", &L),
+            Err(FrameError::Protocol(_))
+        ));
+    }
+}
