@@ -160,6 +160,183 @@ fn pipelined_commands_are_answered_in_order() {
 }
 
 #[test]
+fn a_pipeline_reads_its_own_writes_in_order() {
+    let r = start_resp(tempfile::tempdir().unwrap());
+    let mut s = connect(r.port);
+    let steps: [(&[&[u8]], &[u8]); 10] = [
+        (&[b"SET", b"k", b"1"], b"+OK\r\n"),
+        (&[b"GET", b"k"], b"$1\r\n1\r\n"),
+        (&[b"SET", b"k", b"2"], b"+OK\r\n"),
+        (&[b"MSET", b"k", b"3", b"j", b"4"], b"+OK\r\n"),
+        (&[b"MGET", b"k", b"j"], b"*2\r\n$1\r\n3\r\n$1\r\n4\r\n"),
+        (&[b"DEL", b"k", b"j", b"none"], b":2\r\n"),
+        (&[b"EXISTS", b"k", b"j"], b":0\r\n"),
+        (&[b"SET", b"z", b"9"], b"+OK\r\n"),
+        (&[b"FLUSHDB"], b"+OK\r\n"),
+        (&[b"DBSIZE"], b":0\r\n"),
+    ];
+    let mut pipeline = Vec::new();
+    for (c, _) in &steps {
+        pipeline.extend(cmd(c));
+    }
+    s.write_all(&pipeline).unwrap();
+    let mut pending = Vec::new();
+    for (c, want) in &steps {
+        let got = read_reply(&mut s, &mut pending);
+        assert_eq!(
+            got,
+            *want,
+            "{:?}: got {}",
+            String::from_utf8_lossy(&c.concat()),
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
+#[test]
+fn many_clients_each_see_their_own_writes_and_del_counts_agree() {
+    let r = start_resp(tempfile::tempdir().unwrap());
+    let port = r.port;
+    let hs: Vec<_> = (0..16)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = connect(port);
+                for i in 0..60 {
+                    let k = format!("c{c}");
+                    let v = format!("{i}");
+                    // Pipelined: write, read back, delete, delete again.
+                    let mut p = cmd(&[b"SET", k.as_bytes(), v.as_bytes()]);
+                    p.extend(cmd(&[b"GET", k.as_bytes()]));
+                    p.extend(cmd(&[b"DEL", k.as_bytes()]));
+                    p.extend(cmd(&[b"DEL", k.as_bytes()]));
+                    s.write_all(&p).unwrap();
+                    let mut pending = Vec::new();
+                    assert_eq!(read_reply(&mut s, &mut pending), b"+OK\r\n");
+                    let want = format!("${}\r\n{v}\r\n", v.len());
+                    assert_eq!(read_reply(&mut s, &mut pending), want.as_bytes());
+                    assert_eq!(read_reply(&mut s, &mut pending), b":1\r\n");
+                    assert_eq!(read_reply(&mut s, &mut pending), b":0\r\n");
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let mut s = connect(port);
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":0\r\n");
+}
+
+#[test]
+fn a_client_that_does_not_read_is_held_back_and_served_in_full() {
+    let r = start_resp(tempfile::tempdir().unwrap());
+    let mut s = connect(r.port);
+    let value = vec![b'x'; 4096];
+    assert_eq!(ask(&mut s, &[b"SET", b"big", &value]), b"+OK\r\n");
+    // About 40 MiB of replies requested before reading any: the server
+    // must stop reading this client rather than buffer without bound, and
+    // still answer every request once the client reads.
+    let n = 10_000;
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let one = cmd(&[b"GET", b"big"]);
+            for _ in 0..n {
+                w.write_all(&one).unwrap();
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = connect(r.port);
+    assert_eq!(
+        ask(&mut other, &[b"PING"]),
+        b"+PONG\r\n",
+        "one stalled client blocked another"
+    );
+    let want = format!("${}\r\n", value.len());
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let got = read_reply(&mut s, &mut pending);
+        assert!(
+            got.starts_with(want.as_bytes()) && got.len() == want.len() + value.len() + 2,
+            "reply {i}"
+        );
+    }
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_failed_fsync_answers_writes_with_an_error_and_reads_go_on() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    let port = free_port();
+    let _server = Server::start_with(
+        t.path(),
+        &cfg,
+        &[("KEEL_FAULT", "sync:40:eio")],
+        &["--resp-port", &port.to_string()],
+    );
+    let mut s = connect(port);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let reply = ask(&mut s, &[b"SET", format!("k{i}").as_bytes(), b"v"]);
+        if reply == b"+OK\r\n" {
+            acked.push(i);
+        } else {
+            refused = Some(String::from_utf8_lossy(&reply).into_owned());
+            break;
+        }
+    }
+    let msg = refused.expect("the injected fsync failure never surfaced");
+    assert!(
+        msg.starts_with("-ERR") && msg.contains("stopped") && msg.contains("restart"),
+        "{msg}"
+    );
+    // Later writes are refused at once, pipelined or not; reads go on.
+    let mut p = cmd(&[b"SET", b"after", b"v"]);
+    p.extend(cmd(&[b"MSET", b"a", b"1"]));
+    p.extend(cmd(&[b"GET", b"k0"]));
+    s.write_all(&p).unwrap();
+    let mut pending = Vec::new();
+    assert!(read_reply(&mut s, &mut pending).starts_with(b"-ERR the log is stopped"));
+    assert!(read_reply(&mut s, &mut pending).starts_with(b"-ERR the log is stopped"));
+    assert_eq!(read_reply(&mut s, &mut pending), b"$1\r\nv\r\n");
+    for i in &acked {
+        assert_eq!(
+            ask(&mut s, &[b"GET", format!("k{i}").as_bytes()]),
+            b"$1\r\nv\r\n"
+        );
+    }
+}
+
+#[test]
+fn sigterm_with_open_resp_connections_exits_cleanly_and_keeps_the_writes() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "sync = \"interval:1h\"\n");
+    let port = free_port();
+    let mut server = Server::start_with(t.path(), &cfg, &[], &["--resp-port", &port.to_string()]);
+    let mut s = connect(port);
+    for i in 0..50 {
+        assert_eq!(
+            ask(&mut s, &[b"SET", format!("k{i}").as_bytes(), b"v"]),
+            b"+OK\r\n"
+        );
+    }
+    let st = server.term();
+    assert!(st.success(), "exit status {st:?}: {}", server.stderr());
+    assert!(
+        server.stderr().contains("stopped cleanly"),
+        "{}",
+        server.stderr()
+    );
+    let port = free_port();
+    let _server = Server::start_with(t.path(), &cfg, &[], &["--resp-port", &port.to_string()]);
+    let mut s = connect(port);
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":50\r\n");
+}
+
+#[test]
 fn malformed_or_oversized_frames_close_the_connection_and_store_nothing() {
     let r = start_resp(tempfile::tempdir().unwrap());
     for bad in [
