@@ -16,7 +16,7 @@
 //! `cargo run --release -p keel-bench --bin keel-vs-redis [-- --quick]`.
 
 use anyhow::{bail, Context};
-use keel_bench::{free_port, median};
+use keel_bench::{free_port, loadavg, median};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -146,12 +146,6 @@ fn bench(port: u16, clients: u32, requests: u32) -> anyhow::Result<BTreeMap<Stri
         }
     }
     Ok(res)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 type Results = BTreeMap<(bool, &'static str, u32, Store), (f64, f64, f64)>;
