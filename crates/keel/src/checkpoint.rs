@@ -27,10 +27,11 @@ const BLOCK_TARGET: usize = 64 << 10;
 const SUFFIX: &str = ".ckpt";
 const TMP_SUFFIX: &str = ".ckpt.tmp";
 
-/// A key or value as the engine stores it.
+/// A value as the engine stores it.
 pub type Bytes = Arc<[u8]>;
+pub use crate::key::Key;
 /// The engine's state: an immutable ordered map whose clone is O(1).
-pub type Tree = imbl::OrdMap<Bytes, Bytes>;
+pub type Tree = imbl::OrdMap<Key, Bytes>;
 
 /// The file name of the checkpoint at `lsn`.
 pub fn checkpoint_file_name(lsn: u64) -> String {
@@ -267,7 +268,7 @@ pub fn decode(
     let mut tree = Tree::new();
     let mut pos = HEADER_LEN;
     let mut entries = 0u64;
-    let mut prev: Option<Bytes> = None;
+    let mut prev: Option<Key> = None;
     while pos < end {
         if end - pos < BLOCK_HEADER_LEN {
             return Err(format!("block header at offset {pos} is cut short"));
@@ -300,13 +301,13 @@ pub fn decode(
                     "entry with key {kl} / value {vl} bytes does not fit in block at offset {pos}"
                 ));
             }
-            let key: Bytes = Arc::from(&payload[p..p + kl]);
+            let key = Key::from(&payload[p..p + kl]);
             let value: Bytes = Arc::from(&payload[p + kl..p + kl + vl]);
             p += kl + vl;
             if prev.as_ref().is_some_and(|pk| *pk >= key) {
                 return Err(format!("keys out of order in block at offset {pos}"));
             }
-            prev = Some(Arc::clone(&key));
+            prev = Some(key.clone());
             tree.insert(key, value);
             entries += 1;
         }
@@ -335,7 +336,7 @@ mod tests {
     fn tree(n: usize, vlen: usize) -> Tree {
         (0..n)
             .map(|i| {
-                let k: Bytes = Arc::from(format!("key-{i:06}").as_bytes());
+                let k = Key::from(format!("key-{i:06}").as_bytes());
                 let v: Bytes = Arc::from(vec![i as u8; vlen].as_slice());
                 (k, v)
             })

@@ -21,8 +21,9 @@
 //!
 //! Directory layout: `LOCK`, `checkpoint-<LSN>.ckpt`, `wal/<LSN>.wal`.
 
-use crate::checkpoint::{self, Bytes, Tree};
+use crate::checkpoint::{self, Key, Tree};
 use crate::error::{Error, Result};
+use crate::keyspace::Keyspace;
 use crate::op::{BatchOp, Op};
 use crate::options::Options;
 use keel_wal::{LockGuard, Storage, Wal, WalStats};
@@ -163,7 +164,7 @@ impl WriteBatch {
 }
 
 struct TreeState {
-    tree: Tree,
+    keys: Keyspace,
     applied_lsn: u64,
 }
 
@@ -213,30 +214,6 @@ impl Deferred {
 pub struct Db {
     shared: Arc<Shared>,
     checkpointer: Option<JoinHandle<()>>,
-}
-
-fn apply(tree: &mut Tree, op: Op) {
-    match op {
-        Op::Put(k, v) => {
-            tree.insert(Arc::from(k), Arc::from(v));
-        }
-        Op::Delete(k) => {
-            tree.remove(k.as_slice());
-        }
-        Op::Clear => *tree = Tree::new(),
-        Op::Batch(ops) => {
-            for op in ops {
-                match op {
-                    BatchOp::Put(k, v) => {
-                        tree.insert(Arc::from(k), Arc::from(v));
-                    }
-                    BatchOp::Delete(k) => {
-                        tree.remove(k.as_slice());
-                    }
-                }
-            }
-        }
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -327,9 +304,9 @@ impl Db {
                 }
             }
         }
-        let (base_lsn, mut tree, used) = match base {
-            Some((used, tree)) => (used.lsn, tree, Some(used)),
-            None => (0, Tree::new(), None),
+        let (base_lsn, mut keys, used) = match base {
+            Some((used, tree)) => (used.lsn, Keyspace::from_tree(tree), Some(used)),
+            None => (0, Keyspace::default(), None),
         };
 
         let wal_dir = dir.join("wal");
@@ -347,7 +324,7 @@ impl Db {
                 }
                 match Op::decode(payload) {
                     Ok(op) => {
-                        apply(&mut tree, op);
+                        keys.apply(op);
                         replayed += 1;
                         replayed_bytes += payload.len() as u64 + 32;
                         if replayed.is_multiple_of(8192) {
@@ -382,7 +359,7 @@ impl Db {
             checkpoint_temps_removed: temps.len(),
             wal: wal_report,
             records_replayed: replayed,
-            keys: tree.len(),
+            keys: keys.len(),
             lsn: last_lsn,
             duration: started.elapsed(),
         };
@@ -398,7 +375,7 @@ impl Db {
             wal,
             queue: Mutex::new(BTreeMap::new()),
             state: RwLock::new(TreeState {
-                tree,
+                keys,
                 applied_lsn: last_lsn,
             }),
             checkpoints: Mutex::new(CheckpointState {
@@ -536,7 +513,7 @@ impl Db {
     /// The value of `key`, if any.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-        Ok(st.tree.get(key.as_ref()).map(|v| v.to_vec()))
+        Ok(st.keys.get(key.as_ref()).map(|v| v.to_vec()))
     }
 
     /// Up to `limit` entries with keys in `range`, in key order.
@@ -545,11 +522,12 @@ impl Db {
         range: R,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let start: Bound<Bytes> = range.start_bound().map(|k| Arc::from(k.as_slice()));
-        let end: Bound<Bytes> = range.end_bound().map(|k| Arc::from(k.as_slice()));
+        let start: Bound<Key> = range.start_bound().map(|k| Key::from(k.as_slice()));
+        let end: Bound<Key> = range.end_bound().map(|k| Key::from(k.as_slice()));
         let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
         Ok(st
-            .tree
+            .keys
+            .tree()
             .range((start, end))
             .take(limit)
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
@@ -563,10 +541,11 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = prefix.as_ref();
-        let start: Bytes = Arc::from(prefix);
+        let start = Key::from(prefix);
         let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
         Ok(st
-            .tree
+            .keys
+            .tree()
             .range((Bound::Included(start), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
@@ -580,7 +559,7 @@ impl Db {
             .state
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .tree
+            .keys
             .len()
     }
 
@@ -599,7 +578,7 @@ impl Db {
         let sh = &self.shared;
         let (keys, applied_lsn) = {
             let st = sh.state.read().unwrap_or_else(|p| p.into_inner());
-            (st.tree.len(), st.applied_lsn)
+            (st.keys.len(), st.applied_lsn)
         };
         let ck = lock(&sh.checkpoints);
         Stats {
@@ -766,7 +745,7 @@ impl Shared {
                     }
                     let (l, op) = entry.remove_entry();
                     debug_assert_eq!(l, st.applied_lsn + 1, "operations applied out of order");
-                    apply(&mut st.tree, op);
+                    st.keys.apply(op);
                     st.applied_lsn = l;
                 }
             }
@@ -833,7 +812,7 @@ impl Shared {
         // O(1): the persistent map shares structure with the live one.
         let (tree, lsn) = {
             let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-            (st.tree.clone(), st.applied_lsn)
+            (st.keys.tree().clone(), st.applied_lsn)
         };
         let bytes_at_snapshot = self.log_bytes_since_checkpoint.load(Ordering::Relaxed);
         let newest = lock(&self.checkpoints).newest.clone();

@@ -29,6 +29,8 @@ pub mod checkpoint;
 mod db;
 pub mod error;
 pub mod fuzzing;
+pub mod key;
+mod keyspace;
 pub mod op;
 pub mod options;
 

@@ -430,7 +430,15 @@ fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], 
                 c.may_read = false;
                 c.closing = true;
             }
-            Ok(n) => c.inbuf.extend_from_slice(&scratch[..n]),
+            Ok(n) => {
+                c.inbuf.extend_from_slice(&scratch[..n]);
+                // A short read emptied the socket; new bytes raise a new
+                // edge (Linux signals every arrival), so skip the read that
+                // would only say WouldBlock: one syscall less per request.
+                if n < scratch.len() {
+                    c.may_read = false;
+                }
+            }
             Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock => c.may_read = false,
                 io::ErrorKind::Interrupted => {}
