@@ -21,11 +21,13 @@
 
 mod history;
 mod linearizability;
+mod resp_client;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use history::{Event, History, Outcome, Target};
 use keel_wal::rng::SplitMix64;
+use resp_client::{Failed, Reply, RespConn};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -80,6 +82,11 @@ struct Args {
     /// segment deletion), N = 1..4.
     #[arg(long)]
     failpoints: bool,
+    /// How clients talk to the server: `http`, or `resp` (the Redis
+    /// protocol: SET, DEL, MSET, FLUSHALL and GET on connections kept open;
+    /// batches are then puts only, as MSET is).
+    #[arg(long, default_value = "http")]
+    protocol: String,
 }
 
 /// The fail point of a cycle in `--failpoints` mode (`KEEL_FAULT` syntax).
@@ -93,6 +100,7 @@ fn failpoint(cycle: u32) -> String {
 struct Server {
     child: Child,
     port: u16,
+    resp_port: Option<u16>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -110,6 +118,11 @@ fn start(
 ) -> anyhow::Result<(Server, Duration)> {
     let sync = args.sync.as_str();
     let port = free_port()?;
+    let resp_port = if args.protocol == "resp" {
+        Some(free_port()?)
+    } else {
+        None
+    };
     let cfg = dir.join("keel.toml");
     std::fs::write(
         &cfg,
@@ -129,6 +142,11 @@ fn start(
         .arg(dir.join("data"))
         .arg("--config")
         .arg(&cfg)
+        .args(
+            resp_port
+                .map(|p| vec!["--resp-port".to_string(), p.to_string()])
+                .unwrap_or_default(),
+        )
         .env(
             "KEEL_STORAGE",
             if args.storage == "buffered" {
@@ -142,9 +160,14 @@ fn start(
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let mut s = Server { child, port };
+    let mut s = Server {
+        child,
+        port,
+        resp_port,
+    };
     loop {
-        if let Ok((200, _)) = raw(port, "GET", "/health", b"") {
+        let resp_up = resp_port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
+        if resp_up && matches!(raw(port, "GET", "/health", b""), Ok((200, _))) {
             return Ok((s, started.elapsed()));
         }
         if let Some(st) = s.child.try_wait()? {
@@ -200,6 +223,7 @@ fn key(i: u64) -> String {
 
 struct Shared {
     port: u16,
+    resp_port: Option<u16>,
     stop: AtomicBool,
     history: Mutex<History>,
     next_client: AtomicU64,
@@ -212,88 +236,168 @@ impl Shared {
     }
 }
 
+/// One operation a client chooses.
+enum Request {
+    Put(String, String),
+    Delete(String),
+    Batch(Vec<(String, Option<String>)>),
+    Clear,
+    Checkpoint,
+    Get(String),
+}
+
+impl Request {
+    fn random(
+        rng: &mut SplitMix64,
+        keys: u64,
+        puts_only_batches: bool,
+        val: impl Fn(u64) -> String,
+    ) -> Request {
+        match rng.below(100) {
+            0..=44 => Request::Put(key(rng.below(keys)), val(0)),
+            45..=54 => Request::Delete(key(rng.below(keys))),
+            55..=64 => {
+                let n = 2 + rng.below(2);
+                let mut entries: Vec<(String, Option<String>)> = vec![];
+                for j in 0..n {
+                    let k = key(rng.below(keys));
+                    if entries.iter().any(|(e, _)| *e == k) {
+                        continue;
+                    }
+                    let put = rng.chance(4, 5) || puts_only_batches;
+                    entries.push((k, put.then(|| val(j))));
+                }
+                Request::Batch(entries)
+            }
+            65 => Request::Clear,
+            66..=67 => Request::Checkpoint,
+            _ => Request::Get(key(rng.below(keys))),
+        }
+    }
+
+    /// What the history records of it (before its outcome is known).
+    fn targets(&self) -> Vec<Target> {
+        match self {
+            Request::Put(k, v) => vec![Target::Write(k.clone(), Some(v.clone()))],
+            Request::Delete(k) => vec![Target::Write(k.clone(), None)],
+            Request::Batch(e) => e
+                .iter()
+                .map(|(k, v)| Target::Write(k.clone(), v.clone()))
+                .collect(),
+            Request::Clear => vec![Target::Clear],
+            Request::Checkpoint => vec![],
+            Request::Get(k) => vec![Target::Read(k.clone(), None)],
+        }
+    }
+}
+
+/// Runs `req` over HTTP (a fresh connection each time): the outcome, and
+/// for a GET that succeeded, what it read.
+fn over_http(port: u16, req: &Request) -> (Outcome, Option<Option<String>>) {
+    let (method, path, body) = match req {
+        Request::Put(k, v) => ("PUT", format!("/kv/{k}"), v.clone().into_bytes()),
+        Request::Delete(k) => ("DELETE", format!("/kv/{k}"), vec![]),
+        Request::Batch(entries) => {
+            let ops: Vec<_> = entries
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => serde_json::json!({"op": "put", "key": k, "value": v}),
+                    None => serde_json::json!({"op": "delete", "key": k}),
+                })
+                .collect();
+            let body = serde_json::json!({ "ops": ops }).to_string().into_bytes();
+            ("POST", "/batch".into(), body)
+        }
+        Request::Clear => ("DELETE", "/clear".into(), vec![]),
+        Request::Checkpoint => ("POST", "/admin/checkpoint".into(), vec![]),
+        Request::Get(k) => ("GET", format!("/kv/{k}"), vec![]),
+    };
+    match raw(port, method, &path, &body) {
+        Ok((200, b)) if method == "GET" => (
+            Outcome::Ok,
+            Some(Some(String::from_utf8_lossy(&b).into_owned())),
+        ),
+        Ok((404, _)) if method == "GET" => (Outcome::Ok, Some(None)),
+        Ok((s, _)) if (200..300).contains(&s) => (Outcome::Ok, None),
+        Err(Sent::No) => (Outcome::Fail, None),
+        _ => (Outcome::Unknown, None),
+    }
+}
+
+/// Runs `req` over RESP on the client's connection (opened if needed).
+/// An error reply to a write counts as unknown: the commit behind it may
+/// have failed after writing.
+fn over_resp(
+    conn: &mut Option<RespConn>,
+    port: u16,
+    http_port: u16,
+    req: &Request,
+) -> (Outcome, Option<Option<String>>) {
+    if let Request::Checkpoint = req {
+        return over_http(http_port, req); // an admin call, HTTP only
+    }
+    if conn.is_none() {
+        match RespConn::connect(port) {
+            Ok(c) => *conn = Some(c),
+            Err(_) => return (Outcome::Fail, None),
+        }
+    }
+    let c = conn.as_mut().expect("connected above");
+    let reply = match req {
+        Request::Put(k, v) => c.call(&[b"SET", k.as_bytes(), v.as_bytes()]),
+        Request::Delete(k) => c.call(&[b"DEL", k.as_bytes()]),
+        Request::Batch(entries) => {
+            let mut args: Vec<&[u8]> = vec![b"MSET"];
+            for (k, v) in entries {
+                args.push(k.as_bytes());
+                args.push(v.as_deref().expect("RESP batches are puts only").as_bytes());
+            }
+            c.call(&args)
+        }
+        Request::Clear => c.call(&[b"FLUSHALL"]),
+        Request::Get(k) => c.call(&[b"GET", k.as_bytes()]),
+        Request::Checkpoint => unreachable!("sent over HTTP above"),
+    };
+    match (req, reply) {
+        (Request::Get(_), Ok(Reply::Bulk(v))) => (
+            Outcome::Ok,
+            Some(v.map(|b| String::from_utf8_lossy(&b).into_owned())),
+        ),
+        (Request::Delete(_), Ok(Reply::Integer(_))) => (Outcome::Ok, None),
+        (Request::Put(..) | Request::Batch(_) | Request::Clear, Ok(Reply::Simple(s)))
+            if s == "OK" =>
+        {
+            (Outcome::Ok, None)
+        }
+        (_, Err(Failed::NotSent)) => {
+            *conn = None;
+            (Outcome::Fail, None)
+        }
+        _ => {
+            *conn = None;
+            (Outcome::Unknown, None)
+        }
+    }
+}
+
 fn client_loop(sh: Arc<Shared>, mut rng: SplitMix64, keys: u64) {
     let mut client = sh.next_client.fetch_add(1, Ordering::SeqCst);
     let mut seq = 0u64;
+    let mut conn: Option<RespConn> = None;
     while !sh.stop.load(Ordering::Relaxed) {
         seq += 1;
         let val = |j: u64| format!("c{client}:{seq}:{j}");
-        let roll = rng.below(100);
-        let (method, path, body, targets): (&str, String, Vec<u8>, Vec<Target>) = match roll {
-            0..=44 => {
-                let k = key(rng.below(keys));
-                let v = val(0);
-                (
-                    "PUT",
-                    format!("/kv/{k}"),
-                    v.clone().into_bytes(),
-                    vec![Target::Write(k, Some(v))],
-                )
-            }
-            45..=54 => {
-                let k = key(rng.below(keys));
-                (
-                    "DELETE",
-                    format!("/kv/{k}"),
-                    vec![],
-                    vec![Target::Write(k, None)],
-                )
-            }
-            55..=64 => {
-                let n = 2 + rng.below(2);
-                let mut ops = vec![];
-                let mut targets = vec![];
-                let mut used = vec![];
-                for j in 0..n {
-                    let k = key(rng.below(keys));
-                    if used.contains(&k) {
-                        continue;
-                    }
-                    used.push(k.clone());
-                    if rng.chance(4, 5) {
-                        let v = val(j);
-                        ops.push(serde_json::json!({"op": "put", "key": k, "value": v}));
-                        targets.push(Target::Write(k, Some(v)));
-                    } else {
-                        ops.push(serde_json::json!({"op": "delete", "key": k}));
-                        targets.push(Target::Write(k, None));
-                    }
-                }
-                let body = serde_json::json!({ "ops": ops }).to_string().into_bytes();
-                ("POST", "/batch".into(), body, targets)
-            }
-            65 => ("DELETE", "/clear".into(), vec![], vec![Target::Clear]),
-            66..=67 => ("POST", "/admin/checkpoint".into(), vec![], vec![]),
-            _ => {
-                let k = key(rng.below(keys));
-                (
-                    "GET",
-                    format!("/kv/{k}"),
-                    vec![],
-                    vec![Target::Read(k, None)],
-                )
-            }
-        };
+        let req = Request::random(&mut rng, keys, sh.resp_port.is_some(), val);
+        let mut targets = req.targets();
         let call = sh.now();
-        let result = raw(sh.port, method, &path, &body);
-        let ret = sh.now();
-        let (outcome, targets) = match result {
-            Ok((s, _)) if (200..300).contains(&s) || (method == "GET" && s == 404) => {
-                let targets = match (method, &result) {
-                    ("GET", Ok((200, b))) => match &targets[0] {
-                        Target::Read(k, _) => vec![Target::Read(
-                            k.clone(),
-                            Some(String::from_utf8_lossy(b).into_owned()),
-                        )],
-                        t => vec![t.clone()],
-                    },
-                    _ => targets,
-                };
-                (Outcome::Ok, targets)
-            }
-            Err(Sent::No) => (Outcome::Fail, targets),
-            _ => (Outcome::Unknown, targets),
+        let (outcome, read) = match sh.resp_port {
+            Some(p) => over_resp(&mut conn, p, sh.port, &req),
+            None => over_http(sh.port, &req),
         };
+        let ret = sh.now();
+        if let (Some(seen), [Target::Read(k, _)]) = (read, targets.as_slice()) {
+            targets = vec![Target::Read(k.clone(), seen)];
+        }
         if !targets.is_empty() {
             sh.history.lock().unwrap().push(Event {
                 client,
@@ -356,12 +460,16 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.storage != "real" && args.storage != "buffered" {
         bail!("--storage must be `real` or `buffered`");
     }
+    if args.protocol != "http" && args.protocol != "resp" {
+        bail!("--protocol must be `http` or `resp`");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     println!(
-        "keel-torture: seed {seed}, {} cycles, {} clients, {} keys, {}, sync {}, storage {}, data in {}",
+        "keel-torture: seed {seed}, {} cycles, {} clients ({}), {} keys, {}, sync {}, storage {}, data in {}",
         args.cycles,
         args.clients,
+        args.protocol,
         args.keys,
         if args.failpoints {
             "crash at the Nth create/rename/syncdir/remove/sync in turn".to_string()
@@ -433,6 +541,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let sh = Arc::new(Shared {
             port: server.port,
+            resp_port: server.resp_port,
             stop: AtomicBool::new(false),
             history: Mutex::new(std::mem::take(&mut history)),
             next_client: AtomicU64::new(next_client),
