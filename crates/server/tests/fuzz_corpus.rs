@@ -11,3 +11,8 @@ fn replay(target: &str, run: fn(&[u8])) {
 fn http_request_seeds() {
     replay("http_request", keel_server::fuzzing::http_request);
 }
+
+#[test]
+fn resp_stream_seeds() {
+    replay("resp_stream", keel_server::fuzzing::resp_stream);
+}

@@ -1,4 +1,4 @@
-//! Fuzz entry point for HTTP request handling (`fuzz/`), also replayed on a
+//! Fuzz entry point for HTTP request handling, also replayed on a
 //! committed seed corpus by `cargo test`: any method, path and body, through
 //! the real router into a store on simulated storage. Invariants: no panic,
 //! every answer a valid status, and a PUT answered 200 is read back byte for

@@ -1,0 +1,156 @@
+//! Fuzz entry point for the Redis protocol: any bytes as a client's stream,
+//! through the parser and the commands, into a store on simulated storage,
+//! with the event loop's discipline (writes deferred, then committed).
+//!
+//! Invariants:
+//! - the parser never panics and never claims more bytes than it was given;
+//! - a frame it accepts is complete: every shorter prefix of it is
+//!   `Incomplete`, and re-encoding its arguments parses back to them;
+//! - every reply is one well-formed RESP2 value;
+//! - after each commit, the store agrees with a model of SET, MSET, DEL and
+//!   FLUSHALL on every key the stream touched, and a refused command changed
+//!   nothing.
+
+use crate::resp::command::{execute, Outcome};
+use crate::resp::{parse_command, FrameError, RespLimits};
+use keel::{Db, Options};
+use keel_wal::{SimStorage, Storage};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const LIMITS: RespLimits = RespLimits {
+    max_bulk: 4096,
+    max_args: 64,
+    max_pending: 1 << 16,
+};
+
+fn encode(args: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The length of the one RESP2 reply at the start of `b`, if complete.
+fn reply_len(b: &[u8]) -> Option<usize> {
+    let line = b.windows(2).position(|w| w == b"\r\n")?;
+    match *b.first()? {
+        b'+' | b'-' | b':' => Some(line + 2),
+        b'$' => {
+            let n: i64 = std::str::from_utf8(&b[1..line]).ok()?.parse().ok()?;
+            if n < 0 {
+                return Some(line + 2);
+            }
+            let total = line + 2 + n as usize + 2;
+            (b.len() >= total && &b[total - 2..total] == b"\r\n").then_some(total)
+        }
+        b'*' => {
+            let n: i64 = std::str::from_utf8(&b[1..line]).ok()?.parse().ok()?;
+            let mut pos = line + 2;
+            for _ in 0..n.max(0) {
+                pos += reply_len(&b[pos..])?;
+            }
+            Some(pos)
+        }
+        _ => None,
+    }
+}
+
+/// Applies a command the store acknowledged to the model.
+fn model_apply(model: &mut BTreeMap<Vec<u8>, Vec<u8>>, args: &[Vec<u8>]) {
+    let name = args[0].to_ascii_uppercase();
+    match (name.as_slice(), args.len()) {
+        (b"SET", 3) => {
+            model.insert(args[1].clone(), args[2].clone());
+        }
+        (b"MSET", n) if n >= 3 && n % 2 == 1 => {
+            for p in args[1..].chunks(2) {
+                model.insert(p[0].clone(), p[1].clone());
+            }
+        }
+        (b"DEL", n) if n >= 2 => {
+            for k in &args[1..] {
+                model.remove(k);
+            }
+        }
+        (b"FLUSHDB" | b"FLUSHALL", n) if n <= 2 => model.clear(),
+        _ => {}
+    }
+}
+
+/// Feeds `data` as one connection's byte stream.
+pub fn resp_stream(data: &[u8]) {
+    let s = SimStorage::new(1);
+    s.create_dir_all(std::path::Path::new("/fuzz"))
+        .expect("sim dir");
+    let opts = Options {
+        max_key_len: 64,
+        max_value_len: 1024,
+        max_batch_bytes: 1 << 14,
+        segment_size: 1 << 14,
+        checkpoint_log_bytes: Some(1 << 13),
+        ..Options::default()
+    };
+    let (db, _) = Db::open_with_storage(Arc::new(s), "/fuzz", opts).expect("open");
+    let mut model = BTreeMap::new();
+    let mut touched: Vec<Vec<u8>> = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let buf = &data[pos..];
+        let (args, used) = match parse_command(buf, &LIMITS) {
+            Ok(x) => x,
+            Err(FrameError::Incomplete) | Err(FrameError::Protocol(_)) => return,
+        };
+        assert!(
+            used > 0 && used <= buf.len(),
+            "consumed {used} of {}",
+            buf.len()
+        );
+        if buf[0] == b'*' {
+            for cut in 0..used {
+                assert_eq!(
+                    parse_command(&buf[..cut], &LIMITS),
+                    Err(FrameError::Incomplete),
+                    "a prefix of {cut} bytes of an accepted frame was not incomplete"
+                );
+            }
+            let again = encode(&args);
+            assert_eq!(
+                parse_command(&again, &LIMITS),
+                Ok((args.clone(), again.len()))
+            );
+        }
+        pos += used;
+        if args.is_empty() {
+            continue;
+        }
+        let mut out = Vec::new();
+        let outcome = execute(&db, args.clone(), &mut out);
+        assert_eq!(
+            reply_len(&out),
+            Some(out.len()),
+            "not one RESP value: {out:?}"
+        );
+        match outcome {
+            Outcome::Deferred(lsn) => {
+                db.commit_through(lsn).expect("commit on healthy storage");
+                model_apply(&mut model, &args);
+            }
+            Outcome::Close => return,
+            Outcome::Done | Outcome::Read => {}
+        }
+        touched.extend(args.iter().skip(1).take(8).cloned());
+        for k in &touched {
+            let got = db.get(k).unwrap_or(None);
+            assert_eq!(
+                got.as_ref(),
+                model.get(k),
+                "key {k:?} disagrees with the model"
+            );
+        }
+        assert_eq!(db.len(), model.len(), "DBSIZE disagrees with the model");
+    }
+}
