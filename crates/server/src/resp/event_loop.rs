@@ -159,6 +159,7 @@ impl Conn {
         if self.sent == self.out.len() {
             self.out.clear();
             self.sent = 0;
+            shrink(&mut self.out);
         }
     }
 
@@ -371,6 +372,14 @@ impl EventLoop {
     }
 }
 
+/// Gives back the memory of a buffer that once held a large request or
+/// reply, so an idle connection keeps at most [`READ_CHUNK`] of it.
+fn shrink(buf: &mut Vec<u8>) {
+    if buf.capacity() > 16 * READ_CHUNK && buf.len() <= READ_CHUNK {
+        buf.shrink_to(READ_CHUNK);
+    }
+}
+
 /// Reads and executes what connection `c` has, until it would block, is
 /// paused for a commit, has read its share, or has too much unsent output.
 fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn) {
@@ -421,6 +430,7 @@ fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], 
         if c.start > 0 {
             c.inbuf.drain(..c.start);
             c.start = 0;
+            shrink(&mut c.inbuf);
         }
         let got = c.sock.read(scratch);
         reads += 1;
