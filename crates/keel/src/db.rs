@@ -471,6 +471,17 @@ impl Db {
     /// of many requests, then commit them with one fdatasync on their own
     /// thread before replying to any (what Redis does once per loop turn).
     /// Validation errors are returned at once and queue nothing.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let (db, _) = keel::Db::open(dir.path(), keel::Options::default()).unwrap();
+    /// let a = db.put_deferred("k1", "v1").unwrap();
+    /// let b = db.put_deferred("k2", "v2").unwrap();
+    /// assert_eq!(db.get("k1").unwrap(), None);           // not acknowledged yet
+    /// db.commit_through(b.lsn()).unwrap();               // one fdatasync for both
+    /// assert_eq!(db.get("k1").unwrap(), Some(b"v1".to_vec()));
+    /// # let _ = a;
+    /// ```
     pub fn put_deferred(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Deferred> {
         let (k, v) = (key.as_ref(), value.as_ref());
         self.shared.check_key(k)?;
