@@ -32,10 +32,16 @@ pub enum Outcome {
     Close,
 }
 
-/// The command name in upper case, for dispatch.
-fn name_of(args: &[Vec<u8>]) -> Option<String> {
-    args.first()
-        .map(|n| String::from_utf8_lossy(n).to_ascii_uppercase())
+/// The command name in upper case, for dispatch, in `buf` (no allocation
+/// per command). A name too long for it is no command keel knows.
+fn upper_name<'a>(name: &[u8], buf: &'a mut [u8; 16]) -> &'a [u8] {
+    if name.len() > buf.len() {
+        return b"";
+    }
+    let out = &mut buf[..name.len()];
+    out.copy_from_slice(name);
+    out.make_ascii_uppercase();
+    out
 }
 
 /// Whether `args` may run now, given whether this connection (`own`) and
@@ -97,49 +103,51 @@ fn deferred(
 
 /// Runs one command and writes its reply into `out`.
 pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
-    let Some(cmd) = name_of(&args) else {
+    let Some(name) = args.first() else {
         return Outcome::Done;
     };
+    let mut buf = [0u8; 16];
+    let cmd = upper_name(name, &mut buf);
     let argc = args.len();
     let arity = |out: &mut Vec<u8>| {
         error(
             out,
             &format!(
                 "ERR wrong number of arguments for '{}' command",
-                cmd.to_ascii_lowercase()
+                String::from_utf8_lossy(cmd).to_ascii_lowercase()
             ),
         );
     };
-    match cmd.as_str() {
-        "PING" => match argc {
+    match cmd {
+        b"PING" => match argc {
             1 => simple(out, "PONG"),
             2 => bulk(out, Some(&args[1])),
             _ => arity(out),
         },
-        "ECHO" if argc == 2 => bulk(out, Some(&args[1])),
-        "QUIT" => {
+        b"ECHO" if argc == 2 => bulk(out, Some(&args[1])),
+        b"QUIT" => {
             simple(out, "OK");
             return Outcome::Close;
         }
-        "SELECT" if argc == 2 => {
+        b"SELECT" if argc == 2 => {
             if args[1] == b"0" {
                 simple(out, "OK")
             } else {
                 error(out, "ERR DB index is out of range (keel has one database, 0)")
             }
         }
-        "SET" if argc == 3 => {
+        b"SET" if argc == 3 => {
             return deferred(out, db.put_deferred(&args[1], &args[2]), |o| simple(o, "OK"))
         }
-        "SET" if argc > 3 => error(out, "ERR syntax error: SET options (NX, XX, EX, PX, KEEPTTL, GET) are not supported by keel; use plain SET key value"),
-        "GET" if argc == 2 => {
+        b"SET" if argc > 3 => error(out, "ERR syntax error: SET options (NX, XX, EX, PX, KEEPTTL, GET) are not supported by keel; use plain SET key value"),
+        b"GET" if argc == 2 => {
             match db.get(&args[1]) {
                 Ok(v) => bulk(out, v.as_deref()),
                 Err(e) => db_error(out, &e),
             }
             return Outcome::Read;
         }
-        "DEL" if argc >= 2 => {
+        b"DEL" if argc >= 2 => {
             let mut present = 0;
             let mut batch = WriteBatch::new();
             for k in &args[1..] {
@@ -150,7 +158,7 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
             }
             return deferred(out, db.write_deferred(batch), |o| integer(o, present));
         }
-        "EXISTS" if argc >= 2 => {
+        b"EXISTS" if argc >= 2 => {
             let n = args[1..]
                 .iter()
                 .filter(|k| matches!(db.get(k), Ok(Some(_))))
@@ -158,7 +166,7 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
             integer(out, n as i64);
             return Outcome::Read;
         }
-        "MSET" if argc >= 3 && argc % 2 == 1 => {
+        b"MSET" if argc >= 3 && argc % 2 == 1 => {
             let mut batch = WriteBatch::new();
             let mut it = args.into_iter().skip(1);
             while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -166,25 +174,25 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
             }
             return deferred(out, db.write_deferred(batch), |o| simple(o, "OK"));
         }
-        "MGET" if argc >= 2 => {
+        b"MGET" if argc >= 2 => {
             array_len(out, argc - 1);
             for k in &args[1..] {
                 bulk(out, db.get(k).ok().flatten().as_deref());
             }
             return Outcome::Read;
         }
-        "FLUSHDB" | "FLUSHALL" if argc <= 2 => {
+        b"FLUSHDB" | b"FLUSHALL" if argc <= 2 => {
             return deferred(out, db.clear_deferred(), |o| simple(o, "OK"))
         }
-        "DBSIZE" if argc == 1 => integer(out, db.len() as i64),
-        "INFO" => info(db, out),
-        "COMMAND" => array_len(out, 0),
-        "CONFIG" if argc == 3 && args[1].eq_ignore_ascii_case(b"GET") => {
+        b"DBSIZE" if argc == 1 => integer(out, db.len() as i64),
+        b"INFO" => info(db, out),
+        b"COMMAND" => array_len(out, 0),
+        b"CONFIG" if argc == 3 && args[1].eq_ignore_ascii_case(b"GET") => {
             config_get(db, &args[2], out)
         }
-        "HELLO" => error(out, "NOPROTO keel speaks RESP2 only; HELLO is not supported"),
-        "ECHO" | "SELECT" | "SET" | "GET" | "DEL" | "EXISTS" | "MSET" | "MGET" | "FLUSHDB"
-        | "FLUSHALL" | "DBSIZE" | "CONFIG" => arity(out),
+        b"HELLO" => error(out, "NOPROTO keel speaks RESP2 only; HELLO is not supported"),
+        b"ECHO" | b"SELECT" | b"SET" | b"GET" | b"DEL" | b"EXISTS" | b"MSET" | b"MGET" | b"FLUSHDB"
+        | b"FLUSHALL" | b"DBSIZE" | b"CONFIG" => arity(out),
         _ => unknown(&args, out),
     }
     Outcome::Done
