@@ -132,6 +132,9 @@ struct Conn {
     may_read: bool,
     /// A complete command waits for this turn's commit.
     paused: bool,
+    /// Input stopped being processed because too much output was unsent:
+    /// run again once it has drained, whether or not the socket says more.
+    backlog: bool,
     /// Close once `out` is sent.
     closing: bool,
     /// The socket failed: drop without sending.
@@ -283,6 +286,7 @@ impl EventLoop {
                         acks: Vec::new(),
                         may_read: true,
                         paused: false,
+                        backlog: false,
                         closing: false,
                         dead: false,
                         queued: false,
@@ -357,7 +361,7 @@ impl EventLoop {
             if c.paused && !blocked {
                 c.queued = true;
                 self.runnable.push_front(i);
-            } else if c.may_read && !c.closing && !blocked {
+            } else if (c.may_read || c.backlog) && !c.closing && !blocked {
                 self.mark_runnable(i);
             }
         }
@@ -384,6 +388,7 @@ fn shrink(buf: &mut Vec<u8>) {
 /// paused for a commit, has read its share, or has too much unsent output.
 fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn) {
     let mut reads = 0;
+    c.backlog = false;
     loop {
         // Execute every complete command buffered.
         while !c.closing && c.unsent() <= OUTPUT_HIGH_WATER {
@@ -413,7 +418,11 @@ fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], 
                 }
             }
         }
-        if c.closing || c.unsent() > OUTPUT_HIGH_WATER || !c.may_read {
+        if c.unsent() > OUTPUT_HIGH_WATER {
+            c.backlog = !c.closing;
+            return;
+        }
+        if c.closing || !c.may_read {
             return;
         }
         if c.inbuf.len() - c.start > limits.max_pending {
