@@ -23,7 +23,7 @@
 
 use crate::checkpoint::{self, Key, Tree};
 use crate::error::{Error, Result};
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Keyspace, Replay};
 use crate::op::{BatchOp, Op};
 use crate::options::Options;
 use keel_wal::{LockGuard, Storage, Wal, WalStats};
@@ -305,8 +305,8 @@ impl Db {
             }
         }
         let (base_lsn, mut keys, used) = match base {
-            Some((used, tree)) => (used.lsn, Keyspace::from_tree(tree), Some(used)),
-            None => (0, Keyspace::default(), None),
+            Some((used, tree)) => (used.lsn, Replay::new(tree), Some(used)),
+            None => (0, Replay::new(Tree::new()), None),
         };
 
         let wal_dir = dir.join("wal");
@@ -375,7 +375,7 @@ impl Db {
             wal,
             queue: Mutex::new(BTreeMap::new()),
             state: RwLock::new(TreeState {
-                keys,
+                keys: keys.finish(),
                 applied_lsn: last_lsn,
             }),
             checkpoints: Mutex::new(CheckpointState {

@@ -52,6 +52,49 @@ impl Keyspace {
         self.index.len()
     }
 
+    /// Applies one logged operation.
+    pub(crate) fn apply(&mut self, op: Op) {
+        apply_op(self, op)
+    }
+}
+
+/// The ordered map alone, while recovery replays the log: millions of
+/// replayed writes, most overwriting each other, cost less without the
+/// index, which [`Replay::finish`] then builds once.
+pub(crate) struct Replay {
+    tree: Tree,
+}
+
+impl Replay {
+    /// Replay on top of `tree` (a loaded checkpoint, or empty).
+    pub(crate) fn new(tree: Tree) -> Self {
+        Replay { tree }
+    }
+
+    /// Applies one logged operation.
+    pub(crate) fn apply(&mut self, op: Op) {
+        apply_op(self, op)
+    }
+
+    /// Number of keys.
+    pub(crate) fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// The keyspace, indexed.
+    pub(crate) fn finish(self) -> Keyspace {
+        Keyspace::from_tree(self.tree)
+    }
+}
+
+/// What applying an operation needs of a store of entries.
+trait Entries {
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>);
+    fn delete(&mut self, k: Vec<u8>);
+    fn clear(&mut self);
+}
+
+impl Entries for Keyspace {
     fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
         let (k, v): (Key, Bytes) = (Key::from(k), Arc::from(v));
         self.index.insert(k.clone(), Arc::clone(&v));
@@ -65,18 +108,35 @@ impl Keyspace {
         }
     }
 
-    /// Applies one logged operation.
-    pub(crate) fn apply(&mut self, op: Op) {
-        match op {
-            Op::Put(k, v) => self.put(k, v),
-            Op::Delete(k) => self.delete(k),
-            Op::Clear => *self = Keyspace::default(),
-            Op::Batch(ops) => {
-                for op in ops {
-                    match op {
-                        BatchOp::Put(k, v) => self.put(k, v),
-                        BatchOp::Delete(k) => self.delete(k),
-                    }
+    fn clear(&mut self) {
+        *self = Keyspace::default();
+    }
+}
+
+impl Entries for Replay {
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.tree.insert(Key::from(k), Arc::from(v));
+    }
+
+    fn delete(&mut self, k: Vec<u8>) {
+        self.tree.remove(&Key::from(k));
+    }
+
+    fn clear(&mut self) {
+        self.tree = Tree::new();
+    }
+}
+
+fn apply_op(e: &mut impl Entries, op: Op) {
+    match op {
+        Op::Put(k, v) => e.put(k, v),
+        Op::Delete(k) => e.delete(k),
+        Op::Clear => e.clear(),
+        Op::Batch(ops) => {
+            for op in ops {
+                match op {
+                    BatchOp::Put(k, v) => e.put(k, v),
+                    BatchOp::Delete(k) => e.delete(k),
                 }
             }
         }
@@ -114,6 +174,7 @@ mod tests {
         fn index_and_tree_hold_the_same_entries(ops in prop::collection::vec(op(), 0..60)) {
             let mut ks = Keyspace::default();
             let mut model = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
+            let replayed = ops.clone();
             for op in ops {
                 match &op {
                     Op::Put(k, v) => { model.insert(k.clone(), v.clone()); }
@@ -138,6 +199,16 @@ mod tests {
                 prop_assert_eq!(ordered, want);
             }
             let reloaded = Keyspace::from_tree(ks.tree().clone());
+            let mut replay = Replay::new(Tree::new());
+            for op in &replayed {
+                replay.apply(op.clone());
+            }
+            prop_assert_eq!(replay.len(), model.len());
+            let replayed = replay.finish();
+            for (k, v) in &model {
+                prop_assert_eq!(replayed.get(k).map(|b| b.to_vec()), Some(v.clone()));
+            }
+            prop_assert_eq!(replayed.len(), model.len());
             for (k, v) in &model {
                 prop_assert_eq!(reloaded.get(k).map(|b| b.to_vec()), Some(v.clone()));
             }
