@@ -6,9 +6,10 @@
 //! keel `--sync always` with Redis `appendonly yes, appendfsync always`,
 //! keel `--sync interval:1s` with Redis `appendfsync everysec`. For each
 //! pair it runs `redis-benchmark -t set,get -d 100 -r 1000000` at 1, 16, 64
-//! and 256 clients, alternating the two servers, three times per point, and
-//! prints median ops/s and p50/p99 latency with the keel/Redis ratio, plus
-//! the load average beside each block. It writes an SVG plot of SET
+//! and 256 clients, alternating the two servers, five times per point (three
+//! with `--quick`), and prints median ops/s and p50/p99 latency, the
+//! keel/Redis ratio as the median (and range) of the ratios of runs made
+//! back to back, and the load average beside each block. It writes an SVG plot of SET
 //! throughput against clients to docs/bench/keel-vs-redis.svg.
 //!
 //! Needs redis-server and redis-benchmark (Debian packages redis-server and
@@ -23,7 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CLIENTS: [u32; 4] = [1, 16, 64, 256];
-const REPEATS: usize = 3;
+/// Runs per point (each server), full and quick.
+const REPEATS: usize = 5;
+const QUICK_REPEATS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Store {
@@ -168,7 +171,11 @@ fn main() -> anyhow::Result<()> {
     let scratch = root.join("target/keel-vs-redis");
     let _ = std::fs::remove_dir_all(&scratch);
     let mut results: Results = BTreeMap::new();
-    println!("keel vs Redis ({}), SET/GET with 100-byte values, redis-benchmark -r 1000000, median of {REPEATS}", if quick { "quick" } else { "full" });
+    // keel/Redis of the two runs made back to back in each repetition: the
+    // machine's load drifts, and a pair shares most of it.
+    let mut paired: BTreeMap<(bool, &'static str, u32), Vec<f64>> = BTreeMap::new();
+    let repeats = if quick { QUICK_REPEATS } else { REPEATS };
+    println!("keel vs Redis ({}), SET/GET with 100-byte values, redis-benchmark -r 1000000, median of {repeats}; ratio: median (min-max) of keel/Redis over back-to-back pairs", if quick { "quick" } else { "full" });
     for durable in [true, false] {
         let (k, kp) = start(
             Store::Keel,
@@ -195,7 +202,7 @@ fn main() -> anyhow::Result<()> {
         for c in CLIENTS {
             let n = (c * 2000).clamp(20_000, 400_000) / if quick { 4 } else { 1 };
             let mut runs: BTreeMap<(&str, Store), Vec<Point>> = BTreeMap::new();
-            for rep in 0..REPEATS {
+            for rep in 0..repeats {
                 // Alternate which server goes first.
                 let order: Vec<usize> = if rep % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
                 for i in order {
@@ -205,6 +212,11 @@ fn main() -> anyhow::Result<()> {
                         runs.entry((t, *store)).or_default().push(p);
                     }
                 }
+            }
+            for t in ["SET", "GET"] {
+                let (k, r) = (&runs[&(t, Store::Keel)], &runs[&(t, Store::Redis)]);
+                let ratios = k.iter().zip(r).map(|(k, r)| k.rps / r.rps).collect();
+                paired.insert((durable, t, c), ratios);
             }
             for ((t, store), ps) in runs {
                 let rps = median(ps.iter().map(|p| p.rps).collect());
@@ -218,7 +230,7 @@ fn main() -> anyhow::Result<()> {
             let _ = child.wait();
         }
         println!(
-            "{:>4} {:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>6}",
+            "{:>4} {:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>6} {:>13}",
             "op",
             "clients",
             "keel ops/s",
@@ -227,20 +239,30 @@ fn main() -> anyhow::Result<()> {
             "Redis ops/s",
             "p50 ms",
             "p99 ms",
-            "ratio"
+            "ratio",
+            "(min-max)"
         );
         for t in ["SET", "GET"] {
             for c in CLIENTS {
                 let k = results[&(durable, t, c, Store::Keel)];
                 let r = results[&(durable, t, c, Store::Redis)];
+                let ratios = &paired[&(durable, t, c)];
+                let lo = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+                let hi = ratios.iter().cloned().fold(0.0, f64::max);
                 println!(
-                    "{t:>4} {c:>8} | {:>10.0} {:>8.3} {:>8.3} | {:>10.0} {:>8.3} {:>8.3} | {:>5.2}x",
-                    k.0, k.1, k.2, r.0, r.1, r.2, k.0 / r.0
+                    "{t:>4} {c:>8} | {:>10.0} {:>8.3} {:>8.3} | {:>10.0} {:>8.3} {:>8.3} | {:>5.2}x  ({lo:.2}-{hi:.2})",
+                    k.0,
+                    k.1,
+                    k.2,
+                    r.0,
+                    r.1,
+                    r.2,
+                    median(ratios.clone())
                 );
             }
         }
     }
-    let svg = plot(&results);
+    let svg = plot(&results, repeats);
     let out = root.join("docs/bench/keel-vs-redis.svg");
     std::fs::write(&out, svg)?;
     println!("\nplot: {}", out.display());
@@ -249,7 +271,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// SET throughput against clients, four lines, as a small hand-made SVG.
-fn plot(results: &Results) -> String {
+fn plot(results: &Results, repeats: usize) -> String {
     let (w, h, left, bottom, top, right) = (760.0, 400.0, 70.0, 50.0, 40.0, 240.0);
     let max = results
         .iter()
@@ -260,7 +282,7 @@ fn plot(results: &Results) -> String {
     let x = |i: usize| left + (w - left - right) * i as f64 / (CLIENTS.len() - 1) as f64;
     let y = |v: f64| h - bottom - (h - bottom - top) * v / max;
     let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{}" y="22" font-size="14">SET ops/s vs clients (100-byte values, median of {REPEATS})</text>"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{}" y="22" font-size="14">SET ops/s vs clients (100-byte values, median of {repeats})</text>"#,
         left
     );
     for i in 0..=4 {
