@@ -13,7 +13,10 @@
 //! a write not yet committed (it would not see it), so [`can_run`] says when
 //! the loop must commit first. DEL reads (its reply counts the keys that
 //! existed) and writes, so it waits until no write of any connection is
-//! pending: its count and its delete then see the same state.
+//! pending: its count and its delete then see the same state. (A write
+//! arriving over HTTP at that moment is not ordered with it: with both
+//! protocols writing one key at once, DEL's count is best effort; what is
+//! stored is always right.)
 
 use super::frame::{array_len, bulk, error, integer, simple};
 use keel::{Db, WriteBatch};
