@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use keel_server::resp::frame::{encode_command, reply_len};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -33,13 +34,7 @@ fn connect(port: u16) -> TcpStream {
 }
 
 fn cmd(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    encode_command(args)
 }
 
 /// Reads exactly one reply (any RESP2 type) and returns its raw bytes.
@@ -52,30 +47,6 @@ fn read_reply(s: &mut TcpStream, pending: &mut Vec<u8>) -> Vec<u8> {
         let n = s.read(&mut buf).unwrap();
         assert!(n > 0, "connection closed while waiting for a reply");
         pending.extend_from_slice(&buf[..n]);
-    }
-}
-
-fn reply_len(b: &[u8]) -> Option<usize> {
-    let line = b.windows(2).position(|w| w == b"\r\n")?;
-    match b[0] {
-        b'+' | b'-' | b':' => Some(line + 2),
-        b'$' => {
-            let n: i64 = std::str::from_utf8(&b[1..line]).ok()?.parse().ok()?;
-            if n < 0 {
-                return Some(line + 2);
-            }
-            let total = line + 2 + n as usize + 2;
-            (b.len() >= total).then_some(total)
-        }
-        b'*' => {
-            let n: i64 = std::str::from_utf8(&b[1..line]).ok()?.parse().ok()?;
-            let mut pos = line + 2;
-            for _ in 0..n.max(0) {
-                pos += reply_len(&b[pos..])?;
-            }
-            Some(pos)
-        }
-        _ => None,
     }
 }
 

@@ -12,6 +12,7 @@
 //!   nothing.
 
 use crate::resp::command::{execute, Outcome};
+use crate::resp::frame::{encode_command, reply_len};
 use crate::resp::{parse_command, FrameError, RespLimits};
 use keel::{Db, Options};
 use keel_wal::{SimStorage, Storage};
@@ -23,41 +24,6 @@ const LIMITS: RespLimits = RespLimits {
     max_args: 64,
     max_pending: 1 << 16,
 };
-
-fn encode(args: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// The length of the one RESP2 reply at the start of `b`, if complete.
-fn reply_len(b: &[u8]) -> Option<usize> {
-    let line = b.windows(2).position(|w| w == b"\r\n")?;
-    match *b.first()? {
-        b'+' | b'-' | b':' => Some(line + 2),
-        b'$' => {
-            let n: i64 = std::str::from_utf8(&b[1..line]).ok()?.parse().ok()?;
-            if n < 0 {
-                return Some(line + 2);
-            }
-            let total = line + 2 + n as usize + 2;
-            (b.len() >= total && &b[total - 2..total] == b"\r\n").then_some(total)
-        }
-        b'*' => {
-            let n: i64 = std::str::from_utf8(&b[1..line]).ok()?.parse().ok()?;
-            let mut pos = line + 2;
-            for _ in 0..n.max(0) {
-                pos += reply_len(&b[pos..])?;
-            }
-            Some(pos)
-        }
-        _ => None,
-    }
-}
 
 /// Applies a command the store acknowledged to the model.
 fn model_apply(model: &mut BTreeMap<Vec<u8>, Vec<u8>>, args: &[Vec<u8>]) {
@@ -117,7 +83,7 @@ pub fn resp_stream(data: &[u8]) {
                     "a prefix of {cut} bytes of an accepted frame was not incomplete"
                 );
             }
-            let again = encode(&args);
+            let again = encode_command(&args);
             assert_eq!(
                 parse_command(&again, &LIMITS),
                 Ok((args.clone(), again.len()))
