@@ -198,7 +198,7 @@ fn main() {
             .map(|t| {
                 let (db, stop) = (Arc::clone(&db), Arc::clone(&stop));
                 std::thread::spawn(move || {
-                    let mut rng = keel_wal::rng::SplitMix64::new(t as u64);
+                    let mut rng = keel_storage::rng::SplitMix64::new(t as u64);
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let k = format!("key{:08}", rng.below(preload));

@@ -1,7 +1,8 @@
 //! Checkpoints: the whole key-value state at one LSN, in a file of its own.
 //!
-//! Written crash-safely (durability rule 4): into `checkpoint-N.ckpt.tmp`,
-//! fdatasynced, renamed to `checkpoint-N.ckpt`, then the directory fsynced.
+//! Written crash-safely (docs/DESIGN.md, rule 4) by `keel_storage::write_atomic`:
+//! into `checkpoint-N.ckpt.tmp`, fdatasynced, renamed to `checkpoint-N.ckpt`,
+//! then the directory fsynced.
 //! Only after that may the caller delete older checkpoints and the log they
 //! needed. A file with the final name is therefore complete and durable; a
 //! `.tmp` file is an interrupted checkpoint and is removed at open.
@@ -12,7 +13,7 @@
 //! count, CRC32C). Every length is checked against the file before use.
 
 use crate::error::{Error, Result};
-use keel_wal::{OpenMode, Storage};
+use keel_storage::{OpenMode, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -136,34 +137,31 @@ pub fn write(
     tree: &Tree,
     bytes_per_sec: Option<u64>,
 ) -> Result<PathBuf> {
-    let started = std::time::Instant::now();
     let final_path = dir.join(checkpoint_file_name(lsn));
-    let tmp = dir.join(format!("checkpoint-{lsn:020}{TMP_SUFFIX}"));
-    if storage
-        .exists(&tmp)
-        .map_err(|e| Error::io("checking", &tmp, e))?
-    {
-        storage
-            .remove(&tmp)
-            .map_err(|e| Error::io("removing a stale checkpoint temp file", &tmp, e))?;
-    }
-    let file = storage
-        .open(&tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io("creating a checkpoint", &tmp, e))?;
-    let io = |e| Error::io("writing a checkpoint", &tmp, e);
-    let mut offset = 0u64;
-    file.write_at(
-        &encode_header(CheckpointHeader {
-            lsn,
-            count: tree.len() as u64,
-        }),
-        0,
-    )
-    .map_err(io)?;
-    offset += HEADER_LEN as u64;
+    // Temp file, fdatasync, rename, directory fsync (keel_storage::write_atomic).
+    keel_storage::write_atomic(storage, &final_path, |file, _| {
+        write_contents(file, lsn, tree, bytes_per_sec)
+    })?;
+    Ok(final_path)
+}
+
+/// Writes header, blocks and footer into `file`, syncing and pacing as it goes.
+fn write_contents(
+    file: &dyn StorageFile,
+    lsn: u64,
+    tree: &Tree,
+    bytes_per_sec: Option<u64>,
+) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    let header = encode_header(CheckpointHeader {
+        lsn,
+        count: tree.len() as u64,
+    });
+    file.write_at(&header, 0)?;
+    let mut offset = HEADER_LEN as u64;
     let mut block = Vec::with_capacity(BLOCK_TARGET + 1024);
     let mut in_block = 0u32;
-    let flush = |block: &mut Vec<u8>, in_block: &mut u32, offset: &mut u64| -> Result<()> {
+    let mut flush = |block: &mut Vec<u8>, in_block: &mut u32| -> std::io::Result<()> {
         if *in_block == 0 {
             return Ok(());
         }
@@ -172,16 +170,14 @@ pub fn write(
         block[4..8].copy_from_slice(&in_block.to_le_bytes());
         let crc = block_crc(&block[0..8], &block[BLOCK_HEADER_LEN..]);
         block[8..12].copy_from_slice(&crc.to_le_bytes());
-        file.write_at(block, *offset)
-            .map_err(|e| Error::io("writing a checkpoint", &tmp, e))?;
-        *offset += block.len() as u64;
-        // Sync as we go (about every 1 MiB), so the disk never holds a large
-        // burst of checkpoint data in front of the log's small fdatasyncs:
-        // one big fsync at the end stalled concurrent writes for ~10 ms.
-        file.sync_data()
-            .map_err(|e| Error::io("syncing a checkpoint", &tmp, e))?;
+        file.write_at(block, offset)?;
+        offset += block.len() as u64;
+        // fdatasync every block (BLOCK_TARGET, 64 KiB), so the disk never
+        // holds a large burst of checkpoint data in front of the log's small
+        // fdatasyncs: one big fsync at the end stalled writes for ~10 ms.
+        file.sync_data()?;
         if let Some(rate) = bytes_per_sec.filter(|r| *r > 0) {
-            let due = std::time::Duration::from_secs_f64(*offset as f64 / rate as f64);
+            let due = std::time::Duration::from_secs_f64(offset as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(wait);
             }
@@ -200,29 +196,16 @@ pub fn write(
         block.extend_from_slice(v);
         in_block += 1;
         if block.len() >= BLOCK_TARGET {
-            flush(&mut block, &mut in_block, &mut offset)?;
+            flush(&mut block, &mut in_block)?;
         }
     }
-    flush(&mut block, &mut in_block, &mut offset)?;
+    flush(&mut block, &mut in_block)?;
     let mut footer = [0u8; FOOTER_LEN];
     footer[0..8].copy_from_slice(&FOOTER_MAGIC);
     footer[8..16].copy_from_slice(&(tree.len() as u64).to_le_bytes());
     let crc = crc32c::crc32c(&footer[0..16]);
     footer[16..20].copy_from_slice(&crc.to_le_bytes());
-    file.write_at(&footer, offset).map_err(io)?;
-    // The contents must be durable before the file gets its final name:
-    // otherwise a crash could leave a named, "complete" checkpoint whose
-    // bytes never reached the disk.
-    file.sync_data()
-        .map_err(|e| Error::io("syncing a checkpoint", &tmp, e))?;
-    storage
-        .rename(&tmp, &final_path)
-        .map_err(|e| Error::io("naming a checkpoint", &final_path, e))?;
-    // The rename is durable only once the directory is.
-    storage
-        .sync_dir(dir)
-        .map_err(|e| Error::io("syncing the data directory", dir, e))?;
-    Ok(final_path)
+    file.write_at(&footer, offset)
 }
 
 /// Reads and verifies a whole checkpoint file.
@@ -331,7 +314,7 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_wal::SimStorage;
+    use keel_storage::SimStorage;
 
     fn tree(n: usize, vlen: usize) -> Tree {
         (0..n)
@@ -399,7 +382,7 @@ mod tests {
     fn the_named_file_appears_only_once_complete_and_durable() {
         let (s, dir) = setup();
         let path = write(&s, &dir, 9, &tree(10, 10), None).unwrap();
-        let after = s.crash_with(keel_wal::CrashMode::DropUnsynced);
+        let after = s.crash_with(keel_storage::CrashMode::DropUnsynced);
         let (h, t) = read(&after, &path, 1024, 1024).unwrap();
         assert_eq!((h.lsn, t.len()), (9, 10));
         assert!(!after

@@ -26,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::keyspace::{Keyspace, Replay};
 use crate::op::{BatchOp, Op};
 use crate::options::Options;
-use keel_wal::{LockGuard, Storage, Wal, WalStats};
+use keel_storage::{LockGuard, Storage};
+use keel_wal::{Wal, WalStats};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
@@ -223,7 +224,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Db {
     /// Opens (creating if needed) the store in `dir` on the real file system.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Db, RecoveryReport)> {
-        Db::open_with_storage(Arc::new(keel_wal::FsStorage::new()), dir, opts)
+        Db::open_with_storage(Arc::new(keel_storage::FsStorage::new()), dir, opts)
     }
 
     /// Opens the store on any [`Storage`] (the simulated one in tests):

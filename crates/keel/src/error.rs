@@ -90,5 +90,15 @@ impl Error {
     }
 }
 
+impl From<keel_storage::IoError> for Error {
+    fn from(e: keel_storage::IoError) -> Self {
+        Error::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,7 +4,7 @@
 use crate::checkpoint;
 use crate::op::{BatchOp, Op};
 use crate::{Db, Options, WriteBatch};
-use keel_wal::{CrashMode, SimStorage, Storage};
+use keel_storage::{CrashMode, SimStorage, Storage};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -6,8 +6,8 @@
 
 use keel::op::{BatchOp, Op};
 use keel::{Db, Options, WriteBatch};
-use keel_wal::rng::SplitMix64;
-use keel_wal::{CrashMode, Fault, FaultKind, FaultOp, SimStorage, Storage};
+use keel_storage::rng::SplitMix64;
+use keel_storage::{CrashMode, Fault, FaultKind, FaultOp, SimStorage, Storage};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

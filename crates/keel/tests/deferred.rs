@@ -4,7 +4,7 @@
 //! when the commit's fdatasync fails.
 
 use keel::{Db, Deferred, Options, WriteBatch};
-use keel_wal::{CrashMode, Fault, FaultKind, FaultOp, SimStorage, Storage};
+use keel_storage::{CrashMode, Fault, FaultKind, FaultOp, SimStorage, Storage};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -56,26 +56,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let dir = args.working_dir.clone();
     // Test hook: KEEL_STORAGE=buffered holds file data in this process until
     // it is synced, so kill -9 loses exactly what a power loss would.
-    let base: Arc<dyn keel_wal::Storage> = match std::env::var("KEEL_STORAGE").as_deref() {
+    let base: Arc<dyn keel_storage::Storage> = match std::env::var("KEEL_STORAGE").as_deref() {
         Ok("buffered") => {
             tracing::warn!(
                 "KEEL_STORAGE=buffered: unsynced writes live in process memory (testing only)"
             );
-            Arc::new(keel_wal::BufferedStorage::new(Arc::new(
-                keel_wal::FsStorage::new(),
+            Arc::new(keel_storage::BufferedStorage::new(Arc::new(
+                keel_storage::FsStorage::new(),
             )))
         }
-        Ok("") | Err(_) => Arc::new(keel_wal::FsStorage::new()),
+        Ok("") | Err(_) => Arc::new(keel_storage::FsStorage::new()),
         Ok(other) => anyhow::bail!("KEEL_STORAGE={other:?}: the only value is `buffered`"),
     };
-    let storage: Arc<dyn keel_wal::Storage> = match std::env::var("KEEL_FAULT") {
+    let storage: Arc<dyn keel_storage::Storage> = match std::env::var("KEEL_FAULT") {
         // Test hook: inject storage faults into the real binary (see
         // FaultyStorage::parse_faults), e.g. KEEL_FAULT=sync:50:eio.
         Ok(spec) if !spec.is_empty() => {
-            let faults = keel_wal::FaultyStorage::parse_faults(&spec)
+            let faults = keel_storage::FaultyStorage::parse_faults(&spec)
                 .map_err(|e| anyhow::anyhow!("KEEL_FAULT: {e}"))?;
             tracing::warn!("KEEL_FAULT={spec}: injecting storage faults (testing only)");
-            Arc::new(keel_wal::FaultyStorage::new(base, &faults))
+            Arc::new(keel_storage::FaultyStorage::new(base, &faults))
         }
         _ => base,
     };

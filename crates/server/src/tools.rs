@@ -10,8 +10,9 @@
 use anyhow::{bail, Context};
 use keel::checkpoint;
 use keel::op::{BatchOp, Op};
+use keel_storage::{FsStorage, Storage};
 use keel_wal::inspect::{inspect_segment, segment_files};
-use keel_wal::{FsStorage, RecoveryMode, Storage, Wal, WalError, WalOptions};
+use keel_wal::{RecoveryMode, Wal, WalError, WalOptions};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -155,7 +156,7 @@ pub fn dump(path: &Path, from: u64, as_json: bool) -> anyhow::Result<ExitCode> {
     for (_, p) in &checkpoints {
         // Through the storage trait, like every other read of keel's files.
         let file = fs
-            .open(p, keel_wal::OpenMode::Read)
+            .open(p, keel_storage::OpenMode::Read)
             .with_context(|| format!("opening {}", p.display()))?;
         let size = file
             .len()

@@ -26,7 +26,7 @@ mod resp_client;
 use anyhow::{bail, Context};
 use clap::Parser;
 use history::{Event, History, Outcome, Target};
-use keel_wal::rng::SplitMix64;
+use keel_storage::rng::SplitMix64;
 use resp_client::{Failed, Reply, RespConn};
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -9,7 +9,8 @@
 //! latency percentiles and records per fdatasync, and replay speed of a
 //! 1 GiB log from the page cache.
 
-use keel_wal::{FsStorage, SyncPolicy, Wal, WalOptions};
+use keel_storage::FsStorage;
+use keel_wal::{SyncPolicy, Wal, WalOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

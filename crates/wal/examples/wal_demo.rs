@@ -5,7 +5,8 @@
 //!
 //! `cargo run --release -p keel-wal --example wal_demo [DIR]`
 
-use keel_wal::{FsStorage, Wal, WalOptions};
+use keel_storage::FsStorage;
+use keel_wal::{Wal, WalOptions};
 use std::sync::Arc;
 use std::time::Instant;
 

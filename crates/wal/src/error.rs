@@ -195,5 +195,15 @@ impl WalError {
     }
 }
 
+impl From<keel_storage::IoError> for WalError {
+    fn from(e: keel_storage::IoError) -> Self {
+        WalError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = WalError> = std::result::Result<T, E>;

@@ -4,7 +4,8 @@
 //! decodes re-encodes to exactly the bytes it came from.
 
 use crate::format::{decode_record, encode_record, Decoded, SegmentHeader, SEGMENT_HEADER_LEN};
-use crate::{inspect, OpenMode, RecoveryMode, SimStorage, Storage, Wal, WalOptions};
+use crate::{inspect, RecoveryMode, Wal, WalOptions};
+use keel_storage::{OpenMode, SimStorage, Storage};
 use std::path::{Path, PathBuf};
 
 /// Runs `run` on every file of `fuzz/corpus/<target>` under the repository

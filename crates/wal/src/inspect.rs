@@ -6,7 +6,7 @@
 use crate::error::{DamageKind, Result, WalError};
 use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::reader::{examine_after, scan_records, ScanStop};
-use crate::storage::{OpenMode, Storage};
+use keel_storage::{OpenMode, Storage};
 use std::path::{Path, PathBuf};
 
 /// Damage found while inspecting a segment.
@@ -136,7 +136,8 @@ pub fn segment_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{SimStorage, Wal, WalOptions};
+    use crate::{Wal, WalOptions};
+    use keel_storage::SimStorage;
     use std::sync::Arc;
 
     #[test]

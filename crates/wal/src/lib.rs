@@ -5,13 +5,14 @@
 //! [`SyncPolicy`] (by default: fdatasynced, with concurrent appenders sharing
 //! one fdatasync). [`Wal::open`] recovers the log: it tells a torn tail (cut
 //! and reported) from damage in the middle (refused, naming segment, offset
-//! and LSN). All I/O goes through the [`Storage`] trait, so every rule here is
-//! tested on [`SimStorage`], which loses unsynced data and injects faults.
+//! and LSN). All I/O goes through the `keel_storage::Storage` trait, so every rule here is
+//! tested on `keel_storage::SimStorage`, which loses unsynced data and injects faults.
 //!
 //! The byte layout is specified in `docs/FORMAT.md`.
 //!
 //! ```
-//! use keel_wal::{FsStorage, Wal, WalOptions};
+//! use keel_storage::FsStorage;
+//! use keel_wal::{Wal, WalOptions};
 //! use std::sync::Arc;
 //!
 //! let dir = tempfile::tempdir().unwrap();
@@ -38,16 +39,10 @@ pub mod inspect;
 pub mod options;
 mod reader;
 pub mod recovery;
-pub mod rng;
 pub mod segment;
-pub mod storage;
 mod wal;
 
 pub use error::{Damage, DamageKind, Result, StopCause, WalError};
 pub use options::{RecoveryMode, SyncPolicy, WalOptions};
 pub use recovery::{RecoveryReport, SetAside, TornTail};
-pub use storage::{
-    BufferedStorage, CrashMode, Fault, FaultKind, FaultOp, FaultyStorage, FsStorage, LockGuard,
-    OpenMode, SimStorage, Storage, StorageFile,
-};
 pub use wal::{AppendFuture, Wal, WalStats};

@@ -15,7 +15,7 @@ use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::options::{RecoveryMode, WalOptions};
 use crate::reader::{examine_after, scan_records, ScanStop};
 use crate::segment::{list_segments, read_whole};
-use crate::storage::{OpenMode, Storage, StorageFile};
+use keel_storage::{OpenMode, Storage, StorageFile};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -400,7 +400,7 @@ pub(crate) fn recover(
     let next_lsn = next_lsn.unwrap_or(report.first_lsn);
     report.last_lsn = next_lsn - 1;
     if !read_only {
-        apply_fixes(storage, dir, opts, &fixes, &kept)?;
+        apply_fixes(storage, opts, &fixes, &kept)?;
         for p in &prepared {
             storage
                 .remove(p)
@@ -437,7 +437,6 @@ fn cut_name(p: &Path, at: u64) -> PathBuf {
 
 fn apply_fixes(
     storage: &dyn Storage,
-    dir: &Path,
     opts: &WalOptions,
     fixes: &[Fix],
     kept: &[KeptSegment],
@@ -455,15 +454,19 @@ fn apply_fixes(
                     // Never destroy what we cut in point-in-time mode: save it
                     // durably before truncating.
                     let side = cut_name(&s.path, *at);
-                    let f = storage
-                        .open(&side, OpenMode::CreateNew)
-                        .map_err(|e| WalError::io("saving cut bytes to", &side, e))?;
-                    f.write_at(bytes, 0)
-                        .and_then(|()| f.sync_data())
-                        .map_err(|e| WalError::io("saving cut bytes to", &side, e))?;
-                    storage
-                        .sync_dir(dir)
-                        .map_err(|e| WalError::io("syncing the log directory", dir, e))?;
+                    // Bytes saved by an earlier cut at the same offset are
+                    // never replaced.
+                    if storage
+                        .exists(&side)
+                        .map_err(|e| WalError::io("checking", &side, e))?
+                    {
+                        return Err(WalError::io(
+                            "saving cut bytes to",
+                            &side,
+                            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                        ));
+                    }
+                    keel_storage::write_atomic(storage, &side, |f, _| f.write_at(bytes, 0))?;
                 }
                 let old_len = *old_len;
                 let f = &s.file;

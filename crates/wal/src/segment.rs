@@ -10,7 +10,7 @@
 //! open.
 
 use crate::error::{Result, WalError};
-use crate::storage::{OpenMode, Storage, StorageFile};
+use keel_storage::{OpenMode, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;

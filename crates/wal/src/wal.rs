@@ -27,9 +27,9 @@ use crate::format::{self, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::reader::{scan_records, ScanStop};
 use crate::recovery::{recover, RecoveryReport};
-use crate::rng::SplitMix64;
 use crate::segment::{read_whole, segment_file_name, Preparer};
-use crate::storage::{OpenMode, Storage, StorageFile};
+use keel_storage::rng::SplitMix64;
+use keel_storage::{OpenMode, Storage, StorageFile};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -900,20 +900,11 @@ impl Inner {
             .file
             .write_at(&header, 0)
             .map_err(|e| WalError::io("writing a segment header", &prepared.path, e))?;
-        // The header is durable before the file gets a segment's name, so a
-        // file named as a segment always has a valid header.
-        prepared
-            .file
-            .sync_data()
-            .map_err(|e| WalError::io("fdatasync", &prepared.path, e))?;
+        // Header fdatasynced, then renamed, then the directory fsynced: a
+        // file named as a segment always has a durable header, and the new
+        // name is durable before any record in it is acknowledged.
         let path = self.dir.join(segment_file_name(first_lsn));
-        self.storage
-            .rename(&prepared.path, &path)
-            .map_err(|e| WalError::io("naming a new segment", &path, e))?;
-        // The new name must be durable before records in it are acknowledged.
-        self.storage
-            .sync_dir(&self.dir)
-            .map_err(|e| WalError::io("syncing the log directory", &self.dir, e))?;
+        keel_storage::publish_temp(&*self.storage, &*prepared.file, &prepared.path, &path)?;
         self.segments
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -6,8 +6,9 @@
 mod common;
 
 use common::*;
-use keel_wal::rng::SplitMix64;
-use keel_wal::{CrashMode, Fault, FaultKind, FaultOp, WalError, WalOptions};
+use keel_storage::rng::SplitMix64;
+use keel_storage::{CrashMode, Fault, FaultKind, FaultOp};
+use keel_wal::{WalError, WalOptions};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -97,7 +98,7 @@ fn failed_fdatasync_stops_the_log_and_wakes_every_waiter() {
 
 /// Waits until no storage operation has happened for 50 ms (the background
 /// preparer has finished the next segment).
-fn wait_until_idle(s: &keel_wal::SimStorage) {
+fn wait_until_idle(s: &keel_storage::SimStorage) {
     let mut last = s.op_count();
     loop {
         std::thread::sleep(Duration::from_millis(50));

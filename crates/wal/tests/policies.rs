@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use keel_wal::{CrashMode, SyncPolicy, WalError, WalOptions};
+use keel_storage::CrashMode;
+use keel_wal::{SyncPolicy, WalError, WalOptions};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,7 +87,7 @@ fn interval_syncs_in_the_background() {
 fn concurrent_appenders_share_fdatasyncs() {
     let dir = tempfile::tempdir().unwrap();
     let o = opts(SyncPolicy::Always);
-    let (wal, _, _) = open_at(&keel_wal::FsStorage::new(), dir.path(), &o).unwrap();
+    let (wal, _, _) = open_at(&keel_storage::FsStorage::new(), dir.path(), &o).unwrap();
     let wal = Arc::new(wal);
     let threads = 16;
     let per = 50;
@@ -121,7 +122,7 @@ fn concurrent_appenders_share_fdatasyncs() {
 fn append_async_never_blocks_a_single_threaded_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let o = opts(SyncPolicy::Always);
-    let (wal, _, _) = open_at(&keel_wal::FsStorage::new(), dir.path(), &o).unwrap();
+    let (wal, _, _) = open_at(&keel_storage::FsStorage::new(), dir.path(), &o).unwrap();
     let wal = Arc::new(wal);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,11 +162,11 @@ fn append_async_reports_a_stopped_log() {
     let s = sim(6);
     let o = opts(SyncPolicy::Always);
     let (wal, _, _) = open(&s, &o).unwrap();
-    s.inject(keel_wal::Fault {
-        op: keel_wal::FaultOp::Write,
+    s.inject(keel_storage::Fault {
+        op: keel_storage::FaultOp::Write,
         nth: 1,
         persistent: true,
-        kind: keel_wal::FaultKind::Eio,
+        kind: keel_storage::FaultKind::Eio,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use keel_wal::{DamageKind, FsStorage, RecoveryMode, SimStorage, Storage, WalError, WalOptions};
+use keel_storage::{FsStorage, SimStorage, Storage};
+use keel_wal::{DamageKind, RecoveryMode, WalError, WalOptions};
 use proptest::prelude::*;
 
 /// Writes `n` records (one append at a time, so record k+1 proves k synced),
@@ -153,7 +154,7 @@ fn garbage_or_zeros_after_the_last_record_are_cut() {
             .rposition(|&b| b != 0)
             .map_or(0, |i| i + 1)
             .next_multiple_of(8);
-        let mut rng = keel_wal::rng::SplitMix64::new(seed);
+        let mut rng = keel_storage::rng::SplitMix64::new(seed);
         let len = 1 + rng.below(200) as usize;
         if d.len() < end + len {
             d.resize(end + len, 0);

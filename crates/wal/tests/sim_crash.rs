@@ -8,8 +8,9 @@
 mod common;
 
 use common::*;
-use keel_wal::rng::SplitMix64;
-use keel_wal::{Fault, FaultKind, FaultOp, SimStorage, WalOptions};
+use keel_storage::rng::SplitMix64;
+use keel_storage::{Fault, FaultKind, FaultOp, SimStorage};
+use keel_wal::WalOptions;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -166,7 +167,7 @@ fn acknowledged_records_survive_power_loss_under_concurrent_appenders() {
         // The recovered log takes appends, which survive the next recovery.
         let after = wal.append(b"after recovery").unwrap();
         drop(wal);
-        let s = s.crash_with(keel_wal::CrashMode::KeepAll);
+        let s = s.crash_with(keel_storage::CrashMode::KeepAll);
         let (_, again, mut records2) = open(&s, &opts).unwrap();
         assert_eq!(
             records2.pop(),
@@ -186,7 +187,8 @@ fn acknowledged_records_survive_power_loss_under_concurrent_appenders() {
 
 #[test]
 fn unsynced_tails_torn_or_reordered_recover_to_an_exact_prefix() {
-    use keel_wal::{CrashMode, SyncPolicy};
+    use keel_storage::CrashMode;
+    use keel_wal::SyncPolicy;
     let modes = [
         CrashMode::Torn,
         CrashMode::Reorder,

@@ -8,7 +8,7 @@ use crate::http::{router, AppState};
 use axum::body::Body;
 use axum::http::{Method, Request};
 use keel::{Db, Options};
-use keel_wal::{SimStorage, Storage};
+use keel_storage::{SimStorage, Storage};
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;
 

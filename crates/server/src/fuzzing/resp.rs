@@ -15,7 +15,7 @@ use crate::resp::command::{execute, Outcome};
 use crate::resp::frame::{encode_command, reply_len};
 use crate::resp::{parse_command, FrameError, RespLimits};
 use keel::{Db, Options};
-use keel_wal::{SimStorage, Storage};
+use keel_storage::{SimStorage, Storage};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -1,7 +1,8 @@
 //! Helpers shared by the log's integration tests.
 #![allow(dead_code)]
 
-use keel_wal::{RecoveryReport, SimStorage, Storage, Wal, WalError, WalOptions};
+use keel_storage::{SimStorage, Storage};
+use keel_wal::{RecoveryReport, Wal, WalError, WalOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -56,7 +57,7 @@ impl StorageClone for SimStorage {
     }
 }
 
-impl StorageClone for keel_wal::FsStorage {
+impl StorageClone for keel_storage::FsStorage {
     fn arc(&self) -> Arc<dyn Storage> {
         Arc::new(*self)
     }

@@ -1,23 +1,47 @@
-//! The storage seam: every file and directory operation keel performs goes
-//! through [`Storage`] and [`StorageFile`].
+//! keel-storage: the I/O seam. Every file and directory operation keel
+//! performs goes through [`Storage`] and [`StorageFile`], so every durability
+//! rule can be tested on storage that loses unsynced bytes and fails on cue.
 //!
-//! Two implementations exist:
+//! Four implementations:
 //! - [`FsStorage`], the real one on `std::fs` (fdatasync for `sync_data`,
 //!   fsync of a directory handle for `sync_dir`);
 //! - [`SimStorage`], a deterministic in-memory one that keeps what is durable
-//!   apart from what is merely written, so tests can crash it and inject faults.
+//!   apart from what is merely written, so tests can crash it and inject faults;
+//! - [`FaultyStorage`], real files with the same injected faults (`KEEL_FAULT`);
+//! - [`BufferedStorage`], real files whose unsynced writes stay in the process,
+//!   so that kill -9 loses what a power loss would.
 //!
 //! Invariant the callers keep (and the simulated storage checks by losing data
 //! otherwise): a create, rename or remove is durable only after `sync_dir` of the
 //! directory that holds the name, and written bytes are durable only after
-//! `sync_data`/`sync_all` of the file returned `Ok`.
+//! `sync_data`/`sync_all` of the file returned `Ok`. [`write_atomic`] and
+//! [`publish_temp`] are the one place that writes a whole file that way.
+//!
+//! ```
+//! use keel_storage::{write_atomic, SimStorage, Storage, CrashMode};
+//! use std::path::Path;
+//!
+//! let disk = SimStorage::new(7);
+//! disk.create_dir_all(Path::new("/d")).unwrap();
+//! write_atomic(&disk, Path::new("/d/vote"), |file, _| file.write_at(b"term 3", 0)).unwrap();
+//! // Power loss right after: the file is there whole.
+//! let after = disk.crash_with(CrashMode::DropUnsynced);
+//! assert_eq!(after.read_file(Path::new("/d/vote")).unwrap(), b"term 3");
+//! ```
 
+#![warn(missing_docs)]
+
+mod atomic;
 mod buffered;
+mod error;
 mod faulty;
 mod fs;
+pub mod rng;
 mod sim;
 
+pub use atomic::{publish_temp, temp_path, write_atomic, TEMP_SUFFIX};
 pub use buffered::BufferedStorage;
+pub use error::IoError;
 pub use faulty::FaultyStorage;
 pub use fs::FsStorage;
 pub use sim::{CrashMode, Fault, FaultKind, FaultOp, SimStorage};

@@ -6,7 +6,7 @@
 
 use super::sim::{fault_error, FaultPlan};
 use super::{LockGuard, OpenMode, Storage, StorageFile};
-use crate::storage::{Fault, FaultKind, FaultOp};
+use crate::{Fault, FaultKind, FaultOp};
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
