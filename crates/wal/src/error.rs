@@ -32,7 +32,7 @@ pub enum DamageKind {
     /// Zeros where a record should be, with data after them.
     HoleBeforeData,
     /// The segment header is missing, damaged or of another format.
-    BadHeader(String),
+    BadHeader(crate::format::HeaderError),
     /// The segment belongs to another log (its log id differs).
     ForeignSegment,
     /// The file name and the header's first LSN disagree.

@@ -37,19 +37,25 @@ pub struct SegmentHeader {
 }
 
 /// Why a segment header was rejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
     /// Fewer than [`SEGMENT_HEADER_LEN`] bytes.
+    #[error("the file is shorter than a segment header")]
     Short,
     /// All zeros: the file was created but its header never written.
+    #[error("the header is all zeros (never written)")]
     Zeroed,
     /// Not a keel segment.
+    #[error("not a keel segment (bad magic)")]
     BadMagic,
     /// Written by a newer format.
+    #[error("unsupported segment format version {0}")]
     UnsupportedVersion(u32),
     /// Reserved flag bits are set: written by a newer writer.
+    #[error("unknown header flags {0:#x} (written by a newer keel?)")]
     UnknownFlags(u32),
     /// The header's checksum does not match.
+    #[error("header checksum mismatch")]
     BadChecksum,
 }
 

@@ -3,10 +3,10 @@
 //! continue past damage (as etcd's dump tool does with continueOnCrcError),
 //! resuming at the next record that verifies.
 
-use crate::error::{DamageKind, Result, WalError};
-use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::error::{DamageKind, Result};
+use crate::format::{HeaderError, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::reader::{examine_after, scan_records, ScanStop};
-use keel_storage::{OpenMode, Storage};
+use keel_storage::Storage;
 use std::path::{Path, PathBuf};
 
 /// Damage found while inspecting a segment.
@@ -35,7 +35,7 @@ pub struct SegmentSummary {
     /// Its length in bytes.
     pub file_len: u64,
     /// Its header, or why it is invalid.
-    pub header: std::result::Result<SegmentHeader, String>,
+    pub header: std::result::Result<SegmentHeader, HeaderError>,
     /// Valid records read.
     pub records: u64,
     /// LSN of the first and last valid record.
@@ -55,21 +55,18 @@ pub fn inspect_segment(
     continue_past_damage: bool,
     mut visit: impl FnMut(u64, u64, &[u8]),
 ) -> Result<SegmentSummary> {
-    let file = storage
-        .open(path, OpenMode::Read)
-        .map_err(|e| WalError::io("opening a segment", path, e))?;
     let mut data = Vec::new();
-    crate::segment::read_whole(&*file, path, &mut data)?;
+    let seg = crate::segment::read_segment(storage, path, false, false, &mut data)?;
     let mut summary = SegmentSummary {
         path: path.to_path_buf(),
         file_len: data.len() as u64,
-        header: SegmentHeader::decode(&data).map_err(|e| format!("{e:?}")),
+        header: seg.header,
         records: 0,
         lsn_range: None,
         end: SEGMENT_HEADER_LEN as u64,
         damage: Vec::new(),
     };
-    let Ok(header) = summary.header.clone() else {
+    let Ok(header) = summary.header else {
         return Ok(summary);
     };
     let mut offset = SEGMENT_HEADER_LEN;

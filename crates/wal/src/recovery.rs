@@ -11,11 +11,11 @@
 //! 4. Only then is anything changed on disk — never when the open fails.
 
 use crate::error::{Damage, DamageDetail, DamageKind, Result, WalError};
-use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{HeaderError, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::options::{RecoveryMode, WalOptions};
 use crate::reader::{examine_after, scan_records, ScanStop};
-use crate::segment::{list_segments, read_whole};
-use keel_storage::{OpenMode, Storage, StorageFile};
+use crate::segment::{list_segments, read_segment, OpenedSegment};
+use keel_storage::{Storage, StorageFile};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,9 +143,10 @@ pub(crate) struct Recovered {
     pub next_lsn: u64,
 }
 
+/// A change to make on disk once the whole log has been read.
 enum Fix {
-    /// Truncate a segment at `at`, zero-fill back to `old_len`; first save
-    /// `saved` (the cut bytes) to a side file, if given.
+    /// Truncate a kept segment at `at`, zero-fill back to `old_len`; first
+    /// save `saved` (the cut bytes) to a side file, if given.
     Cut {
         seg: usize,
         at: u64,
@@ -156,8 +157,107 @@ enum Fix {
     SetAside(PathBuf),
 }
 
+/// What a segment's header says about where it belongs (pure: no I/O).
+enum HeaderVerdict {
+    /// It continues the log.
+    Continues(SegmentHeader),
+    /// It is damaged, foreign or misnamed: nothing in it can be trusted.
+    Unusable(Damage),
+    /// Valid, but LSNs jump from the previous segment to it.
+    Gap(Damage, SegmentHeader),
+}
+
+/// Judges a segment's header against the log read so far.
+fn classify_header(
+    header: std::result::Result<SegmentHeader, HeaderError>,
+    path: &Path,
+    name_lsn: u64,
+    expected: u64,
+    log_id: Option<u64>,
+) -> HeaderVerdict {
+    let damage = |kind| Damage {
+        segment: path.to_path_buf(),
+        offset: 0,
+        lsn: expected,
+        kind,
+    };
+    match header {
+        Err(e) => HeaderVerdict::Unusable(damage(DamageKind::BadHeader(e))),
+        Ok(h) if log_id.is_some_and(|id| id != h.log_id) => {
+            HeaderVerdict::Unusable(damage(DamageKind::ForeignSegment))
+        }
+        Ok(h) if h.first_lsn != name_lsn => {
+            HeaderVerdict::Unusable(damage(DamageKind::NameMismatch(h.first_lsn)))
+        }
+        Ok(h) if h.first_lsn != expected => HeaderVerdict::Gap(
+            damage(DamageKind::MissingRecords {
+                expected,
+                found: h.first_lsn,
+            }),
+            h,
+        ),
+        Ok(h) => HeaderVerdict::Continues(h),
+    }
+}
+
+/// What recovery does about damage (the recovery mode applied).
+enum Action {
+    /// Refuse to open: nothing changes on disk.
+    Refuse(WalError),
+    /// Cut the segment at the damage (a torn tail) and keep the rest.
+    CutTail,
+    /// Point-in-time: cut here, set every later segment aside, stop.
+    StopHere,
+    /// Salvage: skip to the next valid record (or segment), loudly.
+    Skip,
+}
+
 fn corrupt(d: Damage) -> WalError {
     WalError::Corrupt(Box::new(d))
+}
+
+/// The recovery mode's answer to damage that is corruption (not a torn tail).
+fn on_corruption(mode: RecoveryMode, damage: &Damage) -> Action {
+    match mode {
+        RecoveryMode::TolerateCorruptedTail | RecoveryMode::AbsoluteConsistency => {
+            Action::Refuse(corrupt(damage.clone()))
+        }
+        RecoveryMode::PointInTime => Action::StopHere,
+        RecoveryMode::SkipAnyCorruptedRecords => {
+            tracing::error!(%damage, "salvage: skipping damaged data");
+            Action::Skip
+        }
+    }
+}
+
+/// The recovery mode's answer to a torn tail.
+fn on_torn_tail(mode: RecoveryMode, damage: &Damage) -> Action {
+    match mode {
+        RecoveryMode::AbsoluteConsistency => {
+            Action::Refuse(WalError::TornTailRefused(Box::new(damage.clone())))
+        }
+        _ => Action::CutTail,
+    }
+}
+
+/// How one segment's scan ended.
+enum SegmentEnd {
+    /// Keep the segment up to `end` and go on to the next.
+    Kept { end: u64 },
+    /// Keep it up to `end`, set everything after aside, read no further.
+    Stopped { end: u64 },
+}
+
+/// One pass over the log: the state carried from segment to segment.
+struct Pass<'a> {
+    opts: &'a WalOptions,
+    replay_from: u64,
+    visit: &'a mut dyn FnMut(u64, &[u8]),
+    report: RecoveryReport,
+    kept: Vec<KeptSegment>,
+    fixes: Vec<Fix>,
+    log_id: Option<u64>,
+    next_lsn: Option<u64>,
 }
 
 /// Reads and checks the whole log in `dir`, calling `visit` for every record
@@ -172,133 +272,180 @@ pub(crate) fn recover(
     visit: &mut dyn FnMut(u64, &[u8]),
 ) -> Result<Recovered> {
     let started = Instant::now();
-    let mode = opts.recovery;
     let (segs, prepared) = list_segments(storage, dir)?;
-    let mut report = RecoveryReport {
-        mode,
-        segments: segs.len(),
-        first_lsn: segs.first().map_or(opts.start_lsn, |s| s.0),
-        last_lsn: 0,
-        records_read: 0,
-        records_replayed: 0,
-        bytes_read: 0,
-        torn_tail: None,
-        set_aside: None,
-        skipped: Vec::new(),
-        covered_damage: Vec::new(),
-        prepared_removed: 0,
-        duration: Duration::ZERO,
+    let mut pass = Pass {
+        opts,
+        replay_from,
+        visit,
+        report: RecoveryReport {
+            mode: opts.recovery,
+            segments: segs.len(),
+            first_lsn: segs.first().map_or(opts.start_lsn, |s| s.0),
+            last_lsn: 0,
+            records_read: 0,
+            records_replayed: 0,
+            bytes_read: 0,
+            torn_tail: None,
+            set_aside: None,
+            skipped: Vec::new(),
+            covered_damage: Vec::new(),
+            prepared_removed: prepared.len(),
+            duration: Duration::ZERO,
+        },
+        kept: Vec::new(),
+        fixes: Vec::new(),
+        log_id: None,
+        next_lsn: None,
     };
-    let mut kept: Vec<KeptSegment> = Vec::new();
     // One buffer for every segment: no fresh 64 MiB allocation (and its page
     // faults) per segment.
-    let mut data: Vec<u8> = Vec::new();
-    let mut fixes: Vec<Fix> = Vec::new();
-    let mut log_id: Option<u64> = None;
-    let mut next_lsn: Option<u64> = None;
-
-    'segments: for (i, (name_lsn, path)) in segs.iter().enumerate() {
+    let mut data = Vec::new();
+    for (i, (name_lsn, path)) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
-        let open_mode = if read_only {
-            OpenMode::Read
-        } else {
-            OpenMode::ReadWrite
-        };
-        let file = storage
-            .open(path, open_mode)
-            .map_err(|e| WalError::io("opening a segment", path, e))?;
-        if is_last && !read_only {
-            // What a killed process wrote may be only in the page cache; make
-            // it durable before new records are written after it.
-            file.sync_data()
-                .map_err(|e| WalError::io("syncing the last segment at open", path, e))?;
+        // What a killed process wrote may be only in the page cache; make the
+        // last segment durable before new records are written after it.
+        let sync_first = is_last && !read_only;
+        let seg = read_segment(storage, path, !read_only, sync_first, &mut data)?;
+        pass.report.bytes_read += data.len() as u64;
+        if !pass.segment(seg, *name_lsn, path, &data, is_last, &segs[i + 1..])? {
+            break;
         }
-        read_whole(&*file, path, &mut data)?;
-        report.bytes_read += data.len() as u64;
-        let expected = next_lsn.unwrap_or(*name_lsn);
-        let at_header = |kind| Damage {
-            segment: path.clone(),
-            offset: 0,
-            lsn: expected,
-            kind,
-        };
-        let header_damage = match SegmentHeader::decode(&data) {
-            Err(e) => Some((at_header(DamageKind::BadHeader(format!("{e:?}"))), None)),
-            Ok(h) if log_id.is_some_and(|id| id != h.log_id) => {
-                Some((at_header(DamageKind::ForeignSegment), None))
-            }
-            Ok(h) if h.first_lsn != *name_lsn => {
-                Some((at_header(DamageKind::NameMismatch(h.first_lsn)), None))
-            }
-            Ok(h) if h.first_lsn != expected => Some((
-                at_header(DamageKind::MissingRecords {
-                    expected,
-                    found: h.first_lsn,
-                }),
-                Some(h),
-            )),
-            Ok(_) => None,
-        };
-        let header = match header_damage {
-            None => SegmentHeader::decode(&data).expect("checked above"),
-            Some((damage, gap_header)) => match mode {
-                RecoveryMode::TolerateCorruptedTail | RecoveryMode::AbsoluteConsistency => {
-                    return Err(corrupt(damage))
+    }
+    let next_lsn = pass.next_lsn.unwrap_or(pass.report.first_lsn);
+    pass.report.last_lsn = next_lsn - 1;
+    if !read_only {
+        apply_fixes(storage, opts, &pass.fixes, &pass.kept)?;
+        remove_prepared(storage, dir, &prepared, !pass.fixes.is_empty())?;
+    }
+    pass.report.duration = started.elapsed();
+    Ok(Recovered {
+        report: pass.report,
+        segments: pass.kept,
+        log_id: pass.log_id,
+        next_lsn,
+    })
+}
+
+impl Pass<'_> {
+    /// Checks one segment and its records. Returns false when recovery
+    /// stops reading here (point-in-time mode set the rest aside).
+    fn segment(
+        &mut self,
+        seg: OpenedSegment,
+        name_lsn: u64,
+        path: &Path,
+        data: &[u8],
+        is_last: bool,
+        later: &[(u64, PathBuf)],
+    ) -> Result<bool> {
+        let expected = self.next_lsn.unwrap_or(name_lsn);
+        let header = match classify_header(seg.header, path, name_lsn, expected, self.log_id) {
+            HeaderVerdict::Continues(h) => h,
+            HeaderVerdict::Gap(damage, h) => match on_corruption(self.opts.recovery, &damage) {
+                Action::Skip => {
+                    self.report.skipped.push(damage);
+                    h
                 }
-                RecoveryMode::PointInTime => {
-                    let mut saved = Vec::new();
-                    for (_, p) in &segs[i..] {
-                        fixes.push(Fix::SetAside(p.clone()));
-                        saved.push(dropped_name(p));
-                    }
-                    report.set_aside = Some(SetAside {
-                        damage,
-                        saved_to: saved,
-                    });
-                    break 'segments;
+                other => return self.header_damage(other, damage, path, later),
+            },
+            HeaderVerdict::Unusable(damage) => match on_corruption(self.opts.recovery, &damage) {
+                Action::Skip => {
+                    self.report.skipped.push(damage);
+                    return Ok(true);
                 }
-                RecoveryMode::SkipAnyCorruptedRecords => match gap_header {
-                    // A gap between segments: keep going after it.
-                    Some(h) => {
-                        tracing::error!(%damage, "salvage: accepting an LSN gap");
-                        report.skipped.push(damage);
-                        h
-                    }
-                    None => {
-                        tracing::error!(%damage, "salvage: skipping a whole segment");
-                        report.skipped.push(damage);
-                        continue 'segments;
-                    }
-                },
+                other => return self.header_damage(other, damage, path, later),
             },
         };
-        log_id.get_or_insert(header.log_id);
+        self.log_id.get_or_insert(header.log_id);
+        let (end, lsn, go_on) = match self.records(data, path, &header, is_last, later)? {
+            (SegmentEnd::Kept { end }, lsn) => (end, lsn, true),
+            (SegmentEnd::Stopped { end }, lsn) => (end, lsn, false),
+        };
+        self.kept.push(KeptSegment {
+            path: path.to_path_buf(),
+            first_lsn: header.first_lsn,
+            salt: header.salt,
+            end,
+            file: seg.file,
+        });
+        self.next_lsn = Some(lsn);
+        Ok(go_on)
+    }
+
+    /// Refuses, or (point-in-time) sets this segment and all later ones aside.
+    fn header_damage(
+        &mut self,
+        action: Action,
+        damage: Damage,
+        path: &Path,
+        later: &[(u64, PathBuf)],
+    ) -> Result<bool> {
+        match action {
+            Action::Refuse(e) => Err(e),
+            _ => {
+                self.set_aside(damage, None, path, later);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Records the point-in-time stop: `first_saved` (the cut bytes of the
+    /// damaged segment, if it is kept) and every later segment set aside.
+    fn set_aside(
+        &mut self,
+        damage: Damage,
+        first_saved: Option<PathBuf>,
+        path: &Path,
+        later: &[(u64, PathBuf)],
+    ) {
+        // The damaged segment itself goes too unless its good part is kept.
+        let mut moved: Vec<&Path> = Vec::new();
+        if first_saved.is_none() {
+            moved.push(path);
+        }
+        moved.extend(later.iter().map(|(_, p)| p.as_path()));
+        let mut saved: Vec<PathBuf> = first_saved.into_iter().collect();
+        for p in moved {
+            self.fixes.push(Fix::SetAside(p.to_path_buf()));
+            saved.push(dropped_name(p));
+        }
+        self.report.set_aside = Some(SetAside {
+            damage,
+            saved_to: saved,
+        });
+    }
+
+    /// Scans a segment's records, replaying them and acting on damage.
+    /// Returns how the segment ends and the LSN after its last kept record.
+    fn records(
+        &mut self,
+        data: &[u8],
+        path: &Path,
+        header: &SegmentHeader,
+        is_last: bool,
+        later: &[(u64, PathBuf)],
+    ) -> Result<(SegmentEnd, u64)> {
+        let max = self.opts.max_record_size;
         let mut lsn = header.first_lsn;
         let mut offset = SEGMENT_HEADER_LEN;
-        let seg_index = kept.len();
-        let end = loop {
-            let scan = scan_records(
-                &data,
-                offset,
-                lsn,
-                header.salt,
-                opts.max_record_size,
-                &mut |l, payload, _| {
-                    report.records_read += 1;
-                    if l >= replay_from {
-                        report.records_replayed += 1;
-                        visit(l, payload);
-                    }
-                },
-            );
+        loop {
+            let report = &mut self.report;
+            let (replay_from, visit) = (self.replay_from, &mut *self.visit);
+            let scan = scan_records(data, offset, lsn, header.salt, max, &mut |l, payload, _| {
+                report.records_read += 1;
+                if l >= replay_from {
+                    report.records_replayed += 1;
+                    visit(l, payload);
+                }
+            });
             lsn = scan.next_lsn;
             let (at, kind) = match scan.stop {
-                ScanStop::Clean { end } => break end,
+                ScanStop::Clean { end } => return Ok((SegmentEnd::Kept { end }, lsn)),
                 ScanStop::Damaged { offset, kind } => (offset, kind),
             };
-            let ev = examine_after(&data, at as usize, lsn, header.salt, opts.max_record_size);
+            let ev = examine_after(data, at as usize, lsn, header.salt, max);
             let mut damage = Damage {
-                segment: path.clone(),
+                segment: path.to_path_buf(),
                 offset: at,
                 lsn,
                 kind,
@@ -307,120 +454,84 @@ pub(crate) fn recover(
             // below the replay start, and the log verifies again at or
             // before it. Step over it, loudly.
             if let Some((roff, rlsn)) = ev.resume {
-                if lsn < replay_from && rlsn <= replay_from && rlsn > lsn {
+                if lsn < self.replay_from && rlsn <= self.replay_from && rlsn > lsn {
                     tracing::warn!(%damage, resumed_at = rlsn, "damaged log records below the replay start (already in a checkpoint) were stepped over");
-                    report.covered_damage.push(damage);
-                    offset = roff as usize;
-                    lsn = rlsn;
+                    self.report.covered_damage.push(damage);
+                    (offset, lsn) = (roff as usize, rlsn);
                     continue;
                 }
             }
             let torn = is_last && ev.proof.is_none();
-            if torn {
-                if mode == RecoveryMode::AbsoluteConsistency {
-                    return Err(WalError::TornTailRefused(Box::new(damage)));
-                }
-                // Point-in-time mode (what repair uses) never destroys bytes,
-                // not even never-acknowledged ones: they are saved beside.
-                let save = mode == RecoveryMode::PointInTime && ev.data_end > at;
-                report.torn_tail = Some(TornTail {
-                    damage,
-                    bytes_cut: ev.data_end - at,
-                    last_good_lsn: lsn - 1,
-                    unsynced_records_cut: ev.valid_records,
-                    saved_to: save.then(|| cut_name(path, at)),
-                });
-                fixes.push(Fix::Cut {
-                    seg: seg_index,
-                    at,
-                    old_len: data.len() as u64,
-                    saved: save.then(|| data[at as usize..ev.data_end as usize].to_vec()),
-                });
-                break at;
-            }
             if let Some(by) = ev.proof {
                 damage.kind = DamageKind::SyncedRecordDamaged(DamageDetail {
                     what: damage.kind.to_string(),
                     proven_by_lsn: by,
                 });
             }
-            match mode {
-                RecoveryMode::TolerateCorruptedTail | RecoveryMode::AbsoluteConsistency => {
-                    return Err(corrupt(damage))
-                }
-                RecoveryMode::PointInTime => {
-                    let mut saved = vec![cut_name(path, at)];
-                    fixes.push(Fix::Cut {
-                        seg: seg_index,
-                        at,
-                        old_len: data.len() as u64,
-                        saved: Some(data[at as usize..ev.data_end as usize].to_vec()),
-                    });
-                    for (_, p) in &segs[i + 1..] {
-                        fixes.push(Fix::SetAside(p.clone()));
-                        saved.push(dropped_name(p));
-                    }
-                    report.set_aside = Some(SetAside {
+            let action = if torn {
+                on_torn_tail(self.opts.recovery, &damage)
+            } else {
+                on_corruption(self.opts.recovery, &damage)
+            };
+            let cut = |saved: bool| Fix::Cut {
+                seg: self.kept.len(),
+                at,
+                old_len: data.len() as u64,
+                saved: saved.then(|| data[at as usize..ev.data_end as usize].to_vec()),
+            };
+            match action {
+                Action::Refuse(e) => return Err(e),
+                Action::CutTail => {
+                    // Point-in-time mode (what repair uses) never destroys
+                    // bytes, not even never-acknowledged ones: they are saved.
+                    let save = self.opts.recovery == RecoveryMode::PointInTime && ev.data_end > at;
+                    self.report.torn_tail = Some(TornTail {
                         damage,
-                        saved_to: saved,
+                        bytes_cut: ev.data_end - at,
+                        last_good_lsn: lsn - 1,
+                        unsynced_records_cut: ev.valid_records,
+                        saved_to: save.then(|| cut_name(path, at)),
                     });
-                    kept.push(KeptSegment {
-                        path: path.clone(),
-                        first_lsn: header.first_lsn,
-                        salt: header.salt,
-                        end: at,
-                        file,
-                    });
-                    next_lsn = Some(lsn);
-                    break 'segments;
+                    self.fixes.push(cut(save));
+                    return Ok((SegmentEnd::Kept { end: at }, lsn));
                 }
-                RecoveryMode::SkipAnyCorruptedRecords => {
-                    tracing::error!(%damage, "salvage: skipping damaged records");
-                    report.skipped.push(damage);
+                Action::StopHere => {
+                    self.fixes.push(cut(true));
+                    self.set_aside(damage, Some(cut_name(path, at)), path, later);
+                    return Ok((SegmentEnd::Stopped { end: at }, lsn));
+                }
+                Action::Skip => {
+                    self.report.skipped.push(damage);
                     match ev.resume {
-                        Some((roff, rlsn)) => {
-                            offset = roff as usize;
-                            lsn = rlsn;
-                        }
-                        None => break at,
+                        Some((roff, rlsn)) => (offset, lsn) = (roff as usize, rlsn),
+                        None => return Ok((SegmentEnd::Kept { end: at }, lsn)),
                     }
                 }
             }
-        };
-        kept.push(KeptSegment {
-            path: path.clone(),
-            first_lsn: header.first_lsn,
-            salt: header.salt,
-            end,
-            file,
-        });
-        next_lsn = Some(lsn);
+        }
     }
+}
 
-    let next_lsn = next_lsn.unwrap_or(report.first_lsn);
-    report.last_lsn = next_lsn - 1;
-    if !read_only {
-        apply_fixes(storage, opts, &fixes, &kept)?;
-        for p in &prepared {
-            storage
-                .remove(p)
-                .map_err(|e| WalError::io("removing a leftover prepared segment", p, e))?;
-        }
-        if !prepared.is_empty() || !fixes.is_empty() {
-            // Removals and set-asides are durable only once the directory is.
-            storage
-                .sync_dir(dir)
-                .map_err(|e| WalError::io("syncing the log directory", dir, e))?;
-        }
+/// Removes leftover prepared segments, then syncs the directory if that or
+/// an earlier fix (a set-aside rename, a saved cut) changed it.
+fn remove_prepared(
+    storage: &dyn Storage,
+    dir: &Path,
+    prepared: &[PathBuf],
+    dir_changed: bool,
+) -> Result<()> {
+    for p in prepared {
+        storage
+            .remove(p)
+            .map_err(|e| WalError::io("removing a leftover prepared segment", p, e))?;
     }
-    report.prepared_removed = prepared.len();
-    report.duration = started.elapsed();
-    Ok(Recovered {
-        report,
-        segments: kept,
-        log_id,
-        next_lsn,
-    })
+    if !prepared.is_empty() || dir_changed {
+        // Removals and set-asides are durable only once the directory is.
+        storage
+            .sync_dir(dir)
+            .map_err(|e| WalError::io("syncing the log directory", dir, e))?;
+    }
+    Ok(())
 }
 
 fn dropped_name(p: &Path) -> PathBuf {

@@ -10,13 +10,15 @@
 //! open.
 
 use crate::error::{Result, WalError};
+use crate::format::{HeaderError, SegmentHeader};
 use keel_storage::{OpenMode, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 const SEGMENT_SUFFIX: &str = ".wal";
-const PREPARED_PREFIX: &str = "prealloc-";
+/// Prefix of a prepared segment's temp name (`prealloc-N.tmp`).
+pub const PREPARED_PREFIX: &str = "prealloc-";
 const PREPARED_SUFFIX: &str = ".tmp";
 
 /// The file name of the segment whose first record has `first_lsn`.
@@ -61,8 +63,42 @@ pub(crate) fn list_segments(
     Ok((segments, prepared))
 }
 
+/// A segment file opened and read whole, its header decoded (or not).
+pub(crate) struct OpenedSegment {
+    pub file: Arc<dyn StorageFile>,
+    pub header: std::result::Result<SegmentHeader, HeaderError>,
+}
+
+/// The one way every reader (recovery, [`Wal::read_from`](crate::Wal::read_from),
+/// inspection) opens a segment: open it (`writable` for recovery, which may
+/// cut it), fdatasync it first if `sync_first`, read it whole into `buf`,
+/// and decode its header.
+pub(crate) fn read_segment(
+    storage: &dyn Storage,
+    path: &Path,
+    writable: bool,
+    sync_first: bool,
+    buf: &mut Vec<u8>,
+) -> Result<OpenedSegment> {
+    let mode = if writable {
+        OpenMode::ReadWrite
+    } else {
+        OpenMode::Read
+    };
+    let file = storage
+        .open(path, mode)
+        .map_err(|e| WalError::io("opening a segment", path, e))?;
+    if sync_first {
+        file.sync_data()
+            .map_err(|e| WalError::io("syncing the last segment at open", path, e))?;
+    }
+    read_whole(&*file, path, buf)?;
+    let header = SegmentHeader::decode(buf);
+    Ok(OpenedSegment { file, header })
+}
+
 /// Reads a whole file into `buf` (reusing its allocation).
-pub(crate) fn read_whole(file: &dyn StorageFile, path: &Path, buf: &mut Vec<u8>) -> Result<()> {
+fn read_whole(file: &dyn StorageFile, path: &Path, buf: &mut Vec<u8>) -> Result<()> {
     let len = file
         .len()
         .map_err(|e| WalError::io("reading the length of", path, e))?;

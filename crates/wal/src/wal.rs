@@ -27,9 +27,9 @@ use crate::format::{self, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::reader::{scan_records, ScanStop};
 use crate::recovery::{recover, RecoveryReport};
-use crate::segment::{read_whole, segment_file_name, Preparer};
+use crate::segment::{read_segment, segment_file_name, Preparer};
 use keel_storage::rng::SplitMix64;
-use keel_storage::{OpenMode, Storage, StorageFile};
+use keel_storage::{Storage, StorageFile};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -425,18 +425,14 @@ impl Wal {
             if segs.get(i + 1).is_some_and(|next| next.0 <= from) || *first > upto {
                 continue;
             }
-            let file = inner
-                .storage
-                .open(path, OpenMode::Read)
-                .map_err(|e| WalError::io("opening a segment", path, e))?;
             let mut data = Vec::new();
-            read_whole(&*file, path, &mut data)?;
-            let header = SegmentHeader::decode(&data).map_err(|e| {
+            let seg = read_segment(&*inner.storage, path, false, false, &mut data)?;
+            let header = seg.header.map_err(|e| {
                 WalError::Corrupt(Box::new(Damage {
                     segment: path.clone(),
                     offset: 0,
                     lsn: *first,
-                    kind: crate::error::DamageKind::BadHeader(format!("{e:?}")),
+                    kind: crate::error::DamageKind::BadHeader(e),
                 }))
             })?;
             let mut done = false;
