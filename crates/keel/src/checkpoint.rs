@@ -12,9 +12,9 @@
 //! each with its own CRC32C, and a 24-byte footer (magic `KEELEND\0`, entry
 //! count, CRC32C). Every length is checked against the file before use.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use keel_storage::{OpenMode, Storage, StorageFile};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 const MAGIC: [u8; 8] = *b"KEELCKPT";
@@ -25,49 +25,12 @@ const FOOTER_LEN: usize = 24;
 const BLOCK_HEADER_LEN: usize = 12;
 /// Entries are grouped into blocks of about this many bytes.
 const BLOCK_TARGET: usize = 64 << 10;
-const SUFFIX: &str = ".ckpt";
-const TMP_SUFFIX: &str = ".ckpt.tmp";
 
 /// A value as the engine stores it.
 pub type Bytes = Arc<[u8]>;
 pub use crate::key::Key;
 /// The engine's state: an immutable ordered map whose clone is O(1).
 pub type Tree = imbl::OrdMap<Key, Bytes>;
-
-/// The file name of the checkpoint at `lsn`.
-pub fn checkpoint_file_name(lsn: u64) -> String {
-    format!("checkpoint-{lsn:020}{SUFFIX}")
-}
-
-/// The LSN of a checkpoint file name, if it is one.
-pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("checkpoint-")?.strip_suffix(SUFFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// Checkpoint files (LSN, path), newest first.
-pub type CheckpointList = Vec<(u64, PathBuf)>;
-
-/// Checkpoint files in `dir`, newest first, and leftover temp files.
-pub fn list(storage: &dyn Storage, dir: &Path) -> Result<(CheckpointList, Vec<PathBuf>)> {
-    let names = storage
-        .list(dir)
-        .map_err(|e| Error::io("listing the data directory", dir, e))?;
-    let mut found = Vec::new();
-    let mut temps = Vec::new();
-    for name in names {
-        if let Some(lsn) = parse_checkpoint_name(&name) {
-            found.push((lsn, dir.join(name)));
-        } else if name.starts_with("checkpoint-") && name.ends_with(TMP_SUFFIX) {
-            temps.push(dir.join(name));
-        }
-    }
-    found.sort_by_key(|c| std::cmp::Reverse(c.0));
-    Ok((found, temps))
-}
 
 /// What a checkpoint file's header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,34 +52,128 @@ fn encode_header(h: CheckpointHeader) -> [u8; HEADER_LEN] {
     b
 }
 
-/// Parses and verifies a checkpoint header.
-pub fn decode_header(b: &[u8]) -> Result<CheckpointHeader, String> {
+/// Why a checkpoint file cannot be used. Every variant names the offset
+/// or the numbers that disagree, so `keel verify` can say exactly where.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The file could not be read.
+    #[error("cannot read it: {0}")]
+    Unreadable(Arc<std::io::Error>),
+    /// Shorter than a header and a footer.
+    #[error("file is {0} bytes, shorter than header and footer")]
+    TooShort(usize),
+    /// The first 8 bytes are not `KEELCKPT`.
+    #[error("not a keel checkpoint (bad magic)")]
+    BadMagic,
+    /// The header's checksum (or its reserved bytes) does not verify.
+    #[error("header checksum mismatch")]
+    HeaderChecksum,
+    /// A format version this keel does not read.
+    #[error("unsupported checkpoint version {0}")]
+    UnsupportedVersion(u32),
+    /// Flags this keel does not know.
+    #[error("unknown checkpoint flags {0:#x} (written by a newer keel?)")]
+    UnknownFlags(u32),
+    /// The footer magic is missing.
+    #[error("footer missing: the file is truncated")]
+    FooterMissing,
+    /// The footer's checksum (or its reserved bytes) does not verify.
+    #[error("footer checksum mismatch")]
+    FooterChecksum,
+    /// Header and footer disagree on the entry count.
+    #[error("header says {header} entries, footer {footer}")]
+    FooterCount {
+        /// The header's count.
+        header: u64,
+        /// The footer's count.
+        footer: u64,
+    },
+    /// A block header runs into the footer.
+    #[error("block header at offset {0} is cut short")]
+    BlockHeaderCutShort(usize),
+    /// A block claims more bytes than are left before the footer.
+    #[error("block at offset {offset} claims {len} bytes, past the footer")]
+    BlockPastFooter {
+        /// The block's offset.
+        offset: usize,
+        /// The length it claims.
+        len: usize,
+    },
+    /// A block's checksum does not verify.
+    #[error("block at offset {0}: checksum mismatch")]
+    BlockChecksum(usize),
+    /// An entry does not fit in its block, or exceeds the key/value limits.
+    #[error("entry with key {key_len} / value {value_len} bytes does not fit in block at offset {block}")]
+    BadEntry {
+        /// The block's offset.
+        block: usize,
+        /// The key length the entry claims.
+        key_len: usize,
+        /// The value length the entry claims.
+        value_len: usize,
+    },
+    /// Keys are not in strictly increasing order.
+    #[error("keys out of order in block at offset {0}")]
+    KeysOutOfOrder(usize),
+    /// Bytes left in a block after its last entry.
+    #[error("{stray} stray bytes in block at offset {block}")]
+    StrayBytes {
+        /// The block's offset.
+        block: usize,
+        /// How many bytes.
+        stray: usize,
+    },
+    /// The blocks hold another number of entries than the header says.
+    #[error("header says {header} entries, found {found}")]
+    EntryCount {
+        /// The header's count.
+        header: u64,
+        /// Entries found.
+        found: u64,
+    },
+    /// The file's name and its header disagree on the LSN.
+    #[error("its name says LSN {name}, its header {header}")]
+    LsnMismatch {
+        /// The LSN in the file name.
+        name: u64,
+        /// The LSN in the header.
+        header: u64,
+    },
+}
+
+/// Little-endian integers at fixed offsets of a slice whose length the
+/// caller has checked: indexing cannot fail.
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from(u32_at(b, at)) | u64::from(u32_at(b, at + 4)) << 32
+}
+
+/// Parses and verifies a checkpoint header (the first 40 bytes of a file of
+/// at least 64: header and footer).
+pub fn decode_header(b: &[u8]) -> Result<CheckpointHeader, CheckpointError> {
     if b.len() < HEADER_LEN + FOOTER_LEN {
-        return Err(format!(
-            "file is {} bytes, shorter than header and footer",
-            b.len()
-        ));
+        return Err(CheckpointError::TooShort(b.len()));
     }
     if b[0..8] != MAGIC {
-        return Err("not a keel checkpoint (bad magic)".into());
+        return Err(CheckpointError::BadMagic);
     }
-    let crc = u32::from_le_bytes(b[32..36].try_into().expect("4 bytes"));
-    if crc != crc32c::crc32c(&b[0..32]) || b[36..40] != [0; 4] {
-        return Err("header checksum mismatch".into());
+    if u32_at(b, 32) != crc32c::crc32c(&b[0..32]) || b[36..40] != [0; 4] {
+        return Err(CheckpointError::HeaderChecksum);
     }
-    let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+    let version = u32_at(b, 8);
     if version != VERSION {
-        return Err(format!("unsupported checkpoint version {version}"));
+        return Err(CheckpointError::UnsupportedVersion(version));
     }
-    let flags = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+    let flags = u32_at(b, 12);
     if flags != 0 {
-        return Err(format!(
-            "unknown checkpoint flags {flags:#x} (written by a newer keel?)"
-        ));
+        return Err(CheckpointError::UnknownFlags(flags));
     }
     Ok(CheckpointHeader {
-        lsn: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
-        count: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
+        lsn: u64_at(b, 16),
+        count: u64_at(b, 24),
     })
 }
 
@@ -124,25 +181,24 @@ fn block_crc(header_tail: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(header_tail), payload)
 }
 
-/// Writes the checkpoint of `tree` at `lsn` into `dir`, crash-safely, and
-/// returns its path. Runs on a snapshot, so writers go on meanwhile.
+/// Writes the checkpoint of `tree` at `lsn` to `path` (the name
+/// [`DataDir::checkpoint`](crate::layout::DataDir::checkpoint) gives it), crash-safely. Runs on a snapshot, so writers go on meanwhile.
 ///
 /// `bytes_per_sec` paces the writing (sleeping on this, the checkpoint's own
 /// thread) so that a checkpoint never takes the disk away from the log's
 /// fdatasyncs; `None` writes as fast as possible.
 pub fn write(
     storage: &dyn Storage,
-    dir: &Path,
+    path: &Path,
     lsn: u64,
     tree: &Tree,
     bytes_per_sec: Option<u64>,
-) -> Result<PathBuf> {
-    let final_path = dir.join(checkpoint_file_name(lsn));
+) -> Result<()> {
     // Temp file, fdatasync, rename, directory fsync (keel_storage::write_atomic).
-    keel_storage::write_atomic(storage, &final_path, |file, _| {
+    keel_storage::write_atomic(storage, path, |file, _| {
         write_contents(file, lsn, tree, bytes_per_sec)
     })?;
-    Ok(final_path)
+    Ok(())
 }
 
 /// Writes header, blocks and footer into `file`, syncing and pacing as it goes.
@@ -214,14 +270,12 @@ pub fn read(
     path: &Path,
     max_key: usize,
     max_value: usize,
-) -> Result<(CheckpointHeader, Tree), String> {
-    let file = storage
-        .open(path, OpenMode::Read)
-        .map_err(|e| format!("cannot open: {e}"))?;
-    let len = file.len().map_err(|e| format!("cannot read length: {e}"))?;
+) -> Result<(CheckpointHeader, Tree), CheckpointError> {
+    let unreadable = |e| CheckpointError::Unreadable(Arc::new(e));
+    let file = storage.open(path, OpenMode::Read).map_err(unreadable)?;
+    let len = file.len().map_err(unreadable)?;
     let mut data = vec![0u8; len as usize];
-    file.read_exact_at(&mut data, 0)
-        .map_err(|e| format!("cannot read: {e}"))?;
+    file.read_exact_at(&mut data, 0).map_err(unreadable)?;
     decode(&data, max_key, max_value)
 }
 
@@ -230,91 +284,105 @@ pub fn decode(
     data: &[u8],
     max_key: usize,
     max_value: usize,
-) -> Result<(CheckpointHeader, Tree), String> {
+) -> Result<(CheckpointHeader, Tree), CheckpointError> {
     let header = decode_header(data)?;
     let end = data.len() - FOOTER_LEN;
     let footer = &data[end..];
     if footer[0..8] != FOOTER_MAGIC {
-        return Err("footer missing: the file is truncated".into());
+        return Err(CheckpointError::FooterMissing);
     }
-    let crc = u32::from_le_bytes(footer[16..20].try_into().expect("4 bytes"));
-    if crc != crc32c::crc32c(&footer[0..16]) || footer[20..24] != [0; 4] {
-        return Err("footer checksum mismatch".into());
+    if u32_at(footer, 16) != crc32c::crc32c(&footer[0..16]) || footer[20..24] != [0; 4] {
+        return Err(CheckpointError::FooterChecksum);
     }
-    let footer_count = u64::from_le_bytes(footer[8..16].try_into().expect("8 bytes"));
+    let footer_count = u64_at(footer, 8);
     if footer_count != header.count {
-        return Err(format!(
-            "header says {} entries, footer {footer_count}",
-            header.count
-        ));
+        return Err(CheckpointError::FooterCount {
+            header: header.count,
+            footer: footer_count,
+        });
     }
     let mut tree = Tree::new();
     let mut pos = HEADER_LEN;
-    let mut entries = 0u64;
     let mut prev: Option<Key> = None;
     while pos < end {
-        if end - pos < BLOCK_HEADER_LEN {
-            return Err(format!("block header at offset {pos} is cut short"));
-        }
-        let bh = &data[pos..pos + BLOCK_HEADER_LEN];
-        let payload_len = u32::from_le_bytes(bh[0..4].try_into().expect("4 bytes")) as usize;
-        let count = u32::from_le_bytes(bh[4..8].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(bh[8..12].try_into().expect("4 bytes"));
-        let start = pos + BLOCK_HEADER_LEN;
-        if payload_len > end - start {
-            return Err(format!(
-                "block at offset {pos} claims {payload_len} bytes, past the footer"
-            ));
-        }
-        let payload = &data[start..start + payload_len];
-        if crc != block_crc(&bh[0..8], payload) {
-            return Err(format!("block at offset {pos}: checksum mismatch"));
-        }
-        let mut p = 0;
-        for _ in 0..count {
-            if payload_len - p < 8 {
-                return Err(format!("entry header cut short in block at offset {pos}"));
-            }
-            let kl = u32::from_le_bytes(payload[p..p + 4].try_into().expect("4 bytes")) as usize;
-            let vl =
-                u32::from_le_bytes(payload[p + 4..p + 8].try_into().expect("4 bytes")) as usize;
-            p += 8;
-            if kl == 0 || kl > max_key || vl > max_value || kl + vl > payload_len - p {
-                return Err(format!(
-                    "entry with key {kl} / value {vl} bytes does not fit in block at offset {pos}"
-                ));
-            }
-            let key = Key::from(&payload[p..p + kl]);
-            let value: Bytes = Arc::from(&payload[p + kl..p + kl + vl]);
-            p += kl + vl;
-            if prev.as_ref().is_some_and(|pk| *pk >= key) {
-                return Err(format!("keys out of order in block at offset {pos}"));
-            }
-            prev = Some(key.clone());
-            tree.insert(key, value);
-            entries += 1;
-        }
-        if p != payload_len {
-            return Err(format!(
-                "{} stray bytes in block at offset {pos}",
-                payload_len - p
-            ));
-        }
-        pos = start + payload_len;
+        pos = decode_block(data, pos, end, (max_key, max_value), &mut prev, &mut tree)?;
     }
-    if entries != header.count {
-        return Err(format!(
-            "header says {} entries, found {entries}",
-            header.count
-        ));
+    if tree.len() as u64 != header.count {
+        return Err(CheckpointError::EntryCount {
+            header: header.count,
+            found: tree.len() as u64,
+        });
     }
     Ok((header, tree))
+}
+
+/// Decodes the block at `pos` (blocks end at `end`, the footer) into
+/// `tree`, checking order against `prev`; returns where the next block starts.
+fn decode_block(
+    data: &[u8],
+    pos: usize,
+    end: usize,
+    (max_key, max_value): (usize, usize),
+    prev: &mut Option<Key>,
+    tree: &mut Tree,
+) -> Result<usize, CheckpointError> {
+    if end - pos < BLOCK_HEADER_LEN {
+        return Err(CheckpointError::BlockHeaderCutShort(pos));
+    }
+    let bh = &data[pos..pos + BLOCK_HEADER_LEN];
+    let payload_len = u32_at(bh, 0) as usize;
+    let count = u32_at(bh, 4);
+    let start = pos + BLOCK_HEADER_LEN;
+    if payload_len > end - start {
+        return Err(CheckpointError::BlockPastFooter {
+            offset: pos,
+            len: payload_len,
+        });
+    }
+    let payload = &data[start..start + payload_len];
+    if u32_at(bh, 8) != block_crc(&bh[0..8], payload) {
+        return Err(CheckpointError::BlockChecksum(pos));
+    }
+    let mut p = 0;
+    for _ in 0..count {
+        let bad = |key_len, value_len| CheckpointError::BadEntry {
+            block: pos,
+            key_len,
+            value_len,
+        };
+        if payload_len - p < 8 {
+            return Err(bad(0, 0));
+        }
+        let kl = u32_at(payload, p) as usize;
+        let vl = u32_at(payload, p + 4) as usize;
+        p += 8;
+        if kl == 0 || kl > max_key || vl > max_value || kl + vl > payload_len - p {
+            return Err(bad(kl, vl));
+        }
+        let key = Key::from(&payload[p..p + kl]);
+        let value: Bytes = Arc::from(&payload[p + kl..p + kl + vl]);
+        p += kl + vl;
+        if prev.as_ref().is_some_and(|pk| *pk >= key) {
+            return Err(CheckpointError::KeysOutOfOrder(pos));
+        }
+        *prev = Some(key.clone());
+        tree.insert(key, value);
+    }
+    if p != payload_len {
+        return Err(CheckpointError::StrayBytes {
+            block: pos,
+            stray: payload_len - p,
+        });
+    }
+    Ok(start + payload_len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::DataDir;
     use keel_storage::SimStorage;
+    use std::path::PathBuf;
 
     fn tree(n: usize, vlen: usize) -> Tree {
         (0..n)
@@ -326,11 +394,17 @@ mod tests {
             .collect()
     }
 
-    fn setup() -> (SimStorage, PathBuf) {
+    fn setup() -> (SimStorage, DataDir) {
         let s = SimStorage::new(1);
-        let dir = PathBuf::from("/db");
-        s.create_dir_all(&dir).unwrap();
+        let dir = DataDir::new("/db");
+        s.create_dir_all(dir.root()).unwrap();
         (s, dir)
+    }
+
+    fn write_at(s: &SimStorage, dir: &DataDir, lsn: u64, t: &Tree) -> PathBuf {
+        let path = dir.checkpoint(lsn);
+        write(s, &path, lsn, t, None).unwrap();
+        path
     }
 
     #[test]
@@ -338,7 +412,7 @@ mod tests {
         let (s, dir) = setup();
         for (n, vlen) in [(0, 0), (1, 0), (100, 10), (3000, 700)] {
             let t = tree(n, vlen);
-            let path = write(&s, &dir, 42 + n as u64, &t, None).unwrap();
+            let path = write_at(&s, &dir, 42 + n as u64, &t);
             let (h, back) = read(&s, &path, 1024, 1 << 20).unwrap();
             assert_eq!(
                 h,
@@ -354,7 +428,7 @@ mod tests {
     #[test]
     fn every_bit_flip_and_truncation_is_detected() {
         let (s, dir) = setup();
-        let path = write(&s, &dir, 7, &tree(5, 3), None).unwrap();
+        let path = write_at(&s, &dir, 7, &tree(5, 3));
         let data = s.read_file(&path).unwrap();
         let mut flips = 0;
         for bit in 0..data.len() * 8 {
@@ -381,18 +455,10 @@ mod tests {
     #[test]
     fn the_named_file_appears_only_once_complete_and_durable() {
         let (s, dir) = setup();
-        let path = write(&s, &dir, 9, &tree(10, 10), None).unwrap();
+        let path = write_at(&s, &dir, 9, &tree(10, 10));
         let after = s.crash_with(keel_storage::CrashMode::DropUnsynced);
         let (h, t) = read(&after, &path, 1024, 1024).unwrap();
         assert_eq!((h.lsn, t.len()), (9, 10));
-        assert!(!after
-            .exists(&dir.join(format!("checkpoint-{:020}{TMP_SUFFIX}", 9)))
-            .unwrap());
-    }
-
-    #[test]
-    fn names_parse() {
-        assert_eq!(parse_checkpoint_name(&checkpoint_file_name(123)), Some(123));
-        assert_eq!(parse_checkpoint_name("checkpoint-1.ckpt"), None);
+        assert!(!after.exists(&keel_storage::temp_path(&path)).unwrap());
     }
 }

@@ -19,77 +19,24 @@
 //! the checkpoint before it (P) and the log after P are kept, so a damaged
 //! newest checkpoint is survivable; everything older is deleted.
 //!
-//! Directory layout: `LOCK`, `checkpoint-<LSN>.ckpt`, `wal/<LSN>.wal`.
+//! Directory layout: [`crate::layout`]. Recovery: [`crate::recovery`].
 
-use crate::checkpoint::{self, Key, Tree};
+use crate::checkpoint::{self, Key};
 use crate::error::{Error, Result};
-use crate::keyspace::{Keyspace, Replay};
+use crate::keyspace::Keyspace;
+use crate::layout::DataDir;
 use crate::op::{BatchOp, Op};
 use crate::options::Options;
+use crate::recovery::{self, RecoveryReport, RECORD_OVERHEAD};
 use keel_storage::{LockGuard, Storage};
 use keel_wal::{Wal, WalStats};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
-
-/// A checkpoint recovery started from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckpointUsed {
-    /// Its file.
-    pub path: PathBuf,
-    /// Its LSN.
-    pub lsn: u64,
-    /// Entries it held.
-    pub entries: u64,
-}
-
-/// What [`Db::open`] found and did.
-#[derive(Clone, Debug)]
-pub struct RecoveryReport {
-    /// The checkpoint loaded, if any.
-    pub checkpoint: Option<CheckpointUsed>,
-    /// Newer checkpoints that were damaged and passed over (path, why).
-    pub damaged_checkpoints: Vec<(PathBuf, String)>,
-    /// Interrupted checkpoint temp files removed.
-    pub checkpoint_temps_removed: usize,
-    /// What the log's recovery found and did (torn tail cut, ...).
-    pub wal: keel_wal::RecoveryReport,
-    /// Log records applied on top of the checkpoint.
-    pub records_replayed: u64,
-    /// Keys after recovery.
-    pub keys: usize,
-    /// The LSN the state is at.
-    pub lsn: u64,
-    /// Total time.
-    pub duration: Duration,
-}
-
-impl fmt::Display for RecoveryReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.checkpoint {
-            Some(c) => write!(f, "checkpoint at LSN {} ({} keys)", c.lsn, c.entries)?,
-            None => write!(f, "no checkpoint")?,
-        }
-        write!(
-            f,
-            " + {} log records replayed -> {} keys at LSN {} in {:.1?}",
-            self.records_replayed, self.keys, self.lsn, self.duration
-        )?;
-        for (p, why) in &self.damaged_checkpoints {
-            write!(
-                f,
-                "; DAMAGED checkpoint {} passed over ({why})",
-                p.display()
-            )?;
-        }
-        write!(f, "; log: {}", self.wal)
-    }
-}
+use std::time::SystemTime;
 
 /// Counters and positions of a running [`Db`].
 #[derive(Clone, Debug)]
@@ -179,7 +126,7 @@ struct CheckpointState {
 
 struct Shared {
     storage: Arc<dyn Storage>,
-    dir: PathBuf,
+    dir: DataDir,
     opts: Options,
     wal: Wal,
     /// Operations whose LSN is assigned, not yet applied, keyed by LSN.
@@ -221,193 +168,130 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Db {
-    /// Opens (creating if needed) the store in `dir` on the real file system.
-    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Db, RecoveryReport)> {
-        Db::open_with_storage(Arc::new(keel_storage::FsStorage::new()), dir, opts)
+/// Opens a [`Db`]: where, on what storage, with which options. Made by
+/// [`Db::builder`].
+///
+/// ```
+/// use keel::{Db, Options, SyncPolicy};
+/// use std::sync::Arc;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let (db, report) = Db::builder(dir.path())
+///     .options(Options::default())
+///     .sync(SyncPolicy::Always)                       // durability as a value
+///     .storage(Arc::new(keel::storage::FsStorage::new()))
+///     .progress(|replayed| eprintln!("{replayed} records replayed"))
+///     .open()
+///     .unwrap();
+/// assert_eq!(report.keys, 0);
+/// # drop(db);
+/// ```
+#[must_use = "a builder does nothing until open() is called"]
+pub struct DbBuilder<'a> {
+    dir: PathBuf,
+    options: Options,
+    storage: Option<Arc<dyn Storage>>,
+    progress: Option<Box<dyn Fn(u64) + 'a>>,
+}
+
+impl<'a> DbBuilder<'a> {
+    /// The options to open with (default: [`Options::default`]).
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
     }
 
-    /// Opens the store on any [`Storage`] (the simulated one in tests):
-    /// takes the directory lock, loads the newest valid checkpoint, replays
-    /// the log after it, and starts serving.
-    pub fn open_with_storage(
-        storage: Arc<dyn Storage>,
-        dir: impl AsRef<Path>,
-        opts: Options,
-    ) -> Result<(Db, RecoveryReport)> {
-        Db::open_with_progress(storage, dir, opts, &|_| {})
+    /// When writes are acknowledged: sets [`Options::sync`].
+    pub fn sync(mut self, policy: keel_wal::SyncPolicy) -> Self {
+        self.options.sync = policy;
+        self
     }
 
-    /// Like [`open_with_storage`](Self::open_with_storage), calling
-    /// `progress(records_replayed)` every 8,192 records replayed, for a
-    /// progress display during a long recovery.
-    pub fn open_with_progress(
-        storage: Arc<dyn Storage>,
-        dir: impl AsRef<Path>,
-        opts: Options,
-        progress: &dyn Fn(u64),
-    ) -> Result<(Db, RecoveryReport)> {
-        let started = Instant::now();
-        opts.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+    /// The storage to open on (default: the real file system). Tests pass
+    /// a `SimStorage` here.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Called with the number of records replayed, every 8,192 records,
+    /// for a progress display during a long recovery.
+    pub fn progress(mut self, progress: impl Fn(u64) + 'a) -> Self {
+        self.progress = Some(Box::new(progress));
+        self
+    }
+
+    /// Takes the directory lock, loads the newest valid checkpoint, replays
+    /// the log after it, and starts serving (see [`crate::recovery`]).
+    pub fn open(self) -> Result<(Db, RecoveryReport)> {
+        self.options.validate()?;
+        let storage = self
+            .storage
+            .unwrap_or_else(|| Arc::new(keel_storage::FsStorage::new()));
+        let dir = DataDir::new(self.dir);
         storage
-            .create_dir_all(&dir)
-            .map_err(|e| Error::io("creating the data directory", &dir, e))?;
-        let lock_path = dir.join("LOCK");
-        let guard = storage
-            .lock_exclusive(&lock_path, &format!("pid {}", std::process::id()))
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock => Error::Locked {
-                    dir: dir.clone(),
-                    holder: if e.to_string().is_empty() {
-                        "holder unknown".into()
-                    } else {
-                        format!("held by {e}")
-                    },
-                },
-                _ => Error::io("locking the data directory", &lock_path, e),
-            })?;
-
-        let (found, temps) = checkpoint::list(&*storage, &dir)?;
-        for t in &temps {
-            storage
-                .remove(t)
-                .map_err(|e| Error::io("removing an interrupted checkpoint", t, e))?;
-        }
-        if !temps.is_empty() {
-            storage
-                .sync_dir(&dir)
-                .map_err(|e| Error::io("syncing the data directory", &dir, e))?;
-        }
-        let mut damaged = Vec::new();
-        let mut base: Option<(CheckpointUsed, Tree)> = None;
-        let mut older: Option<(u64, PathBuf)> = None;
-        for (lsn, path) in &found {
-            if base.is_some() {
-                older = Some((*lsn, path.clone()));
-                break;
-            }
-            match checkpoint::read(&*storage, path, opts.max_key_len, opts.max_value_len) {
-                Ok((h, tree)) if h.lsn == *lsn => {
-                    base = Some((
-                        CheckpointUsed {
-                            path: path.clone(),
-                            lsn: h.lsn,
-                            entries: h.count,
-                        },
-                        tree,
-                    ))
-                }
-                Ok((h, _)) => damaged.push((path.clone(), format!("header says LSN {}", h.lsn))),
-                Err(why) => {
-                    tracing::error!(path = %path.display(), %why, "damaged checkpoint passed over");
-                    damaged.push((path.clone(), why));
-                }
-            }
-        }
-        let (base_lsn, mut keys, used) = match base {
-            Some((used, tree)) => (used.lsn, Replay::new(tree), Some(used)),
-            None => (0, Replay::new(Tree::new()), None),
-        };
-
-        let wal_dir = dir.join("wal");
-        let mut replayed = 0u64;
-        let mut replayed_bytes = 0u64;
-        let mut bad_record: Option<Error> = None;
-        let (wal, wal_report) = Wal::open_with_replay(
-            Arc::clone(&storage),
-            &wal_dir,
-            opts.wal_options(base_lsn + 1),
-            base_lsn + 1,
-            |lsn, payload| {
-                if bad_record.is_some() {
-                    return;
-                }
-                match Op::decode(payload) {
-                    Ok(op) => {
-                        keys.apply(op);
-                        replayed += 1;
-                        replayed_bytes += payload.len() as u64 + 32;
-                        if replayed.is_multiple_of(8192) {
-                            progress(replayed);
-                        }
-                    }
-                    Err(e) => bad_record = Some(Error::BadRecord { lsn, why: e.0 }),
-                }
-            },
-        )?;
-        if let Some(e) = bad_record {
-            return Err(e);
-        }
-        let last_lsn = wal.next_lsn() - 1;
-        if wal.first_lsn() > base_lsn + 1 || last_lsn < base_lsn {
-            if let Some((p, why)) = damaged.first() {
-                return Err(Error::CheckpointDamaged {
-                    path: p.clone(),
-                    why: why.clone(),
-                });
-            }
-            return Err(Error::LogGap {
-                dir: wal_dir,
-                checkpoint_lsn: base_lsn,
-                log_first: wal.first_lsn(),
-                log_last: last_lsn,
-            });
-        }
-        let report = RecoveryReport {
-            checkpoint: used.clone(),
-            damaged_checkpoints: damaged,
-            checkpoint_temps_removed: temps.len(),
-            wal: wal_report,
-            records_replayed: replayed,
-            keys: keys.len(),
-            lsn: last_lsn,
-            duration: started.elapsed(),
-        };
-        if report.damaged_checkpoints.is_empty() && report.wal.torn_tail.is_none() {
-            tracing::debug!(%report, "keel recovered");
-        } else {
-            tracing::warn!(%report, "keel recovered with damage");
-        }
-        let newest = used.map(|u| (u.lsn, u.path));
+            .create_dir_all(dir.root())
+            .map_err(|e| Error::io("creating the data directory", dir.root(), e))?;
+        let lock = dir.lock(&*storage, "keel")?;
+        let progress = self.progress.unwrap_or_else(|| Box::new(|_| {}));
+        let r = recovery::recover(&storage, &dir, &self.options, &*progress)?;
         let shared = Arc::new(Shared {
             storage,
             dir,
-            wal,
+            wal: r.wal,
             queue: Mutex::new(BTreeMap::new()),
             state: RwLock::new(TreeState {
-                keys: keys.finish(),
-                applied_lsn: last_lsn,
+                keys: r.keys,
+                applied_lsn: r.report.lsn,
             }),
             checkpoints: Mutex::new(CheckpointState {
-                time: newest.as_ref().map(|_| SystemTime::now()),
-                newest,
-                previous: older,
+                time: r.newest.as_ref().map(|_| SystemTime::now()),
+                newest: r.newest,
+                previous: r.older,
                 written: 0,
                 last_error: None,
             }),
             checkpoint_running: Mutex::new(()),
-            log_bytes_since_checkpoint: AtomicU64::new(replayed_bytes),
+            log_bytes_since_checkpoint: AtomicU64::new(r.log_bytes),
             trigger: (Mutex::new(false), Condvar::new()),
             closing: AtomicBool::new(false),
-            recovery: report.clone(),
-            opts,
-            _lock: guard,
+            recovery: r.report.clone(),
+            opts: self.options,
+            _lock: lock,
         });
         let checkpointer = {
-            let shared = Arc::clone(&shared);
+            let worker = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("keel-checkpoint".into())
-                .spawn(move || shared.checkpoint_loop())
-                .map_err(|e| Error::io("starting the checkpoint thread", PathBuf::new(), e))?
+                .spawn(move || worker.checkpoint_loop())
+                .map_err(|e| Error::io("starting the checkpoint thread", shared.dir.root(), e))?
         };
         Ok((
             Db {
                 shared,
                 checkpointer: Some(checkpointer),
             },
-            report,
+            r.report,
         ))
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the store in `dir` on the real file system;
+    /// shorthand for `Db::builder(dir).options(opts).open()`.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Db, RecoveryReport)> {
+        Db::builder(dir).options(opts).open()
+    }
+
+    /// A builder to open the store in `dir` with storage, options and a
+    /// progress callback of the caller's choosing.
+    pub fn builder<'a>(dir: impl AsRef<Path>) -> DbBuilder<'a> {
+        DbBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            options: Options::default(),
+            storage: None,
+            progress: None,
+        }
     }
 
     /// Sets `key` to `value`; returns the write's LSN once it is durable.
@@ -616,7 +500,7 @@ impl Db {
 
     /// The data directory.
     pub fn dir(&self) -> &Path {
-        &self.shared.dir
+        self.shared.dir.root()
     }
 
     /// If writes have stopped after a failure, why (reads go on).
@@ -768,9 +652,9 @@ impl Shared {
     fn count_log_bytes(&self, bytes: usize) {
         let since = self
             .log_bytes_since_checkpoint
-            .fetch_add(bytes as u64 + 32, Ordering::Relaxed)
+            .fetch_add(bytes as u64 + RECORD_OVERHEAD, Ordering::Relaxed)
             + bytes as u64
-            + 32;
+            + RECORD_OVERHEAD;
         if self.opts.checkpoint_log_bytes.is_some_and(|t| since >= t) {
             let (m, cv) = &self.trigger;
             let mut due = lock(m);
@@ -840,19 +724,17 @@ impl Shared {
         // or Never they may not be durable yet, and a checkpoint must never
         // get ahead of the log it replaces.
         self.wal.sync()?;
-        let path = match checkpoint::write(
+        let path = self.dir.checkpoint(lsn);
+        if let Err(e) = checkpoint::write(
             &*self.storage,
-            &self.dir,
+            &path,
             lsn,
             &tree,
             self.opts.checkpoint_bytes_per_sec,
         ) {
-            Ok(p) => p,
-            Err(e) => {
-                lock(&self.checkpoints).last_error = Some(e.to_string());
-                return Err(e);
-            }
-        };
+            lock(&self.checkpoints).last_error = Some(e.to_string());
+            return Err(e);
+        }
         self.log_bytes_since_checkpoint
             .fetch_sub(bytes_at_snapshot, Ordering::Relaxed);
         // The new checkpoint is durable. Keep it and the one before it (and
@@ -870,7 +752,7 @@ impl Shared {
         let mut checkpoints_removed = 0;
         if let Some((prev_lsn, _)) = previous {
             segments_removed = self.wal.truncate_before(prev_lsn + 1)?;
-            let (found, _) = checkpoint::list(&*self.storage, &self.dir)?;
+            let (found, _) = self.dir.list_checkpoints(&*self.storage)?;
             for (l, p) in found {
                 if l < prev_lsn {
                     self.storage
@@ -881,9 +763,10 @@ impl Shared {
             }
             if checkpoints_removed > 0 {
                 // The removals are durable only once the directory is.
+                let root = self.dir.root();
                 self.storage
-                    .sync_dir(&self.dir)
-                    .map_err(|e| Error::io("syncing the data directory", &self.dir, e))?;
+                    .sync_dir(root)
+                    .map_err(|e| Error::io("syncing the data directory", root, e))?;
             }
         }
         tracing::info!(

@@ -39,7 +39,7 @@ pub enum Error {
         /// The checkpoint file.
         path: PathBuf,
         /// What is wrong.
-        why: String,
+        why: crate::checkpoint::CheckpointError,
     },
     /// The log does not continue where the checkpoint ends.
     #[error("the log in {} holds LSN {log_first}..={log_last}, which does not continue the newest usable checkpoint at LSN {checkpoint_lsn} (the log must hold LSN {} onwards, or end exactly at {checkpoint_lsn}); records are missing. Restore the missing log segments or the newer checkpoint", dir.display(), checkpoint_lsn + 1)]
@@ -59,11 +59,34 @@ pub enum Error {
         /// The record's LSN.
         lsn: u64,
         /// What is wrong.
-        why: String,
+        why: crate::op::DecodeError,
     },
     /// Options are invalid or the options file could not be read.
     #[error("invalid options: {0}")]
     InvalidOptions(String),
+    /// A tool was pointed at a directory that holds nothing keel wrote.
+    #[error("{} is not a keel store: it holds no `wal/` directory, checkpoint, log segment or LOCK file. Point the tool at a data directory (the one `keel serve --working-dir` uses), its `wal/` directory, or one of their files", path.display())]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A tool was pointed at a file keel did not write.
+    #[error("{} is neither a log segment (NNNNNNNNNNNNNNNNNNNN.wal) nor a checkpoint (checkpoint-N.ckpt)", path.display())]
+    NotAKeelFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Repair was pointed at one file.
+    #[error("repair works on a data directory or a log directory, not on one file")]
+    RepairNeedsDirectory,
+    /// Repair would cut the log back behind the newest checkpoint.
+    #[error("the damage is at LSN {damage_lsn}, before the newest checkpoint (LSN {checkpoint_lsn}), and nothing after it verifies; cutting there would leave the log behind the checkpoint. Keep the data as it is and restore the log from a backup")]
+    RepairBehindCheckpoint {
+        /// The first damaged LSN.
+        damage_lsn: u64,
+        /// The checkpoint's LSN.
+        checkpoint_lsn: u64,
+    },
     /// The database was closed.
     #[error("the database is closed")]
     Closed,

@@ -28,9 +28,10 @@ pub fn checkpoint_decoding(data: &[u8]) {
         return;
     };
     let s = SimStorage::new(0);
-    let dir = PathBuf::from("/fuzz");
-    s.create_dir_all(&dir).expect("sim dir");
-    let path = checkpoint::write(&s, &dir, header.lsn, &tree, None).expect("sim write");
+    let dir = crate::layout::DataDir::new("/fuzz");
+    s.create_dir_all(dir.root()).expect("sim dir");
+    let path = dir.checkpoint(header.lsn);
+    checkpoint::write(&s, &path, header.lsn, &tree, None).expect("sim write");
     let (h2, t2) = checkpoint::read(&s, &path, 1024, 1 << 16).expect("re-read");
     assert_eq!((h2, t2), (header, tree), "a checkpoint does not round-trip");
 }
@@ -51,7 +52,10 @@ pub fn engine_ops(data: &[u8]) {
     };
     let mut storage = s0;
     let open = |s: &SimStorage| {
-        Db::open_with_storage(Arc::new(s.clone()), &dir, opts.clone())
+        Db::builder(&dir)
+            .options(opts.clone())
+            .storage(Arc::new(s.clone()))
+            .open()
             .expect("recovery after a crash must succeed")
             .0
     };

@@ -76,11 +76,6 @@ impl Replay {
         apply_op(self, op)
     }
 
-    /// Number of keys.
-    pub(crate) fn len(&self) -> usize {
-        self.tree.len()
-    }
-
     /// The keyspace, indexed.
     pub(crate) fn finish(self) -> Keyspace {
         Keyspace::from_tree(self.tree)
@@ -203,8 +198,8 @@ mod tests {
             for op in &replayed {
                 replay.apply(op.clone());
             }
-            prop_assert_eq!(replay.len(), model.len());
             let replayed = replay.finish();
+            prop_assert_eq!(replayed.len(), model.len());
             for (k, v) in &model {
                 prop_assert_eq!(replayed.get(k).map(|b| b.to_vec()), Some(v.clone()));
             }

@@ -29,12 +29,17 @@ pub mod checkpoint;
 mod db;
 pub mod error;
 pub mod fuzzing;
+pub mod inspect;
 pub mod key;
 mod keyspace;
+pub mod layout;
 pub mod op;
 pub mod options;
+pub mod recovery;
 
-pub use db::{CheckpointOutcome, CheckpointUsed, Db, Deferred, RecoveryReport, Stats, WriteBatch};
+pub use db::{CheckpointOutcome, Db, DbBuilder, Deferred, Stats, WriteBatch};
 pub use error::{Error, Result};
+pub use keel_storage as storage;
 pub use keel_wal::{RecoveryMode, SyncPolicy};
 pub use options::{parse_duration, parse_sync, Options};
+pub use recovery::{CheckpointUsed, RecoveryReport};

@@ -11,8 +11,6 @@
 //! rejects trailing bytes, so no input can panic it or make it allocate more
 //! than the record's own size.
 
-use std::fmt;
-
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const CLEAR: u8 = 3;
@@ -40,13 +38,81 @@ pub enum Op {
     Batch(Vec<BatchOp>),
 }
 
-/// Why a payload did not decode.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DecodeError(pub String);
+/// Why a log record's payload is not an operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A field runs past the end of the payload.
+    #[error("needs {needed} bytes at offset {offset}, only {left} left")]
+    CutShort {
+        /// Bytes the field needs.
+        needed: usize,
+        /// Where it starts.
+        offset: usize,
+        /// Bytes left in the payload.
+        left: usize,
+    },
+    /// A batch claims more entries than its bytes could hold.
+    #[error("batch claims {count} entries in {bytes} bytes")]
+    BatchCountTooLarge {
+        /// Entries claimed.
+        count: usize,
+        /// Bytes left for them.
+        bytes: usize,
+    },
+    /// An operation tag keel does not know.
+    #[error("unknown operation tag {0}")]
+    UnknownOperation(u8),
+    /// A batch entry tag keel does not know.
+    #[error("unknown batch entry tag {0}")]
+    UnknownBatchEntry(u8),
+    /// Bytes after a complete operation.
+    #[error("{0} unexpected bytes after the operation")]
+    TrailingBytes(usize),
+}
 
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// At most the first 48 bytes of `b`, escaped for a terminal, with `...`
+/// when there is more: how tools show keys and values.
+pub fn preview(b: &[u8]) -> String {
+    let s: String = String::from_utf8_lossy(&b[..b.len().min(48)])
+        .chars()
+        .flat_map(char::escape_default)
+        .collect();
+    if b.len() > 48 {
+        format!("{s}...")
+    } else {
+        s
+    }
+}
+
+/// One line for a person: `put key="k" value="v" (1 bytes)`, `delete
+/// key="k"`, `clear`, `batch of 2: put "a"="1", delete "b"` (keys and
+/// values previewed).
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Put(k, v) => write!(
+                f,
+                "put key=\"{}\" value=\"{}\" ({} bytes)",
+                preview(k),
+                preview(v),
+                v.len()
+            ),
+            Op::Delete(k) => write!(f, "delete key=\"{}\"", preview(k)),
+            Op::Clear => f.write_str("clear"),
+            Op::Batch(ops) => {
+                write!(f, "batch of {}: ", ops.len())?;
+                for (i, o) in ops.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    match o {
+                        BatchOp::Put(k, v) => {
+                            write!(f, "{sep}put \"{}\"=\"{}\"", preview(k), preview(v))?
+                        }
+                        BatchOp::Delete(k) => write!(f, "{sep}delete \"{}\"", preview(k))?,
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -132,28 +198,25 @@ impl Op {
                 let count = r.u32()? as usize;
                 // Each entry takes at least 5 bytes: cap before allocating.
                 if count > r.remaining() / 5 {
-                    return Err(DecodeError(format!(
-                        "batch claims {count} entries in {} bytes",
-                        r.remaining()
-                    )));
+                    return Err(DecodeError::BatchCountTooLarge {
+                        count,
+                        bytes: r.remaining(),
+                    });
                 }
                 let mut ops = Vec::with_capacity(count);
                 for _ in 0..count {
                     ops.push(match r.u8()? {
                         PUT => BatchOp::Put(r.bytes()?, r.bytes()?),
                         DELETE => BatchOp::Delete(r.bytes()?),
-                        t => return Err(DecodeError(format!("unknown batch entry tag {t}"))),
+                        t => return Err(DecodeError::UnknownBatchEntry(t)),
                     });
                 }
                 Op::Batch(ops)
             }
-            t => return Err(DecodeError(format!("unknown operation tag {t}"))),
+            t => return Err(DecodeError::UnknownOperation(t)),
         };
         if r.remaining() != 0 {
-            return Err(DecodeError(format!(
-                "{} unexpected bytes after the operation",
-                r.remaining()
-            )));
+            return Err(DecodeError::TrailingBytes(r.remaining()));
         }
         Ok(op)
     }
@@ -171,11 +234,11 @@ impl Reader<'_> {
 
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         if n > self.remaining() {
-            return Err(DecodeError(format!(
-                "needs {n} bytes at offset {}, only {} left",
-                self.pos,
-                self.remaining()
-            )));
+            return Err(DecodeError::CutShort {
+                needed: n,
+                offset: self.pos,
+                left: self.remaining(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;

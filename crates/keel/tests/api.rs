@@ -173,7 +173,7 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_older_one() {
     db.close().unwrap();
     let path = dir
         .path()
-        .join(keel::checkpoint::checkpoint_file_name(newest.lsn));
+        .join(keel::layout::checkpoint_file_name(newest.lsn));
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;

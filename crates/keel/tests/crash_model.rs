@@ -127,7 +127,10 @@ fn submit(db: &Db, op: &Op) -> keel::Result<u64> {
 }
 
 fn workload(s: &SimStorage, opts: &Options, rng: &mut SplitMix64) -> Vec<(Op, Outcome)> {
-    let (db, _) = Db::open_with_storage(Arc::new(s.clone()), dir(), opts.clone())
+    let (db, _) = Db::builder(dir())
+        .options(opts.clone())
+        .storage(Arc::new(s.clone()))
+        .open()
         .expect("open before the crash");
     let db = Arc::new(db);
     s.inject(Fault {
@@ -263,14 +266,20 @@ fn every_crash_state_matches_the_model() {
                 persistent: false,
                 kind: FaultKind::Crash,
             });
-            let _ = Db::open_with_storage(Arc::new(s.clone()), dir(), opts.clone());
+            let _ = Db::builder(dir())
+                .options(opts.clone())
+                .storage(Arc::new(s.clone()))
+                .open();
             if s.is_frozen() {
                 during_recovery += 1;
             }
             s = s.crash();
             states += 1;
         }
-        let (db, report) = Db::open_with_storage(Arc::new(s.clone()), dir(), opts.clone())
+        let (db, report) = Db::builder(dir())
+            .options(opts.clone())
+            .storage(Arc::new(s.clone()))
+            .open()
             .unwrap_or_else(|e| panic!("seed {seed}: recovery failed: {e}"));
         with_checkpoint += u64::from(report.checkpoint.is_some());
         torn += u64::from(report.wal.torn_tail.is_some());
@@ -294,7 +303,11 @@ fn every_crash_state_matches_the_model() {
         }
         // Recovering again gives the same state.
         let s = s.crash_with(CrashMode::KeepAll);
-        let (db, r2) = Db::open_with_storage(Arc::new(s), dir(), opts).unwrap();
+        let (db, r2) = Db::builder(dir())
+            .options(opts)
+            .storage(Arc::new(s))
+            .open()
+            .unwrap();
         if std::env::var("KEEL_DEBUG_SEED").is_ok_and(|v| v == seed.to_string()) {
             println!("second report {r2}");
         }
@@ -327,7 +340,11 @@ fn per_seed_history_is_reproducible() {
         };
         let s = SimStorage::new(77);
         s.create_dir_all(&dir()).unwrap();
-        let (db, _) = Db::open_with_storage(Arc::new(s.clone()), dir(), opts.clone()).unwrap();
+        let (db, _) = Db::builder(dir())
+            .options(opts.clone())
+            .storage(Arc::new(s.clone()))
+            .open()
+            .unwrap();
         for i in 0..200 {
             if let Some(op) = random_op(&mut rng, 0, i) {
                 submit(&db, &op).unwrap();
@@ -335,7 +352,11 @@ fn per_seed_history_is_reproducible() {
         }
         drop(db);
         let s = s.crash();
-        let (db, _) = Db::open_with_storage(Arc::new(s), dir(), opts).unwrap();
+        let (db, _) = Db::builder(dir())
+            .options(opts)
+            .storage(Arc::new(s))
+            .open()
+            .unwrap();
         let st = recovered_state(&db);
         let h: HashMap<Vec<u8>, Vec<u8>> = st.into_iter().collect();
         let mut v: Vec<_> = h.into_iter().collect();

@@ -109,7 +109,11 @@ fn deferred_writes_are_invisible_until_committed_and_survive_power_loss_once_com
     for seed in 1..=seeds {
         let s = SimStorage::new(seed);
         s.create_dir_all(&dir()).unwrap();
-        let (db, _) = Db::open_with_storage(Arc::new(s.clone()), dir(), opts()).unwrap();
+        let (db, _) = Db::builder(dir())
+            .options(opts())
+            .storage(Arc::new(s.clone()))
+            .open()
+            .unwrap();
         let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut acked = Model::new();
         let turns = 1 + seed % 12;
@@ -143,7 +147,10 @@ fn deferred_writes_are_invisible_until_committed_and_survive_power_loss_once_com
         }
         let after = s.crash_with(CrashMode::Random);
         std::mem::forget(db); // a crash: no orderly close, no final sync
-        let (db, report) = Db::open_with_storage(Arc::new(after), dir(), opts())
+        let (db, report) = Db::builder(dir())
+            .options(opts())
+            .storage(Arc::new(after))
+            .open()
             .unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
         // Every committed write is there; of the rest, a prefix at most.
         let got = contents(&db);
@@ -169,7 +176,11 @@ fn deferred_writes_are_invisible_until_committed_and_survive_power_loss_once_com
 fn a_failed_fdatasync_in_commit_fails_every_pending_write_and_stops_the_store() {
     let s = SimStorage::new(7);
     s.create_dir_all(&dir()).unwrap();
-    let (db, _) = Db::open_with_storage(Arc::new(s.clone()), dir(), opts()).unwrap();
+    let (db, _) = Db::builder(dir())
+        .options(opts())
+        .storage(Arc::new(s.clone()))
+        .open()
+        .unwrap();
     db.put("before", "1").unwrap();
     s.inject(Fault {
         op: FaultOp::Sync,
@@ -188,7 +199,11 @@ fn a_failed_fdatasync_in_commit_fails_every_pending_write_and_stops_the_store() 
     assert!(db.put_deferred("c", "3").unwrap_err().is_stopped());
     assert!(db.commit_through(a.lsn()).unwrap_err().is_stopped());
     drop(db);
-    let (db, _) = Db::open_with_storage(Arc::new(s.crash()), dir(), opts()).unwrap();
+    let (db, _) = Db::builder(dir())
+        .options(opts())
+        .storage(Arc::new(s.crash()))
+        .open()
+        .unwrap();
     assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"1"[..]));
     db.put("after", "ok").unwrap();
 }

@@ -51,7 +51,11 @@ fn every_fault_at_every_operation_fails_stop_and_recovers() {
     let total_ops = {
         let s = SimStorage::new(0);
         s.create_dir_all(&dir()).unwrap();
-        let (db, _) = Db::open_with_storage(Arc::new(s.clone()), dir(), opts()).unwrap();
+        let (db, _) = Db::builder(dir())
+            .options(opts())
+            .storage(Arc::new(s.clone()))
+            .open()
+            .unwrap();
         let before = s.op_count();
         workload(&db, &mut BTreeMap::new()).unwrap();
         drop(db);
@@ -64,7 +68,11 @@ fn every_fault_at_every_operation_fails_stop_and_recovers() {
             for persistent in [false, true] {
                 let s = SimStorage::new(nth);
                 s.create_dir_all(&dir()).unwrap();
-                let (db, _) = Db::open_with_storage(Arc::new(s.clone()), dir(), opts()).unwrap();
+                let (db, _) = Db::builder(dir())
+                    .options(opts())
+                    .storage(Arc::new(s.clone()))
+                    .open()
+                    .unwrap();
                 s.inject(Fault {
                     op: FaultOp::Any,
                     nth,
@@ -92,8 +100,11 @@ fn every_fault_at_every_operation_fails_stop_and_recovers() {
                 } else {
                     s.crash_with(CrashMode::KeepAll)
                 };
-                let (db, _) =
-                    Db::open_with_storage(Arc::new(after), dir(), opts()).unwrap_or_else(|e| {
+                let (db, _) = Db::builder(dir())
+                    .options(opts())
+                    .storage(Arc::new(after))
+                    .open()
+                    .unwrap_or_else(|e| {
                         panic!("op {nth} {kind:?} persistent={persistent}: reopen failed: {e}")
                     });
                 for (k, v) in &acked {

@@ -94,7 +94,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             dir.display()
         ))
     };
-    let opened = Db::open_with_progress(storage, &dir, opts, &progress);
+    let opened = Db::builder(&dir)
+        .options(opts)
+        .storage(storage)
+        .progress(progress)
+        .open();
     spinner.finish_and_clear();
     let (db, report) = match opened {
         Ok(x) => x,

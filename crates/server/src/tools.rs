@@ -1,271 +1,70 @@
-//! `keel dump | verify | repair`: work on a data directory, a log directory
-//! or one file, never needing (and never racing) a running server.
+//! `keel dump | verify | repair`: argument handling and printing over
+//! `keel::inspect`, which does the work (and knows the data directory).
 //!
-//! - dump continues past damage and marks it, like etcd-dump-logs;
-//! - verify checks everything and exits 0 when sound, 1 when damaged;
-//! - repair shows what it will cut, asks, then recovers in point-in-time
-//!   mode, which saves every cut byte beside the log (`*.cut-at-N`,
-//!   `*.dropped`) instead of deleting it.
+//! Exit codes: 0 done (verify: sound), 1 damaged or failed, 2 the path is
+//! not a keel store or file.
 
-use anyhow::{bail, Context};
-use keel::checkpoint;
-use keel::op::{BatchOp, Op};
-use keel_storage::{FsStorage, Storage};
-use keel_wal::inspect::{inspect_segment, segment_files};
-use keel_wal::{RecoveryMode, Wal, WalError, WalOptions};
+use anyhow::bail;
+use keel::inspect::{self, DumpDamage, DumpEvent, Repair, Target};
+use keel::op::{preview, BatchOp, Op};
+use keel::storage::{FsStorage, Storage};
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::ops::ControlFlow;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-/// What a PATH argument names.
-enum Target {
-    /// A store: checkpoints here, the log in `wal/`.
-    DataDir(PathBuf),
-    /// A log directory.
-    WalDir(PathBuf),
-    /// One segment file.
-    Segment(PathBuf),
-    /// One checkpoint file.
-    Checkpoint(PathBuf),
-}
-
-fn resolve(path: &Path) -> anyhow::Result<Target> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.is_file() {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if keel_wal::segment::parse_segment_name(name).is_some() {
-            return Ok(Target::Segment(path.to_path_buf()));
+/// Says what `path` is, or prints why it is none of keel's (exit code 2).
+fn resolve(storage: &dyn Storage, path: &Path) -> anyhow::Result<Result<Target, ExitCode>> {
+    match Target::resolve(storage, path) {
+        Ok(t) => Ok(Ok(t)),
+        Err(e @ (keel::Error::NotAStore { .. } | keel::Error::NotAKeelFile { .. })) => {
+            eprintln!("keel: {e}");
+            Ok(Err(ExitCode::from(2)))
         }
-        if checkpoint::parse_checkpoint_name(name).is_some() {
-            return Ok(Target::Checkpoint(path.to_path_buf()));
-        }
-        bail!(
-            "{} is neither a segment (NNNNNNNNNNNNNNNNNNNN.wal) nor a checkpoint (checkpoint-N.ckpt)",
-            path.display()
-        );
-    }
-    if path.join("wal").is_dir() {
-        return Ok(Target::DataDir(path.to_path_buf()));
-    }
-    Ok(Target::WalDir(path.to_path_buf()))
-}
-
-fn wal_dir_of(t: &Target) -> Option<PathBuf> {
-    match t {
-        Target::DataDir(d) => Some(d.join("wal")),
-        Target::WalDir(d) => Some(d.clone()),
-        _ => None,
+        Err(e) => Err(e.into()),
     }
 }
 
-fn preview(b: &[u8]) -> String {
-    let s: String = String::from_utf8_lossy(&b[..b.len().min(48)])
-        .chars()
-        .flat_map(char::escape_default)
-        .collect();
-    if b.len() > 48 {
-        format!("{s}...")
-    } else {
-        s
-    }
-}
-
-fn describe(op: &Op) -> (String, Vec<serde_json::Value>, String) {
-    let entry = |kind: &str, k: &[u8], v: Option<&[u8]>| {
-        let mut o = serde_json::json!({"op": kind, "key": String::from_utf8_lossy(k)});
+/// The JSON fields of an operation (a batch lists its entries).
+fn describe_json(op: &Op, o: &mut serde_json::Value) {
+    let entry = |o: &mut serde_json::Value, kind: &str, k: &[u8], v: Option<&[u8]>| {
+        o["op"] = kind.into();
+        o["key"] = String::from_utf8_lossy(k).into();
         if let Some(v) = v {
             o["value_preview"] = preview(v).into();
             o["value_len"] = v.len().into();
         }
-        o
     };
     match op {
-        Op::Put(k, v) => (
-            "put".into(),
-            vec![entry("put", k, Some(v))],
-            format!(
-                "put key=\"{}\" value=\"{}\" ({} bytes)",
-                preview(k),
-                preview(v),
-                v.len()
-            ),
-        ),
-        Op::Delete(k) => (
-            "delete".into(),
-            vec![entry("delete", k, None)],
-            format!("delete key=\"{}\"", preview(k)),
-        ),
-        Op::Clear => ("clear".into(), vec![], "clear".into()),
+        Op::Put(k, v) => entry(o, "put", k, Some(v)),
+        Op::Delete(k) => entry(o, "delete", k, None),
+        Op::Clear => o["op"] = "clear".into(),
         Op::Batch(ops) => {
-            let entries: Vec<_> = ops
+            o["op"] = "batch".into();
+            let entries: Vec<serde_json::Value> = ops
                 .iter()
-                .map(|o| match o {
-                    BatchOp::Put(k, v) => entry("put", k, Some(v)),
-                    BatchOp::Delete(k) => entry("delete", k, None),
+                .map(|b| {
+                    let mut e = serde_json::json!({});
+                    match b {
+                        BatchOp::Put(k, v) => entry(&mut e, "put", k, Some(v)),
+                        BatchOp::Delete(k) => entry(&mut e, "delete", k, None),
+                    }
+                    e
                 })
                 .collect();
-            let text = ops
-                .iter()
-                .map(|o| match o {
-                    BatchOp::Put(k, v) => format!("put \"{}\"=\"{}\"", preview(k), preview(v)),
-                    BatchOp::Delete(k) => format!("delete \"{}\"", preview(k)),
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            (
-                "batch".into(),
-                entries,
-                format!("batch of {}: {text}", ops.len()),
-            )
+            o["entries"] = entries.into();
         }
     }
 }
 
-fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
-    if len > 1 && std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(len as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} segments")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(what.to_string());
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    }
-}
-
-/// `keel dump PATH [--from LSN] [--json]`.
-pub fn dump(path: &Path, from: u64, as_json: bool) -> anyhow::Result<ExitCode> {
-    let fs = FsStorage::new();
-    let target = resolve(path)?;
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    let mut checkpoints = Vec::new();
-    if let Target::DataDir(d) = &target {
-        checkpoints = checkpoint::list(&fs, d)?.0;
-        checkpoints.reverse();
-    }
-    if let Target::Checkpoint(p) = &target {
-        let lsn =
-            checkpoint::parse_checkpoint_name(p.file_name().and_then(|n| n.to_str()).unwrap_or(""))
-                .unwrap_or(0);
-        checkpoints.push((lsn, p.clone()));
-    }
-    for (_, p) in &checkpoints {
-        // Through the storage trait, like every other read of keel's files.
-        let file = fs
-            .open(p, keel_storage::OpenMode::Read)
-            .with_context(|| format!("opening {}", p.display()))?;
-        let size = file
-            .len()
-            .with_context(|| format!("reading {}", p.display()))?;
-        let mut head = vec![0u8; 64];
-        let n = file
-            .read_at(&mut head, 0)
-            .with_context(|| format!("reading {}", p.display()))?;
-        head.truncate(n);
-        // Header checks only; pad so the length check passes for the header.
-        head.resize(64, 0);
-        match checkpoint::decode_header(&head) {
-            Ok(h) if as_json => writeln!(
-                out,
-                "{}",
-                serde_json::json!({"type": "checkpoint", "path": p, "lsn": h.lsn, "entries": h.count, "bytes": size})
-            )?,
-            Ok(h) => writeln!(
-                out,
-                "checkpoint {}: LSN {}, {} entries, {} bytes",
-                p.display(),
-                h.lsn,
-                h.count,
-                size
-            )?,
-            Err(why) if as_json => writeln!(
-                out,
-                "{}",
-                serde_json::json!({"type": "checkpoint", "path": p, "error": why})
-            )?,
-            Err(why) => writeln!(out, "checkpoint {}: BAD HEADER ({why})", p.display())?,
-        }
-    }
-    let segments = match (&target, wal_dir_of(&target)) {
-        (Target::Segment(p), _) => vec![p.clone()],
-        (_, Some(w)) if w.is_dir() => segment_files(&fs, &w)?,
-        _ => vec![],
-    };
-    let bar = progress(segments.len(), "dumping");
-    let mut damaged = false;
-    for seg in &segments {
-        let name = seg
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?")
-            .to_string();
-        let mut write_err = None;
-        let summary = inspect_segment(&fs, seg, u32::MAX - 64, true, |lsn, offset, payload| {
-            if lsn < from || write_err.is_some() {
-                return;
-            }
-            let r = match Op::decode(payload) {
-                Ok(op) => {
-                    let (kind, entries, text) = describe(&op);
-                    if as_json {
-                        let mut o = serde_json::json!({"type": "record", "lsn": lsn, "segment": name, "offset": offset, "op": kind});
-                        match op {
-                            Op::Batch(_) => o["entries"] = entries.into(),
-                            _ => {
-                                if let Some(e) = entries.into_iter().next() {
-                                    for (k, v) in e.as_object().into_iter().flatten() {
-                                        if k != "op" {
-                                            o[k] = v.clone();
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        writeln!(out, "{o}")
-                    } else {
-                        writeln!(out, "LSN {lsn:>8}  {name} @{offset:<10} {text}")
-                    }
-                }
-                Err(e) if as_json => writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({"type": "record", "lsn": lsn, "segment": name, "offset": offset, "op": "unknown", "error": e.0, "bytes": payload.len()})
-                ),
-                Err(e) => writeln!(
-                    out,
-                    "LSN {lsn:>8}  {name} @{offset:<10} not a keel operation ({e}), {} bytes",
-                    payload.len()
-                ),
-            };
-            if let Err(e) = r {
-                write_err = Some(e);
-            }
-        })?;
-        if let Some(e) = write_err {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(ExitCode::SUCCESS);
-            }
-            return Err(e.into());
-        }
-        if let Err(why) = &summary.header {
-            damaged = true;
-            if as_json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({"type": "damage", "segment": name, "offset": 0, "what": format!("bad segment header: {why}")})
-                )?;
-            } else {
-                writeln!(out, "DAMAGE   {name} @0: bad segment header ({why})")?;
-            }
-        }
-        for d in &summary.damage {
-            damaged = true;
-            let what = format!(
+fn damage_text(d: &DumpDamage) -> (u64, Option<u64>, String) {
+    match d {
+        DumpDamage::Header(e) => (0, None, format!("bad segment header ({e})")),
+        DumpDamage::Record(d) => (
+            d.offset,
+            Some(d.lsn),
+            format!(
                 "{} at LSN {} ({})",
                 d.kind,
                 d.lsn,
@@ -274,135 +73,129 @@ pub fn dump(path: &Path, from: u64, as_json: bool) -> anyhow::Result<ExitCode> {
                 } else {
                     "nothing proves it was synced: a torn write if this is the last segment"
                 }
-            );
-            if as_json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({"type": "damage", "segment": name, "offset": d.offset, "lsn": d.lsn, "what": what})
-                )?;
-            } else {
-                writeln!(out, "DAMAGE   {name} @{}: {what}", d.offset)?;
+            ),
+        ),
+    }
+}
+
+/// One dump event as a line of text or JSON.
+fn dump_line(event: &DumpEvent<'_>, json: bool) -> Option<String> {
+    let name = |p: &Path| {
+        p.file_name()
+            .map_or("?".into(), |n| n.to_string_lossy().into_owned())
+    };
+    Some(match event {
+        DumpEvent::Segment { .. } => return None,
+        DumpEvent::Checkpoint { path, bytes, header } => match (header, json) {
+            (Ok(h), true) => serde_json::json!({"type": "checkpoint", "path": path, "lsn": h.lsn, "entries": h.count, "bytes": bytes}).to_string(),
+            (Ok(h), false) => format!("checkpoint {}: LSN {}, {} entries, {bytes} bytes", path.display(), h.lsn, h.count),
+            (Err(why), true) => serde_json::json!({"type": "checkpoint", "path": path, "error": why.to_string()}).to_string(),
+            (Err(why), false) => format!("checkpoint {}: BAD HEADER ({why})", path.display()),
+        },
+        DumpEvent::Record { lsn, segment, offset, len, op } => {
+            let seg = name(segment);
+            match (op, json) {
+                (Ok(op), true) => {
+                    let mut o = serde_json::json!({"type": "record", "lsn": lsn, "segment": seg, "offset": offset});
+                    describe_json(op, &mut o);
+                    o.to_string()
+                }
+                (Ok(op), false) => format!("LSN {lsn:>8}  {seg} @{offset:<10} {op}"),
+                (Err(e), true) => serde_json::json!({"type": "record", "lsn": lsn, "segment": seg, "offset": offset, "op": "unknown", "error": e.to_string(), "bytes": len}).to_string(),
+                (Err(e), false) => format!("LSN {lsn:>8}  {seg} @{offset:<10} not a keel operation ({e}), {len} bytes"),
             }
         }
-        bar.inc(1);
+        DumpEvent::Damage { segment, damage } => {
+            let (offset, lsn, what) = damage_text(damage);
+            let seg = name(segment);
+            if json {
+                serde_json::json!({"type": "damage", "segment": seg, "offset": offset, "lsn": lsn, "what": what}).to_string()
+            } else {
+                format!("DAMAGE   {seg} @{offset}: {what}")
+            }
+        }
+    })
+}
+
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
     }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} segments")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// `keel dump PATH [--from LSN] [--json]`.
+pub fn dump(path: &Path, from: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let fs = FsStorage::new();
+    let target = match resolve(&fs, path)? {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let bar = progress_bar("dumping");
+    let mut write_error = None;
+    let damaged = inspect::dump(&fs, &target, from, &mut |event| {
+        if let DumpEvent::Segment { index, total, .. } = event {
+            bar.set_length(total as u64);
+            bar.set_position(index as u64);
+        }
+        match dump_line(&event, json).map(|line| writeln!(out, "{line}")) {
+            Some(Err(e)) => {
+                write_error = Some(e);
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    })?;
     bar.finish_and_clear();
-    if damaged && !as_json {
+    match write_error {
+        // The reader went away (`keel dump | head`): not an error.
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        Some(e) => return Err(e.into()),
+        None => {}
+    }
+    if damaged && !json {
         eprintln!("keel: damage found; `keel verify` explains it, `keel repair` cuts it");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `keel verify PATH`: exit 0 when sound, 1 when damaged.
+/// `keel verify PATH`: exit 0 when sound, 1 when damaged, 2 when not keel's.
 pub fn verify(path: &Path) -> anyhow::Result<ExitCode> {
     let fs = FsStorage::new();
-    let target = resolve(path)?;
-    let mut sound = true;
-    let mut newest_valid: Option<u64> = None;
-    if let Target::DataDir(d) | Target::Checkpoint(d) = &target {
-        let list = match &target {
-            Target::DataDir(_) => checkpoint::list(&fs, d)?.0,
-            _ => vec![(0, d.clone())],
-        };
-        for (_, p) in list {
-            match checkpoint::read(&fs, &p, usize::MAX, usize::MAX) {
-                Ok((h, _)) => {
-                    println!(
-                        "checkpoint {}: sound (LSN {}, {} entries)",
-                        p.display(),
-                        h.lsn,
-                        h.count
-                    );
-                    newest_valid = newest_valid.max(Some(h.lsn));
-                }
-                Err(why) => {
-                    sound = false;
-                    println!("checkpoint {}: DAMAGED: {why}", p.display());
-                }
-            }
-        }
-    }
-    let wal_dir = match &target {
-        Target::Segment(p) => p.parent().map(Path::to_path_buf),
-        t => wal_dir_of(t),
+    let target = match resolve(&fs, path)? {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
     };
-    if let Some(w) = wal_dir.filter(|w| w.is_dir()) {
-        let opts = WalOptions {
-            recovery: RecoveryMode::AbsoluteConsistency,
-            max_record_size: u32::MAX - 64,
-            ..WalOptions::default()
-        };
-        let segments = segment_files(&fs, &w)?.len();
-        let bar = progress(segments, "verifying");
-        let mut bad_ops = 0u64;
-        let mut first_bad = None;
-        // Records a sound checkpoint holds are not needed for recovery:
-        // damage among them is reported below, but does not stop the scan.
-        let from = newest_valid.map_or(1, |n| n + 1);
-        let result = Wal::read_dir(&fs, &w, &opts, from, |lsn, payload| {
-            if Op::decode(payload).is_err() {
-                bad_ops += 1;
-                first_bad.get_or_insert(lsn);
-            }
-        });
-        bar.finish_and_clear();
-        match result {
-            Ok(report) => {
-                println!(
-                    "log {}: sound: {} segments, {} records, LSN {}..={}, every checksum verified, LSNs continuous",
-                    w.display(),
-                    report.segments,
-                    report.records_read,
-                    report.first_lsn,
-                    report.last_lsn
-                );
-                for d in &report.covered_damage {
-                    sound = false;
-                    println!(
-                        "log {}: DAMAGED: {d}. Recovery is not affected: the checkpoint at LSN {} holds these records",
-                        w.display(),
-                        from - 1
-                    );
-                }
-                if bad_ops > 0 {
-                    sound = false;
-                    println!(
-                        "log {}: {bad_ops} records are not keel operations (first at LSN {})",
-                        w.display(),
-                        first_bad.unwrap_or(0)
-                    );
-                }
-                if let Some(n) = newest_valid {
-                    if report.first_lsn > n + 1 || report.last_lsn < n {
-                        sound = false;
-                        println!(
-                            "log {}: DAMAGED: it holds LSN {}..={}, which does not continue the newest sound checkpoint (LSN {n})",
-                            w.display(),
-                            report.first_lsn,
-                            report.last_lsn
-                        );
-                    }
-                }
-            }
-            Err(WalError::TornTailRefused(d)) => {
-                sound = false;
-                println!(
-                    "log {}: DAMAGED: torn tail: {d}. Nothing after it was ever acknowledged; the next open cuts it (and `keel repair` cuts it now, saving the bytes)",
-                    w.display()
-                );
-            }
-            Err(WalError::Corrupt(d)) => {
-                sound = false;
-                println!(
-                    "log {}: DAMAGED: {d}. `keel repair` cuts the log back to the record before it, setting the rest aside",
-                    w.display()
-                );
-            }
-            Err(e) => return Err(e.into()),
+    let report = inspect::verify(&fs, &target)?;
+    for (p, header) in &report.checkpoints {
+        if let Ok(h) = header {
+            let (lsn, n) = (h.lsn, h.count);
+            println!("checkpoint {}: sound (LSN {lsn}, {n} entries)", p.display());
         }
     }
-    if sound {
+    if let Some(log) = &report.log {
+        let r = &log.report;
+        println!(
+            "log {}: {} segments, {} records, LSN {}..={}, every checksum verified, LSNs continuous",
+            log.dir.display(),
+            r.segments,
+            r.records_read,
+            r.first_lsn,
+            r.last_lsn
+        );
+    }
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    if report.is_sound() {
         println!("sound");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -413,116 +206,42 @@ pub fn verify(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// `keel repair PATH [--yes]`.
 pub fn repair(path: &Path, yes: bool) -> anyhow::Result<ExitCode> {
-    let fs = FsStorage::new();
-    let target = resolve(path)?;
-    let Some(wal_dir) = wal_dir_of(&target) else {
-        bail!("repair works on a data directory or a log directory, not on one file");
+    let fs = Arc::new(FsStorage::new());
+    let target = match resolve(&*fs, path)? {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
     };
-    // Never race a running server: take the store's lock.
-    let data_dir = match &target {
-        Target::DataDir(d) => Some(d.clone()),
-        _ => wal_dir
-            .parent()
-            .filter(|p| p.join("LOCK").exists())
-            .map(Path::to_path_buf),
-    };
-    let _lock = match &data_dir {
-        Some(d) => Some(
-            fs.lock_exclusive(
-                &d.join("LOCK"),
-                &format!("keel repair, pid {}", std::process::id()),
-            )
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is in use ({e}); stop the server before repairing",
-                    d.display()
-                )
-            })?,
-        ),
-        None => None,
-    };
-    let opts = WalOptions {
-        recovery: RecoveryMode::PointInTime,
-        max_record_size: u32::MAX - 64,
-        ..WalOptions::default()
-    };
-    // Never cut records that the newest sound checkpoint depends on being
-    // followed by: damage below it is not in the way of recovery.
-    let mut newest_checkpoint = None;
-    if let Some(d) = &data_dir {
-        for (lsn, p) in checkpoint::list(&fs, d)?.0 {
-            if checkpoint::read(&fs, &p, usize::MAX, usize::MAX).is_ok() {
-                newest_checkpoint = Some(lsn);
-                break;
-            }
-        }
-    }
-    let from = newest_checkpoint.map_or(1, |n| n + 1);
-    let plan = Wal::read_dir(&fs, &wal_dir, &opts, from, |_, _| {})?;
-    if plan.torn_tail.is_none() && plan.set_aside.is_none() {
+    let repair = Repair::prepare(fs, &target)?;
+    let (dir, plan) = (repair.log_dir().display().to_string(), repair.plan());
+    if !repair.is_needed() {
         for d in &plan.covered_damage {
-            println!(
-                "{}: damage in records the checkpoint at LSN {} holds ({d}); the store opens as it is",
-                wal_dir.display(),
-                from - 1
-            );
+            let lsn = repair.checkpoint_lsn().unwrap_or(0);
+            println!("{dir}: damage in records the checkpoint at LSN {lsn} holds ({d}); the store opens as it is");
         }
-        println!(
-            "{}: nothing to repair ({} records)",
-            wal_dir.display(),
-            plan.records_read
-        );
+        println!("{dir}: nothing to repair ({} records)", plan.records_read);
         return Ok(ExitCode::SUCCESS);
     }
-    if plan.last_lsn < from - 1 {
-        bail!(
-            "the damage is at LSN {}, before the newest checkpoint (LSN {}), and nothing after it verifies; cutting there would leave the log behind the checkpoint. Keep the data as it is and restore the log from a backup",
-            plan.last_lsn + 1,
-            from - 1
-        );
+    print!("{repair}");
+    if !yes && !confirm(plan.last_lsn)? {
+        println!("nothing changed");
+        return Ok(ExitCode::from(1));
     }
-    println!(
-        "{}: the log is valid up to LSN {}.",
-        wal_dir.display(),
-        plan.last_lsn
-    );
-    if let Some(t) = &plan.torn_tail {
-        println!(
-            "  will cut {} bytes at {} offset {} ({}); they were never acknowledged",
-            t.bytes_cut,
-            t.damage.segment.display(),
-            t.damage.offset,
-            t.damage.kind
-        );
-    }
-    if let Some(s) = &plan.set_aside {
-        println!("  damage: {}", s.damage);
-        println!("  everything after it is moved aside (not deleted) to:");
-        for p in &s.saved_to {
-            println!("    {}", p.display());
-        }
-    }
-    if !yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("not cutting anything without confirmation: run again with --yes");
-        }
-        print!("Cut the log back to LSN {}? [y/N] ", plan.last_lsn);
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("nothing changed");
-            return Ok(ExitCode::from(1));
-        }
-    }
-    let (wal, report) =
-        Wal::open_with_replay(std::sync::Arc::new(fs), &wal_dir, opts, from, |_, _| {})?;
-    wal.close()?;
+    let report = repair.apply()?;
     println!("repaired: {report}");
-    if let Some(t) = &report.torn_tail {
-        if let Some(p) = &t.saved_to {
-            println!("cut bytes saved to {}", p.display());
-        }
+    if let Some(p) = report.torn_tail.as_ref().and_then(|t| t.saved_to.as_ref()) {
+        println!("cut bytes saved to {}", p.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks on the terminal; refuses without one.
+fn confirm(last_lsn: u64) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("not cutting anything without confirmation: run again with --yes");
+    }
+    print!("Cut the log back to LSN {last_lsn}? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }

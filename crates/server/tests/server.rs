@@ -586,3 +586,29 @@ fn a_full_disk_stops_writes_with_an_error_and_a_restart_recovers() {
     }
     assert_eq!(call(&a, "PUT", &s.url("/kv/again"), Some(b"v")).0, 200);
 }
+
+#[test]
+fn the_tools_refuse_what_is_not_a_keel_store_with_exit_code_2() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("notes.txt"), "not keel").unwrap();
+    for (tool, path) in [
+        ("verify", t.path().to_path_buf()),
+        ("dump", t.path().to_path_buf()),
+        ("repair", t.path().to_path_buf()),
+        ("verify", t.path().join("notes.txt")),
+        ("verify", PathBuf::from("/dev/zero")),
+    ] {
+        let out = Command::new(BIN).arg(tool).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{tool} {}: {err}",
+            path.display()
+        );
+        assert!(
+            err.contains("not a keel store") || err.contains("neither a log segment"),
+            "{err}"
+        );
+    }
+}

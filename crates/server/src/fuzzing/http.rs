@@ -30,7 +30,11 @@ fn harness() -> &'static Harness {
             segment_size: 1 << 16,
             ..Options::default()
         };
-        let (db, _) = Db::open_with_storage(Arc::new(s), "/fuzz", opts).expect("open");
+        let (db, _) = Db::builder("/fuzz")
+            .options(opts)
+            .storage(Arc::new(s))
+            .open()
+            .expect("open");
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle();

@@ -60,7 +60,11 @@ pub fn resp_stream(data: &[u8]) {
         checkpoint_log_bytes: Some(1 << 13),
         ..Options::default()
     };
-    let (db, _) = Db::open_with_storage(Arc::new(s), "/fuzz", opts).expect("open");
+    let (db, _) = Db::builder("/fuzz")
+        .options(opts)
+        .storage(Arc::new(s))
+        .open()
+        .expect("open");
     let mut model = BTreeMap::new();
     let mut touched: Vec<Vec<u8>> = Vec::new();
     let mut pos = 0;

@@ -1,0 +1,209 @@
+//! [`dump`]: every checkpoint header and every log record of a target, in
+//! order, continuing past damage (as etcd's dump tool does with
+//! `continueOnCrcError`) and marking it.
+
+use super::{Target, ANY_RECORD_SIZE};
+use crate::checkpoint::{self, CheckpointError, CheckpointHeader};
+use crate::error::{Error, Result};
+use crate::layout::FileKind;
+use crate::op::{DecodeError, Op};
+use keel_storage::{OpenMode, Storage};
+use keel_wal::format::HeaderError;
+use keel_wal::inspect::{inspect_segment, segment_files, SegmentDamage};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+/// Bytes read of a checkpoint for its header (header and footer lengths:
+/// what [`checkpoint::decode_header`] checks the length against).
+const CHECKPOINT_HEAD: usize = 64;
+
+/// One thing [`dump`] found, in file order.
+#[derive(Debug)]
+pub enum DumpEvent<'a> {
+    /// A checkpoint file and what its header says.
+    Checkpoint {
+        /// The file.
+        path: &'a Path,
+        /// Its size in bytes.
+        bytes: u64,
+        /// Its header, or why it does not verify.
+        header: std::result::Result<CheckpointHeader, CheckpointError>,
+    },
+    /// A segment is about to be read (`index` of `total`, from 0).
+    Segment {
+        /// The file.
+        path: &'a Path,
+        /// Its position among the segments dumped.
+        index: usize,
+        /// How many are dumped.
+        total: usize,
+    },
+    /// A valid log record at or after the LSN asked for.
+    Record {
+        /// Its LSN.
+        lsn: u64,
+        /// The segment holding it.
+        segment: &'a Path,
+        /// Its byte offset there.
+        offset: u64,
+        /// Its payload's length.
+        len: usize,
+        /// The operation it holds, or why it is not one.
+        op: std::result::Result<Op, DecodeError>,
+    },
+    /// Damage in a segment.
+    Damage {
+        /// The segment.
+        segment: &'a Path,
+        /// What and where.
+        damage: DumpDamage,
+    },
+}
+
+/// Damage [`dump`] found in a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DumpDamage {
+    /// The segment's header does not verify: nothing in it can be read.
+    Header(HeaderError),
+    /// A record does not verify (the dump resumes at the next one that does).
+    Record(SegmentDamage),
+}
+
+/// Calls `visit` for every checkpoint header and log record of `target`
+/// with LSN >= `from`, and for the damage found. `visit` returns
+/// `ControlFlow::Break` to stop early (a closed output pipe). Returns whether
+/// any damage was found.
+pub fn dump(
+    storage: &dyn Storage,
+    target: &Target,
+    from: u64,
+    visit: &mut dyn FnMut(DumpEvent<'_>) -> ControlFlow<()>,
+) -> Result<bool> {
+    for path in checkpoints(storage, target)? {
+        let event = DumpEvent::Checkpoint {
+            path: &path,
+            bytes: file_len(storage, &path)?,
+            header: read_checkpoint_header(storage, &path),
+        };
+        if visit(event).is_break() {
+            return Ok(false);
+        }
+    }
+    let segments = match (target, target.log_dir()) {
+        (Target::Segment(p), _) => vec![p.clone()],
+        (Target::Checkpoint(_), _) | (_, None) => Vec::new(),
+        (_, Some(dir)) if storage.list(&dir).is_err() => Vec::new(),
+        (_, Some(dir)) => segment_files(storage, &dir)?,
+    };
+    let mut damaged = false;
+    for (index, seg) in segments.iter().enumerate() {
+        let total = segments.len();
+        if visit(DumpEvent::Segment {
+            path: seg,
+            index,
+            total,
+        })
+        .is_break()
+        {
+            return Ok(damaged);
+        }
+        match dump_segment(storage, seg, from, visit)? {
+            ControlFlow::Break(()) => return Ok(damaged),
+            ControlFlow::Continue(d) => damaged |= d,
+        }
+    }
+    Ok(damaged)
+}
+
+/// One segment's records and damage; `Continue(damaged)` or `Break`.
+fn dump_segment(
+    storage: &dyn Storage,
+    seg: &Path,
+    from: u64,
+    visit: &mut dyn FnMut(DumpEvent<'_>) -> ControlFlow<()>,
+) -> Result<ControlFlow<(), bool>> {
+    let mut stopped = false;
+    let summary = inspect_segment(
+        storage,
+        seg,
+        ANY_RECORD_SIZE,
+        true,
+        |lsn, offset, payload| {
+            if lsn < from || stopped {
+                return;
+            }
+            let event = DumpEvent::Record {
+                lsn,
+                segment: seg,
+                offset,
+                len: payload.len(),
+                op: Op::decode(payload),
+            };
+            stopped = visit(event).is_break();
+        },
+    )?;
+    if stopped {
+        return Ok(ControlFlow::Break(()));
+    }
+    let mut damage: Vec<DumpDamage> = summary.damage.into_iter().map(DumpDamage::Record).collect();
+    if let Err(e) = summary.header {
+        damage.insert(0, DumpDamage::Header(e));
+    }
+    let damaged = !damage.is_empty();
+    for d in damage {
+        if visit(DumpEvent::Damage {
+            segment: seg,
+            damage: d,
+        })
+        .is_break()
+        {
+            return Ok(ControlFlow::Break(()));
+        }
+    }
+    Ok(ControlFlow::Continue(damaged))
+}
+
+/// The checkpoint files a target holds, oldest first.
+fn checkpoints(storage: &dyn Storage, target: &Target) -> Result<Vec<PathBuf>> {
+    Ok(match target {
+        Target::DataDir(d) => {
+            let (mut found, _) = d.list_checkpoints(storage)?;
+            found.reverse();
+            found.into_iter().map(|(_, p)| p).collect()
+        }
+        Target::Checkpoint(p) => vec![p.clone()],
+        Target::LogDir(_) | Target::Segment(_) => Vec::new(),
+    })
+}
+
+fn file_len(storage: &dyn Storage, path: &Path) -> Result<u64> {
+    let file = storage
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("opening", path, e))?;
+    file.len()
+        .map_err(|e| Error::io("reading the length of", path, e))
+}
+
+/// A checkpoint's header alone (a dump does not read whole checkpoints).
+fn read_checkpoint_header(
+    storage: &dyn Storage,
+    path: &Path,
+) -> std::result::Result<CheckpointHeader, CheckpointError> {
+    let unreadable = |e| CheckpointError::Unreadable(std::sync::Arc::new(e));
+    let file = storage.open(path, OpenMode::Read).map_err(unreadable)?;
+    let len = file.len().map_err(unreadable)?;
+    if len < CHECKPOINT_HEAD as u64 {
+        return Err(CheckpointError::TooShort(len as usize));
+    }
+    let mut head = [0u8; CHECKPOINT_HEAD];
+    file.read_exact_at(&mut head, 0).map_err(unreadable)?;
+    let header = checkpoint::decode_header(&head)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    match FileKind::parse(name) {
+        Some(FileKind::Checkpoint(lsn)) if lsn != header.lsn => Err(CheckpointError::LsnMismatch {
+            name: lsn,
+            header: header.lsn,
+        }),
+        _ => Ok(header),
+    }
+}

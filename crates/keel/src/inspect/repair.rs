@@ -1,0 +1,140 @@
+//! [`Repair`]: cut a damaged log back to its last valid record, never
+//! destroying a byte (point-in-time recovery saves what it cuts beside the
+//! log as `*.cut-at-N` and `*.dropped`), never racing a running store (it
+//! holds the store's lock from plan to cut), and never cutting records that
+//! the newest sound checkpoint needs the log to follow.
+
+use super::{Target, ANY_RECORD_SIZE};
+use crate::error::{Error, Result};
+use crate::recovery::choose_checkpoint;
+use keel_storage::{LockGuard, Storage};
+use keel_wal::{RecoveryMode, RecoveryReport, Wal, WalOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A planned repair: what it would cut, with the store's lock held.
+pub struct Repair {
+    storage: Arc<dyn Storage>,
+    log_dir: PathBuf,
+    checkpoint_lsn: Option<u64>,
+    plan: RecoveryReport,
+    _lock: Option<LockGuard>,
+}
+
+impl Repair {
+    /// Takes the store's lock (failing with [`Error::Locked`] while a server
+    /// has it open) and works out, without changing anything, what a repair
+    /// would cut. Damage among records the newest sound checkpoint holds
+    /// needs no repair; damage that would leave the log behind that
+    /// checkpoint is refused ([`Error::RepairBehindCheckpoint`]).
+    pub fn prepare(storage: Arc<dyn Storage>, target: &Target) -> Result<Repair> {
+        let log_dir = match target {
+            Target::DataDir(_) | Target::LogDir(_) => target.log_dir(),
+            Target::Segment(_) | Target::Checkpoint(_) => None,
+        };
+        let Some(log_dir) = log_dir else {
+            return Err(Error::RepairNeedsDirectory);
+        };
+        let data_dir = target.data_dir(&*storage);
+        let lock = match &data_dir {
+            Some(d) => Some(d.lock(&*storage, "keel repair")?),
+            None => None,
+        };
+        let checkpoint_lsn = match &data_dir {
+            Some(d) => {
+                let choice = choose_checkpoint(&*storage, d, usize::MAX, usize::MAX)?;
+                choice.base.map(|(used, _)| used.lsn)
+            }
+            None => None,
+        };
+        let from = checkpoint_lsn.map_or(1, |n| n + 1);
+        let plan = Wal::read_dir(&*storage, &log_dir, &options(), from, |_, _| {})?;
+        let repair = Repair {
+            storage,
+            log_dir,
+            checkpoint_lsn,
+            plan,
+            _lock: lock,
+        };
+        if repair.is_needed() && repair.plan.last_lsn + 1 < from {
+            return Err(Error::RepairBehindCheckpoint {
+                damage_lsn: repair.plan.last_lsn + 1,
+                checkpoint_lsn: from - 1,
+            });
+        }
+        Ok(repair)
+    }
+
+    /// What the repair would do: the torn tail it would cut, or the damage
+    /// it would stop at and the files it would set aside.
+    pub fn plan(&self) -> &RecoveryReport {
+        &self.plan
+    }
+
+    /// The log directory repaired.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// The LSN of the newest sound checkpoint, if any.
+    pub fn checkpoint_lsn(&self) -> Option<u64> {
+        self.checkpoint_lsn
+    }
+
+    /// Whether anything would be cut.
+    pub fn is_needed(&self) -> bool {
+        self.plan.torn_tail.is_some() || self.plan.set_aside.is_some()
+    }
+
+    /// Cuts the log as planned, saving what it cuts, and syncs it. Returns
+    /// what recovery did.
+    pub fn apply(self) -> Result<RecoveryReport> {
+        let from = self.checkpoint_lsn.map_or(1, |n| n + 1);
+        let (wal, report) =
+            Wal::open_with_replay(self.storage, &self.log_dir, options(), from, |_, _| {})?;
+        wal.close()?;
+        Ok(report)
+    }
+}
+
+/// What the repair will do, for a person to confirm: the LSN the log is
+/// valid to, the torn tail it cuts, the damage it stops at and where every
+/// byte after it goes.
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plan = &self.plan;
+        writeln!(
+            f,
+            "{}: the log is valid up to LSN {}.",
+            self.log_dir.display(),
+            plan.last_lsn
+        )?;
+        if let Some(t) = &plan.torn_tail {
+            writeln!(
+                f,
+                "  will cut {} bytes at {} offset {} ({}); they were never acknowledged",
+                t.bytes_cut,
+                t.damage.segment.display(),
+                t.damage.offset,
+                t.damage.kind
+            )?;
+        }
+        if let Some(s) = &plan.set_aside {
+            writeln!(f, "  damage: {}", s.damage)?;
+            writeln!(f, "  everything after it is moved aside (not deleted) to:")?;
+            for p in &s.saved_to {
+                writeln!(f, "    {}", p.display())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Point-in-time recovery: stop at the first damage, set the rest aside.
+fn options() -> WalOptions {
+    WalOptions {
+        recovery: RecoveryMode::PointInTime,
+        max_record_size: ANY_RECORD_SIZE,
+        ..WalOptions::default()
+    }
+}

@@ -1,0 +1,286 @@
+//! [`verify`]: every checksum of every checkpoint and log record, LSN
+//! continuity, and the judgment an open applies (`crate::recovery`): a
+//! target is sound only if it opens and every byte in it verifies.
+
+use super::{Target, ANY_RECORD_SIZE};
+use crate::checkpoint::{self, CheckpointError, CheckpointHeader};
+use crate::error::{Error, Result};
+use crate::layout::DataDir;
+use crate::op::Op;
+use crate::recovery::{check_continuity, choose_checkpoint, CheckpointChoice};
+use keel_storage::Storage;
+use keel_wal::{Damage, RecoveryMode, Wal, WalError, WalOptions};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// What [`verify`] found.
+#[derive(Debug)]
+pub struct VerifyReport {
+    /// Each checkpoint checked (newest first), with its header or why not.
+    pub checkpoints: Vec<(
+        PathBuf,
+        std::result::Result<CheckpointHeader, CheckpointError>,
+    )>,
+    /// The log, when it could be read through (even if damaged below the
+    /// newest checkpoint).
+    pub log: Option<LogSummary>,
+    /// Everything wrong, each with what it means for an open.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is wrong.
+    pub fn is_sound(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// A log that reads through.
+#[derive(Clone, Debug)]
+pub struct LogSummary {
+    /// The log directory.
+    pub dir: PathBuf,
+    /// What reading it found.
+    pub report: keel_wal::RecoveryReport,
+}
+
+/// Something [`verify`] found wrong. `Display` says what an open does
+/// about it and what the operator can do.
+#[derive(Debug)]
+pub enum Problem {
+    /// A checkpoint does not verify.
+    CheckpointDamaged {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: CheckpointError,
+    },
+    /// The log ends in a torn write (never acknowledged): an open cuts it.
+    TornTail {
+        /// The log directory.
+        dir: PathBuf,
+        /// Where.
+        damage: Damage,
+    },
+    /// The log is damaged where recovery needs it: an open refuses.
+    Corrupt {
+        /// The log directory.
+        dir: PathBuf,
+        /// Where.
+        damage: Damage,
+    },
+    /// Damage among records the newest sound checkpoint holds: an open
+    /// steps over it.
+    CoveredDamage {
+        /// The log directory.
+        dir: PathBuf,
+        /// Where.
+        damage: Damage,
+        /// The checkpoint that holds those records.
+        checkpoint_lsn: u64,
+    },
+    /// Records that verify but are not keel operations: an open refuses.
+    NotOperations {
+        /// The log directory.
+        dir: PathBuf,
+        /// How many.
+        count: u64,
+        /// The first one's LSN.
+        first_lsn: u64,
+    },
+    /// The store would not open: the log does not continue the newest sound
+    /// checkpoint (records are missing).
+    WillNotOpen(Error),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::CheckpointDamaged { path, why } => {
+                write!(f, "checkpoint {}: DAMAGED: {why}", path.display())
+            }
+            Problem::TornTail { dir, damage } => write!(
+                f,
+                "log {}: DAMAGED: torn tail: {damage}. Nothing after it was ever acknowledged; the next open cuts it (and `keel repair` cuts it now, saving the bytes)",
+                dir.display()
+            ),
+            Problem::Corrupt { dir, damage } => write!(
+                f,
+                "log {}: DAMAGED: {damage}. `keel repair` cuts the log back to the record before it, setting the rest aside",
+                dir.display()
+            ),
+            Problem::CoveredDamage {
+                dir,
+                damage,
+                checkpoint_lsn,
+            } => write!(
+                f,
+                "log {}: DAMAGED: {damage}. Recovery is not affected: the checkpoint at LSN {checkpoint_lsn} holds these records",
+                dir.display()
+            ),
+            Problem::NotOperations {
+                dir,
+                count,
+                first_lsn,
+            } => write!(
+                f,
+                "log {}: {count} records are not keel operations (first at LSN {first_lsn})",
+                dir.display()
+            ),
+            Problem::WillNotOpen(e) => write!(f, "the store will not open: {e}"),
+        }
+    }
+}
+
+/// Checks `target` without changing anything.
+pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
+    let mut report = VerifyReport {
+        checkpoints: Vec::new(),
+        log: None,
+        problems: Vec::new(),
+    };
+    let mut base_lsn = 0;
+    let mut passed_over = Vec::new();
+    match target {
+        Target::Checkpoint(p) => {
+            let header = checkpoint::read(storage, p, usize::MAX, usize::MAX).map(|(h, _)| h);
+            report.checkpoints.push((p.clone(), header));
+        }
+        Target::DataDir(d) => {
+            let choice = choose_checkpoint(storage, d, usize::MAX, usize::MAX)?;
+            base_lsn = choice.base_lsn();
+            passed_over.clone_from(&choice.damaged);
+            report.checkpoints = checked_checkpoints(storage, d, choice)?;
+        }
+        Target::LogDir(_) | Target::Segment(_) => {}
+    }
+    for (path, header) in &report.checkpoints {
+        if let Err(why) = header {
+            report.problems.push(Problem::CheckpointDamaged {
+                path: path.clone(),
+                why: why.clone(),
+            });
+        }
+    }
+    // Only a whole data directory can be judged as an open would: a log
+    // directory or segment alone is checked for itself.
+    let whole_store = matches!(target, Target::DataDir(_));
+    if let Some(dir) = target.log_dir() {
+        let continuity = whole_store.then_some(passed_over.as_slice());
+        verify_log(storage, &dir, base_lsn, continuity, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// Every checkpoint, newest first: the base and the damaged newer ones as
+/// the open's choice found them, every older one read and verified too (an
+/// open needs only the base, but verify checks every byte).
+fn checked_checkpoints(
+    storage: &dyn Storage,
+    dir: &DataDir,
+    choice: CheckpointChoice,
+) -> Result<
+    Vec<(
+        PathBuf,
+        std::result::Result<CheckpointHeader, CheckpointError>,
+    )>,
+> {
+    let (all, _) = dir.list_checkpoints(storage)?;
+    let mut known: HashMap<PathBuf, std::result::Result<CheckpointHeader, CheckpointError>> =
+        choice
+            .damaged
+            .into_iter()
+            .map(|(p, why)| (p, Err(why)))
+            .collect();
+    if let Some((used, _)) = choice.base {
+        let header = CheckpointHeader {
+            lsn: used.lsn,
+            count: used.entries,
+        };
+        known.insert(used.path, Ok(header));
+    }
+    Ok(all
+        .into_iter()
+        .map(|(_, path)| {
+            let header = known.remove(&path).unwrap_or_else(|| {
+                checkpoint::read(storage, &path, usize::MAX, usize::MAX).map(|(h, _)| h)
+            });
+            (path, header)
+        })
+        .collect())
+}
+
+/// Reads the whole log (in absolute-consistency mode: even a torn tail is
+/// reported), checks every record decodes, and (given the checkpoints an
+/// open passed over, for a whole store) applies an open's continuity
+/// judgment against the checkpoint at `base_lsn`.
+fn verify_log(
+    storage: &dyn Storage,
+    dir: &Path,
+    base_lsn: u64,
+    continuity: Option<&[(PathBuf, CheckpointError)]>,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let opts = WalOptions {
+        recovery: RecoveryMode::AbsoluteConsistency,
+        max_record_size: ANY_RECORD_SIZE,
+        // An open starts an empty log right after the checkpoint.
+        start_lsn: base_lsn + 1,
+        ..WalOptions::default()
+    };
+    if storage.list(dir).is_err() {
+        // No log at all: an open starts one after the checkpoint.
+        return Ok(());
+    }
+    let mut bad = 0u64;
+    let mut first_bad = None;
+    // Records the base checkpoint holds are not needed for recovery: damage
+    // among them is reported, but does not stop the read.
+    let read = Wal::read_dir(storage, dir, &opts, base_lsn + 1, |lsn, payload| {
+        if Op::decode(payload).is_err() {
+            bad += 1;
+            first_bad.get_or_insert(lsn);
+        }
+    });
+    let dir = dir.to_path_buf();
+    let log = match read {
+        Ok(log) => log,
+        Err(WalError::TornTailRefused(damage)) => {
+            report.problems.push(Problem::TornTail {
+                dir,
+                damage: *damage,
+            });
+            return Ok(());
+        }
+        Err(WalError::Corrupt(damage)) => {
+            report.problems.push(Problem::Corrupt {
+                dir,
+                damage: *damage,
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for damage in &log.covered_damage {
+        report.problems.push(Problem::CoveredDamage {
+            dir: dir.clone(),
+            damage: damage.clone(),
+            checkpoint_lsn: base_lsn,
+        });
+    }
+    if let Some(first_lsn) = first_bad {
+        report.problems.push(Problem::NotOperations {
+            dir: dir.clone(),
+            count: bad,
+            first_lsn,
+        });
+    }
+    if let Some(passed_over) = continuity {
+        if let Err(e) = check_continuity(&dir, base_lsn, passed_over, log.first_lsn, log.last_lsn) {
+            report.problems.push(Problem::WillNotOpen(e));
+        }
+    }
+    report.log = Some(LogSummary { dir, report: log });
+    Ok(())
+}
