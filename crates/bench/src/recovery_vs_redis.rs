@@ -72,10 +72,11 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&redis_dir)?;
 
     // keel: writes until the log holds `mib` MiB, no checkpoint.
-    let opts = keel::Options {
-        sync: keel::SyncPolicy::Never,
-        checkpoint_log_bytes: None,
-        ..keel::Options::default()
+    let opts = {
+        let mut o = keel::Options::default();
+        o.sync = keel::SyncPolicy::Never;
+        o.checkpoint_log_bytes = None;
+        o
     };
     let (db, _) = keel::Db::open(&keel_dir, opts.clone()).context("creating the keel store")?;
     let mut n = 0u64;

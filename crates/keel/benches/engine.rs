@@ -67,11 +67,13 @@ fn main() {
     );
 
     // 1. Open time: long history vs short log.
-    let opts = Options {
-        sync: keel::SyncPolicy::Never, // building the history fast; opens are what is measured
-        checkpoint_log_bytes: Some(trigger),
-        segment_size: 4 << 20,
-        ..Options::default()
+    let opts = {
+        let mut o = Options::default();
+        o.sync = keel::SyncPolicy::Never;
+        o.// building the history fast; opens are what is measured
+        checkpoint_log_bytes = Some(trigger);
+        o.segment_size = 4 << 20;
+        o
     };
     let long = scratch();
     {
@@ -83,9 +85,10 @@ fn main() {
     }
     let short = scratch();
     {
-        let no_ckpt = Options {
-            checkpoint_log_bytes: None,
-            ..opts.clone()
+        let no_ckpt = {
+            let mut o = opts.clone();
+            o.checkpoint_log_bytes = None;
+            o
         };
         // As much log as one checkpoint trigger: the most a store with any
         // history replays after its newest checkpoint.
@@ -122,17 +125,16 @@ fn main() {
     // 2. Write latency with and without a checkpoint running.
     let dir = scratch();
     let preload = if quick { 100_000u64 } else { 500_000 };
-    let opts = Options {
-        checkpoint_log_bytes: None,
-        ..Options::default()
+    let opts = {
+        let mut o = Options::default();
+        o.checkpoint_log_bytes = None;
+        o
     };
-    let (db, _) = Db::open(
-        &dir,
-        Options {
-            sync: keel::SyncPolicy::Never,
-            ..opts.clone()
-        },
-    )
+    let (db, _) = Db::open(&dir, {
+        let mut o = opts.clone();
+        o.sync = keel::SyncPolicy::Never;
+        o
+    })
     .unwrap();
     for i in 0..preload {
         db.put(format!("key{i:08}"), [b'p'; 100]).unwrap();

@@ -546,25 +546,26 @@ impl Drop for Db {
 impl Shared {
     fn check_key(&self, k: &[u8]) -> Result<()> {
         if k.is_empty() {
-            return Err(Error::InvalidKey("key cannot be empty".into()));
+            return Err(Error::EmptyKey);
         }
         if k.len() > self.opts.max_key_len {
-            return Err(Error::InvalidKey(format!(
-                "key of {} bytes exceeds the limit of {} bytes (max_key_len)",
-                k.len(),
-                self.opts.max_key_len
-            )));
+            return Err(Error::KeyTooLong {
+                len: k.len(),
+                max: self.opts.max_key_len,
+            });
         }
         Ok(())
     }
 
     fn check_value(&self, _k: &[u8], v: &[u8]) -> Result<()> {
+        if v.is_empty() && !self.opts.allow_empty_values {
+            return Err(Error::EmptyValue);
+        }
         if v.len() > self.opts.max_value_len {
-            return Err(Error::TooLarge(format!(
-                "value of {} bytes exceeds the limit of {} bytes (max_value_len)",
-                v.len(),
-                self.opts.max_value_len
-            )));
+            return Err(Error::ValueTooLarge {
+                len: v.len(),
+                max: self.opts.max_value_len,
+            });
         }
         Ok(())
     }
@@ -581,11 +582,10 @@ impl Shared {
         }
         let op = Op::Batch(batch.ops);
         if op.encoded_len() > self.opts.max_batch_bytes {
-            return Err(Error::TooLarge(format!(
-                "batch of {} bytes exceeds the limit of {} bytes (max_batch_bytes)",
-                op.encoded_len(),
-                self.opts.max_batch_bytes
-            )));
+            return Err(Error::BatchTooLarge {
+                len: op.encoded_len(),
+                max: self.opts.max_batch_bytes,
+            });
         }
         Ok(op)
     }

@@ -16,12 +16,37 @@ pub enum Error {
         /// What the holder recorded (its pid), if known.
         holder: String,
     },
-    /// A key is empty or too long.
-    #[error("invalid key: {0}")]
-    InvalidKey(String),
-    /// A value or batch is too large.
-    #[error("too large: {0}")]
-    TooLarge(String),
+    /// A key is empty: keys are 1 to `max_key_len` bytes.
+    #[error("key cannot be empty")]
+    EmptyKey,
+    /// A key is longer than [`Options::max_key_len`](crate::Options::max_key_len).
+    #[error("key of {len} bytes exceeds the limit of {max} bytes (max_key_len)")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value is empty and the store refuses empty values
+    /// ([`Options::allow_empty_values`](crate::Options::allow_empty_values) is false).
+    #[error("value cannot be empty")]
+    EmptyValue,
+    /// A value is longer than [`Options::max_value_len`](crate::Options::max_value_len).
+    #[error("value of {len} bytes exceeds the limit of {max} bytes (max_value_len)")]
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A batch encodes to more than [`Options::max_batch_bytes`](crate::Options::max_batch_bytes).
+    #[error("batch of {len} bytes exceeds the limit of {max} bytes (max_batch_bytes); split it")]
+    BatchTooLarge {
+        /// The batch's encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A storage operation failed.
     #[error("{op} failed on {}: {source}; check the disk, free space and permissions", path.display())]
     Io {
@@ -107,9 +132,26 @@ impl Error {
         matches!(self, Error::Wal(e) if e.is_stopped())
     }
 
-    /// Whether the request itself was bad (nothing was changed).
+    /// Whether the request itself was bad (nothing was changed): an empty
+    /// key or value, or one over a limit.
     pub fn is_invalid_input(&self) -> bool {
-        matches!(self, Error::InvalidKey(_) | Error::TooLarge(_))
+        matches!(
+            self,
+            Error::EmptyKey
+                | Error::EmptyValue
+                | Error::KeyTooLong { .. }
+                | Error::ValueTooLarge { .. }
+                | Error::BatchTooLarge { .. }
+        )
+    }
+
+    /// Whether the request was refused for its size (a key, value or batch
+    /// over a limit), as opposed to being malformed.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            Error::KeyTooLong { .. } | Error::ValueTooLarge { .. } | Error::BatchTooLarge { .. }
+        )
     }
 }
 

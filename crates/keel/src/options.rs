@@ -5,7 +5,7 @@
 //! segment_size = 67108864      # bytes per log segment
 //! checkpoint_log_bytes = 67108864  # checkpoint after this much log (0: never by size)
 //! checkpoint_interval = "10m"  # and/or after this long (omit: never by time)
-//! checkpoint_bytes_per_sec = 67108864  # pace checkpoint writes (0: unlimited)
+//! checkpoint_bytes_per_sec = 33554432  # pace checkpoint writes (0: unlimited)
 //! recovery = "tolerate-corrupted-tail"  # absolute-consistency, point-in-time, skip-any-corrupted-records
 //! max_key_len = 65536
 //! max_value_len = 67108864
@@ -13,38 +13,85 @@
 
 use crate::error::{Error, Result};
 use keel_wal::{RecoveryMode, SyncPolicy};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::path::Path;
 use std::time::Duration;
 
-/// Options of a [`Db`](crate::Db).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Default log segment size: large enough that rotation (an fdatasync of
+/// the old segment, a rename and a directory fsync) is rare, small enough
+/// that preallocating the next one takes well under a second.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Default checkpoint trigger: recovery replays at most about this much log
+/// (about a third of a second at the ~190 MB/s the engine replays and
+/// applies, docs/BENCHMARKS.md, recovery-vs-redis).
+pub const DEFAULT_CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
+/// Default checkpoint pace: a checkpoint shares the disk with the log's
+/// fdatasyncs; unpaced, back-to-back checkpoints took write p99 from about
+/// 0.4 ms to 12.7 ms (docs/BENCHMARKS.md), paced at 32 MiB/s to about 0.6 ms.
+pub const DEFAULT_CHECKPOINT_BYTES_PER_SEC: u64 = 32 << 20;
+/// Default longest key: keys are held in memory twice (map and hash index).
+pub const DEFAULT_MAX_KEY_LEN: usize = 64 << 10;
+/// Default longest value: one value is one log record, read whole at replay.
+pub const DEFAULT_MAX_VALUE_LEN: usize = 64 << 20;
+/// Default largest batch: a batch is one log record (atomic after a crash),
+/// so it must fit in memory twice at replay.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 128 << 20;
+
+/// Options of a [`Db`](crate::Db). Build them from [`Options::default`]
+/// (fields are public; new ones may be added, so the struct is
+/// `#[non_exhaustive]`) or read them from TOML with [`Options::from_toml`],
+/// where every key is optional and named as the field.
+///
+/// ```
+/// let mut opts = keel::Options::default();
+/// opts.segment_size = 16 << 20;
+/// let from_file = keel::Options::from_toml("segment_size = 16777216").unwrap();
+/// assert_eq!(opts, from_file);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Options {
     /// When writes are made durable. Default [`SyncPolicy::Always`]: a write
-    /// returns only after its log record is fdatasynced.
+    /// returns only after its log record is fdatasynced. TOML: `"always"`,
+    /// `"never"`, `"interval:100ms"`.
+    #[serde(deserialize_with = "de_sync")]
     pub sync: SyncPolicy,
-    /// Log segment size. Default 64 MiB.
+    /// Log segment size ([`DEFAULT_SEGMENT_SIZE`]).
     pub segment_size: u64,
-    /// Checkpoint once this many log bytes were written since the last one.
-    /// Default 64 MiB; `None` disables the size trigger.
+    /// Checkpoint once this many log bytes were written since the last one
+    /// ([`DEFAULT_CHECKPOINT_LOG_BYTES`]); `None` (TOML: 0) disables the
+    /// size trigger.
+    #[serde(deserialize_with = "de_zero_is_none")]
     pub checkpoint_log_bytes: Option<u64>,
     /// Checkpoint once this long has passed since the last one (if anything
-    /// was written). Default `None`.
+    /// was written). Default `None`. TOML: `"10m"`.
+    #[serde(deserialize_with = "de_duration")]
     pub checkpoint_interval: Option<Duration>,
-    /// Most bytes per second a checkpoint writes (it sleeps between 1 MiB
-    /// blocks), so that checkpoints leave the disk to the log's fdatasyncs.
-    /// Default 64 MiB/s; `None`: as fast as the disk goes.
+    /// Most bytes per second a checkpoint writes (it sleeps between its
+    /// 64 KiB blocks), so that checkpoints leave the disk to the log's
+    /// fdatasyncs ([`DEFAULT_CHECKPOINT_BYTES_PER_SEC`]); `None` (TOML: 0):
+    /// as fast as the disk goes.
+    #[serde(deserialize_with = "de_zero_is_none")]
     pub checkpoint_bytes_per_sec: Option<u64>,
     /// What recovery does with a damaged log. Default: cut a torn tail,
-    /// refuse anything else.
+    /// refuse anything else. TOML: `"tolerate-corrupted-tail"`,
+    /// `"absolute-consistency"`, `"point-in-time"`, `"skip-any-corrupted-records"`.
+    #[serde(deserialize_with = "de_recovery")]
     pub recovery: RecoveryMode,
-    /// Longest key accepted. Default 64 KiB.
+    /// Longest key accepted ([`DEFAULT_MAX_KEY_LEN`]).
     pub max_key_len: usize,
-    /// Longest value accepted. Default 64 MiB.
+    /// Longest value accepted ([`DEFAULT_MAX_VALUE_LEN`]).
     pub max_value_len: usize,
-    /// Largest encoded batch accepted. Default 128 MiB.
+    /// Largest encoded batch accepted ([`DEFAULT_MAX_BATCH_BYTES`]).
     pub max_batch_bytes: usize,
-    /// Preallocate log segments. Default true.
+    /// Whether an empty value may be stored. Default true. `keel serve`
+    /// always sets it false, whatever its config file says: its HTTP
+    /// contract refuses an empty body, and its Redis listener follows the
+    /// same rule, so both protocols accept exactly the same writes.
+    pub allow_empty_values: bool,
+    /// Preallocate log segments (appends into allocated space fdatasync
+    /// faster). Default true.
     pub preallocate: bool,
 }
 
@@ -52,70 +99,42 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
-            segment_size: 64 << 20,
-            checkpoint_log_bytes: Some(64 << 20),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            checkpoint_log_bytes: Some(DEFAULT_CHECKPOINT_LOG_BYTES),
             checkpoint_interval: None,
-            checkpoint_bytes_per_sec: Some(32 << 20),
+            checkpoint_bytes_per_sec: Some(DEFAULT_CHECKPOINT_BYTES_PER_SEC),
             recovery: RecoveryMode::TolerateCorruptedTail,
-            max_key_len: 64 << 10,
-            max_value_len: 64 << 20,
-            max_batch_bytes: 128 << 20,
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+            max_value_len: DEFAULT_MAX_VALUE_LEN,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            allow_empty_values: true,
             preallocate: true,
         }
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileOptions {
-    sync: Option<String>,
-    segment_size: Option<u64>,
-    checkpoint_log_bytes: Option<u64>,
-    checkpoint_interval: Option<String>,
-    checkpoint_bytes_per_sec: Option<u64>,
-    recovery: Option<String>,
-    max_key_len: Option<usize>,
-    max_value_len: Option<usize>,
-    max_batch_bytes: Option<usize>,
-    preallocate: Option<bool>,
+fn de_sync<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<SyncPolicy, D::Error> {
+    parse_sync(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn de_recovery<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<RecoveryMode, D::Error> {
+    parse_recovery(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+    parse_duration(&String::deserialize(d)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_zero_is_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    Ok(Some(u64::deserialize(d)?).filter(|v| *v > 0))
 }
 
 impl Options {
     /// Parses options from TOML text; keys left out keep their defaults.
     pub fn from_toml(text: &str) -> Result<Options> {
-        let f: FileOptions =
-            toml::from_str(text).map_err(|e| Error::InvalidOptions(e.to_string()))?;
-        let mut o = Options::default();
-        if let Some(s) = f.sync {
-            o.sync = parse_sync(&s)?;
-        }
-        if let Some(v) = f.segment_size {
-            o.segment_size = v;
-        }
-        if let Some(v) = f.checkpoint_log_bytes {
-            o.checkpoint_log_bytes = (v > 0).then_some(v);
-        }
-        if let Some(s) = f.checkpoint_interval {
-            o.checkpoint_interval = Some(parse_duration(&s)?);
-        }
-        if let Some(v) = f.checkpoint_bytes_per_sec {
-            o.checkpoint_bytes_per_sec = (v > 0).then_some(v);
-        }
-        if let Some(s) = f.recovery {
-            o.recovery = parse_recovery(&s)?;
-        }
-        if let Some(v) = f.max_key_len {
-            o.max_key_len = v;
-        }
-        if let Some(v) = f.max_value_len {
-            o.max_value_len = v;
-        }
-        if let Some(v) = f.max_batch_bytes {
-            o.max_batch_bytes = v;
-        }
-        if let Some(v) = f.preallocate {
-            o.preallocate = v;
-        }
+        let o: Options = toml::from_str(text).map_err(|e| Error::InvalidOptions(e.to_string()))?;
         o.validate()?;
         Ok(o)
     }
@@ -210,7 +229,8 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     Ok(d)
 }
 
-fn parse_recovery(s: &str) -> Result<RecoveryMode> {
+/// Parses a recovery mode as named in TOML (`point-in-time`, ...).
+pub fn parse_recovery(s: &str) -> Result<RecoveryMode> {
     match s {
         "tolerate-corrupted-tail" => Ok(RecoveryMode::TolerateCorruptedTail),
         "absolute-consistency" => Ok(RecoveryMode::AbsoluteConsistency),

@@ -6,10 +6,11 @@ use keel::{Db, Error, Options, SyncPolicy, WriteBatch};
 use std::sync::Arc;
 
 fn small() -> Options {
-    Options {
-        segment_size: 8192,
-        checkpoint_log_bytes: None,
-        ..Options::default()
+    {
+        let mut o = Options::default();
+        o.segment_size = 8192;
+        o.checkpoint_log_bytes = None;
+        o
     }
 }
 
@@ -52,11 +53,12 @@ fn put_get_delete_clear_batch_scan_and_reopen() {
 #[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        max_key_len: 16,
-        max_value_len: 32,
-        max_batch_bytes: 200,
-        ..small()
+    let opts = {
+        let mut o = small();
+        o.max_key_len = 16;
+        o.max_value_len = 32;
+        o.max_batch_bytes = 200;
+        o
     };
     let (db, _) = Db::open(dir.path(), opts).unwrap();
     db.put("k", "v").unwrap();
@@ -87,6 +89,28 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "max_batch_bytes",
         ),
     ];
+    let kinds: Vec<String> = cases
+        .iter()
+        .map(|(e, _)| {
+            format!("{e:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "EmptyKey",
+            "KeyTooLong",
+            "ValueTooLarge",
+            "EmptyKey",
+            "EmptyKey",
+            "BatchTooLarge"
+        ]
+    );
+    assert!(matches!(cases[1].0, Error::KeyTooLong { len: 17, max: 16 }));
     for (err, says) in cases {
         assert!(err.is_invalid_input(), "{err}");
         assert!(err.to_string().contains(says), "{err}");
@@ -102,6 +126,31 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "part of a refused batch was applied"
     );
     assert_eq!(db.get("k").unwrap(), Some(b"v".to_vec()));
+}
+
+#[test]
+fn empty_values_are_stored_unless_the_options_refuse_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = Db::open(dir.path(), small()).unwrap();
+    db.put("flag", "").unwrap();
+    assert_eq!(db.get("flag").unwrap(), Some(Vec::new()));
+    db.close().unwrap();
+    let strict = {
+        let mut o = small();
+        o.allow_empty_values = false;
+        o
+    };
+    let (db, _) = Db::open(dir.path(), strict).unwrap();
+    assert_eq!(
+        db.get("flag").unwrap(),
+        Some(Vec::new()),
+        "recovery refused old data"
+    );
+    assert!(matches!(db.put("other", ""), Err(Error::EmptyValue)));
+    let mut b = WriteBatch::new();
+    b.put("a", "1").put("b", "");
+    assert!(matches!(db.write(b), Err(Error::EmptyValue)));
+    assert_eq!(db.get("a").unwrap(), None);
 }
 
 #[test]
@@ -189,9 +238,10 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_older_one() {
 #[test]
 fn a_missing_log_after_the_checkpoint_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        segment_size: 4096,
-        ..small()
+    let opts = {
+        let mut o = small();
+        o.segment_size = 4096;
+        o
     };
     let (db, _) = Db::open(dir.path(), opts.clone()).unwrap();
     for i in 0..100 {
@@ -225,10 +275,11 @@ fn a_missing_log_after_the_checkpoint_is_refused() {
 #[test]
 fn automatic_checkpoints_follow_the_log_size_trigger() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        segment_size: 8192,
-        checkpoint_log_bytes: Some(16 << 10),
-        ..Options::default()
+    let opts = {
+        let mut o = Options::default();
+        o.segment_size = 8192;
+        o.checkpoint_log_bytes = Some(16 << 10);
+        o
     };
     let (db, _) = Db::open(dir.path(), opts).unwrap();
     for i in 0..2000 {
@@ -304,9 +355,10 @@ fn async_writers_on_one_runtime_thread_share_fdatasyncs() {
 #[test]
 fn automatic_checkpoints_follow_the_time_trigger() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        checkpoint_interval: Some(std::time::Duration::from_millis(50)),
-        ..small()
+    let opts = {
+        let mut o = small();
+        o.checkpoint_interval = Some(std::time::Duration::from_millis(50));
+        o
     };
     let (db, _) = Db::open(dir.path(), opts).unwrap();
     db.put("a", "1").unwrap();

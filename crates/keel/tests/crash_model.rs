@@ -76,11 +76,12 @@ fn effect(op: &Op, key: &[u8]) -> Option<Option<Vec<u8>>> {
 }
 
 fn options(rng: &mut SplitMix64) -> Options {
-    Options {
-        segment_size: 4096,
-        checkpoint_log_bytes: Some(1024 + rng.below(4096)),
-        preallocate: rng.chance(1, 2),
-        ..Options::default()
+    {
+        let mut o = Options::default();
+        o.segment_size = 4096;
+        o.checkpoint_log_bytes = Some(1024 + rng.below(4096));
+        o.preallocate = rng.chance(1, 2);
+        o
     }
 }
 
@@ -333,10 +334,11 @@ fn per_seed_history_is_reproducible() {
     // Same seed, single thread: the same crash state and the same outcome.
     let run = || {
         let mut rng = SplitMix64::new(77);
-        let opts = Options {
-            segment_size: 4096,
-            checkpoint_log_bytes: Some(2048),
-            ..Options::default()
+        let opts = {
+            let mut o = Options::default();
+            o.segment_size = 4096;
+            o.checkpoint_log_bytes = Some(2048);
+            o
         };
         let s = SimStorage::new(77);
         s.create_dir_all(&dir()).unwrap();

@@ -16,10 +16,11 @@ fn dir() -> PathBuf {
 }
 
 fn opts() -> Options {
-    Options {
-        segment_size: 8192,
-        checkpoint_log_bytes: Some(16 * 1024),
-        ..Options::default()
+    {
+        let mut o = Options::default();
+        o.segment_size = 8192;
+        o.checkpoint_log_bytes = Some(16 * 1024);
+        o
     }
 }
 

@@ -14,10 +14,11 @@ fn dir() -> PathBuf {
 }
 
 fn opts() -> Options {
-    Options {
-        segment_size: 4096,
-        checkpoint_log_bytes: None,
-        ..Options::default()
+    {
+        let mut o = Options::default();
+        o.segment_size = 4096;
+        o.checkpoint_log_bytes = None;
+        o
     }
 }
 

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn opts() -> Options {
-    Options {
-        segment_size: 4096,
-        checkpoint_log_bytes: None,
-        checkpoint_bytes_per_sec: None,
-        ..Options::default()
+    {
+        let mut o = Options::default();
+        o.segment_size = 4096;
+        o.checkpoint_log_bytes = None;
+        o.checkpoint_bytes_per_sec = None;
+        o
     }
 }
 

@@ -16,6 +16,7 @@
 //! Also `GET /health`, `GET /metrics`, `POST /admin/checkpoint`,
 //! `GET /kv?prefix=..&limit=..` and `POST /batch`.
 
+use crate::refusal::{self, Refusal};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -66,22 +67,13 @@ fn method_not_allowed() -> Response {
 
 /// Maps an engine error to a status and a message that says what to do.
 fn error_response(e: keel::Error) -> Response {
-    if e.is_stopped() {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the log is stopped and refuses writes ({e}); reads still work; restart the server to recover"),
-        );
-    }
-    match e {
-        keel::Error::InvalidKey(m) if m.contains("empty") => text(StatusCode::BAD_REQUEST, m),
-        keel::Error::InvalidKey(m) | keel::Error::TooLarge(m) => {
-            text(StatusCode::PAYLOAD_TOO_LARGE, m)
-        }
-        other => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal error: {other}"),
-        ),
-    }
+    let status = match refusal::classify(&e) {
+        Refusal::BadRequest => StatusCode::BAD_REQUEST,
+        Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, refusal::message(&e))
 }
 
 /// Percent-decodes a path segment into bytes; `None` when malformed.
@@ -199,9 +191,6 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
                         Ok(v) => v,
                         Err(r) => return r,
                     };
-                    if value.is_empty() {
-                        return text(StatusCode::BAD_REQUEST, "value cannot be empty");
-                    }
                     metrics::counter!("keel_writes_total").increment(1);
                     match st.db.put_async(&key, &value).await {
                         Ok(_) => ok(),
@@ -338,12 +327,7 @@ async fn batch(db: &Db, body: Body) -> Response {
     let mut b = WriteBatch::new();
     for item in req.ops {
         match item {
-            BatchItem::Put { key, value } => {
-                if value.is_empty() {
-                    return text(StatusCode::BAD_REQUEST, "value cannot be empty");
-                }
-                b.put(key, value)
-            }
+            BatchItem::Put { key, value } => b.put(key, value),
             BatchItem::Delete { key } => b.delete(key),
         };
     }

@@ -6,4 +6,5 @@
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod refusal;
 pub mod resp;

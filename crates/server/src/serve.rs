@@ -52,6 +52,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = &args.sync {
         opts.sync = keel::parse_sync(s)?;
     }
+    let opts = keel_server::refusal::server_options(opts);
     let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;
     let dir = args.working_dir.clone();
     // Test hook: KEEL_STORAGE=buffered holds file data in this process until

@@ -49,50 +49,64 @@ impl FaultyStorage {
     /// commas, e.g. `sync:20:eio` or `write:100:enospc:persistent`. Ops:
     /// write, sync, syncdir, create, rename, remove, any. Kinds: eio,
     /// enospc, short, crash.
-    pub fn parse_faults(spec: &str) -> Result<Vec<Fault>, String> {
+    pub fn parse_faults(spec: &str) -> Result<Vec<Fault>, FaultSpecError> {
         spec.split(',')
             .filter(|s| !s.trim().is_empty())
-            .map(|one| {
-                let parts: Vec<&str> = one.trim().split(':').collect();
-                if parts.len() < 3 || parts.len() > 4 {
-                    return Err(format!(
-                        "bad fault {one:?}: expected op:nth:kind[:persistent]"
-                    ));
-                }
-                let op = match parts[0] {
-                    "write" => FaultOp::Write,
-                    "sync" => FaultOp::Sync,
-                    "syncdir" => FaultOp::SyncDir,
-                    "create" => FaultOp::Create,
-                    "rename" => FaultOp::Rename,
-                    "remove" => FaultOp::Remove,
-                    "any" => FaultOp::Any,
-                    o => return Err(format!("unknown fault operation {o:?}")),
-                };
-                let nth = parts[1]
-                    .parse()
-                    .map_err(|_| format!("bad count {:?} in fault {one:?}", parts[1]))?;
-                let kind = match parts[2] {
-                    "eio" => FaultKind::Eio,
-                    "enospc" => FaultKind::Enospc,
-                    "short" => FaultKind::ShortWrite,
-                    "crash" => FaultKind::Crash,
-                    k => return Err(format!("unknown fault kind {k:?}")),
-                };
-                let persistent = match parts.get(3) {
-                    None => false,
-                    Some(&"persistent") => true,
-                    Some(p) => return Err(format!("unknown fault flag {p:?}")),
-                };
-                Ok(Fault {
-                    op,
-                    nth,
-                    persistent,
-                    kind,
-                })
-            })
+            .map(parse_fault)
             .collect()
     }
+}
+
+/// A fault spec `KEEL_FAULT` could not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("bad fault {fault:?}: {why}; expected op:nth:kind[:persistent], op one of write, sync, syncdir, create, rename, remove, any; kind one of eio, enospc, short, crash")]
+pub struct FaultSpecError {
+    /// The fault as written.
+    pub fault: String,
+    /// Which part is wrong.
+    pub why: &'static str,
+}
+
+fn parse_fault(one: &str) -> Result<Fault, FaultSpecError> {
+    let bad = |why| FaultSpecError {
+        fault: one.trim().to_string(),
+        why,
+    };
+    let parts: Vec<&str> = one.trim().split(':').collect();
+    if parts.len() < 3 || parts.len() > 4 {
+        return Err(bad("wrong number of parts"));
+    }
+    let op = match parts[0] {
+        "write" => FaultOp::Write,
+        "sync" => FaultOp::Sync,
+        "syncdir" => FaultOp::SyncDir,
+        "create" => FaultOp::Create,
+        "rename" => FaultOp::Rename,
+        "remove" => FaultOp::Remove,
+        "any" => FaultOp::Any,
+        _ => return Err(bad("unknown operation")),
+    };
+    let nth = parts[1]
+        .parse()
+        .map_err(|_| bad("the count is not a number"))?;
+    let kind = match parts[2] {
+        "eio" => FaultKind::Eio,
+        "enospc" => FaultKind::Enospc,
+        "short" => FaultKind::ShortWrite,
+        "crash" => FaultKind::Crash,
+        _ => return Err(bad("unknown kind")),
+    };
+    let persistent = match parts.get(3) {
+        None => false,
+        Some(&"persistent") => true,
+        Some(_) => return Err(bad("unknown flag (only `persistent`)")),
+    };
+    Ok(Fault {
+        op,
+        nth,
+        persistent,
+        kind,
+    })
 }
 
 impl Storage for FaultyStorage {

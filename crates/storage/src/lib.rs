@@ -42,7 +42,7 @@ mod sim;
 pub use atomic::{publish_temp, temp_path, write_atomic, TEMP_SUFFIX};
 pub use buffered::BufferedStorage;
 pub use error::IoError;
-pub use faulty::FaultyStorage;
+pub use faulty::{FaultSpecError, FaultyStorage};
 pub use fs::FsStorage;
 pub use sim::{CrashMode, Fault, FaultKind, FaultOp, SimStorage};
 

@@ -52,6 +52,43 @@ pub struct Counts {
 }
 
 /// All operations, in the order they were recorded.
+/// What a recovered state shows that no correct store could.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// A key holds a value no client ever wrote.
+    #[error("key {key} holds {value:?}, a value no client wrote (phantom)")]
+    Phantom {
+        /// The key.
+        key: String,
+        /// What it holds.
+        value: String,
+    },
+    /// An acknowledged write is gone and nothing later explains it.
+    #[error("key {key} holds {holds:?}, but the acknowledged write of {acknowledged:?} (completed at {completed_ns} ns) is not superseded by anything that could explain it: acknowledged write lost")]
+    Lost {
+        /// The key.
+        key: String,
+        /// What it holds.
+        holds: Option<String>,
+        /// The last acknowledged write's value.
+        acknowledged: Option<String>,
+        /// When that write completed.
+        completed_ns: u64,
+    },
+    /// Part of a batch is visible and part is not.
+    #[error(
+        "a batch was applied in part: key {key} holds {holds:?} instead of the batch's {batch:?}"
+    )]
+    PartialBatch {
+        /// The key.
+        key: String,
+        /// What it holds.
+        holds: Option<String>,
+        /// What the batch wrote to it.
+        batch: Option<String>,
+    },
+}
+
 #[derive(Default)]
 pub struct History {
     events: Vec<Event>,
@@ -131,7 +168,7 @@ impl History {
 
     /// The invariants, with clear messages: nothing acknowledged lost, no
     /// phantom value, batches all-or-nothing.
-    pub fn check_snapshot(&self, state: &BTreeMap<String, String>) -> Result<(), String> {
+    pub fn check_snapshot(&self, state: &BTreeMap<String, String>) -> Result<(), Violation> {
         let written: HashSet<&String> = self
             .events
             .iter()
@@ -153,9 +190,10 @@ impl History {
             let got = state.get(k);
             if let Some(v) = got {
                 if !written.contains(v) {
-                    return Err(format!(
-                        "key {k} holds {v:?}, a value no client wrote (phantom)"
-                    ));
+                    return Err(Violation::Phantom {
+                        key: k.clone(),
+                        value: v.clone(),
+                    });
                 }
             }
             let writes: Vec<(&Event, Option<&String>)> = self.writes_to(k).collect();
@@ -178,11 +216,12 @@ impl History {
                     .iter()
                     .filter(|(w, _)| w.outcome == Outcome::Ok)
                     .max_by_key(|(w, _)| w.ret);
-                return Err(format!(
-                    "key {k} holds {got:?}, but the acknowledged write of {:?} (completed at {} ns) is not superseded by anything that could explain it: acknowledged write lost",
-                    last.map(|(_, v)| v),
-                    last.map_or(0, |(w, _)| w.ret)
-                ));
+                return Err(Violation::Lost {
+                    key: k.clone(),
+                    holds: got.cloned(),
+                    acknowledged: last.and_then(|(_, v)| v.cloned()),
+                    completed_ns: last.map_or(0, |(w, _)| w.ret),
+                });
             }
         }
         // Batches: one key showing the batch's value means all of it happened.
@@ -206,9 +245,11 @@ impl History {
                         .writes_to(k)
                         .any(|(w, wv)| w.ret > b.call && !std::ptr::eq(w, b) && wv == got);
                 if !explained {
-                    return Err(format!(
-                        "a batch was applied in part: key {k} holds {got:?} instead of the batch's {v:?}"
-                    ));
+                    return Err(Violation::PartialBatch {
+                        key: k.clone(),
+                        holds: got.cloned(),
+                        batch: v.clone(),
+                    });
                 }
             }
         }
@@ -333,7 +374,7 @@ mod tests {
         h.push(ev(2, 3, Outcome::Ok, vec![put("a", "2")]));
         assert!(h.check_snapshot(&state(&[("a", "2")])).is_ok());
         let err = h.check_snapshot(&state(&[("a", "1")])).unwrap_err();
-        assert!(err.contains("lost"), "{err}");
+        assert!(matches!(err, Violation::Lost { .. }), "{err}");
         assert!(h.check_snapshot(&state(&[])).is_err());
     }
 
@@ -349,6 +390,7 @@ mod tests {
         assert!(h
             .check_snapshot(&state(&[("a", "9")]))
             .unwrap_err()
+            .to_string()
             .contains("phantom"));
     }
 
@@ -364,7 +406,7 @@ mod tests {
         assert!(h.check_snapshot(&state(&[("a", "x"), ("b", "y")])).is_ok());
         assert!(h.check_snapshot(&state(&[])).is_ok());
         let err = h.check_snapshot(&state(&[("a", "x")])).unwrap_err();
-        assert!(err.contains("in part"), "{err}");
+        assert!(matches!(err, Violation::PartialBatch { .. }), "{err}");
     }
 
     #[test]

@@ -23,15 +23,16 @@ fn harness() -> &'static Harness {
         let s = SimStorage::new(1);
         s.create_dir_all(std::path::Path::new("/fuzz"))
             .expect("sim dir");
-        let opts = Options {
-            max_key_len: 256,
-            max_value_len: 4096,
-            max_batch_bytes: 1 << 16,
-            segment_size: 1 << 16,
-            ..Options::default()
+        let opts = {
+            let mut o = Options::default();
+            o.max_key_len = 256;
+            o.max_value_len = 4096;
+            o.max_batch_bytes = 1 << 16;
+            o.segment_size = 1 << 16;
+            o
         };
         let (db, _) = Db::builder("/fuzz")
-            .options(opts)
+            .options(crate::refusal::server_options(opts))
             .storage(Arc::new(s))
             .open()
             .expect("open");

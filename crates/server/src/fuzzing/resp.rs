@@ -52,16 +52,17 @@ pub fn resp_stream(data: &[u8]) {
     let s = SimStorage::new(1);
     s.create_dir_all(std::path::Path::new("/fuzz"))
         .expect("sim dir");
-    let opts = Options {
-        max_key_len: 64,
-        max_value_len: 1024,
-        max_batch_bytes: 1 << 14,
-        segment_size: 1 << 14,
-        checkpoint_log_bytes: Some(1 << 13),
-        ..Options::default()
+    let opts = {
+        let mut o = Options::default();
+        o.max_key_len = 64;
+        o.max_value_len = 1024;
+        o.max_batch_bytes = 1 << 14;
+        o.segment_size = 1 << 14;
+        o.checkpoint_log_bytes = Some(1 << 13);
+        o
     };
     let (db, _) = Db::builder("/fuzz")
-        .options(opts)
+        .options(crate::refusal::server_options(opts))
         .storage(Arc::new(s))
         .open()
         .expect("open");

@@ -80,11 +80,7 @@ pub fn can_run(args: &[Vec<u8>], own_pending: bool, any_pending: bool) -> bool {
 
 /// The reply for a write refused by the store (validation or fail-stop).
 pub fn db_error(out: &mut Vec<u8>, e: &keel::Error) {
-    if e.is_stopped() {
-        error(out, &format!("ERR the log is stopped and refuses writes ({e}); reads still work; restart the server"));
-    } else {
-        error(out, &format!("ERR {e}"));
-    }
+    error(out, &format!("ERR {}", crate::refusal::message(e)));
 }
 
 fn deferred(
@@ -308,9 +304,22 @@ mod tests {
         let o = execute(&db, args(&["SET", "", "v"]), &mut out);
         assert_eq!(o, Outcome::Done, "an invalid write is refused at once");
         assert!(
-            out.starts_with(b"-ERR invalid key"),
+            out.starts_with(b"-ERR key cannot be empty"),
             "{}",
             String::from_utf8_lossy(&out)
         );
+    }
+
+    #[test]
+    fn empty_values_are_refused_as_over_http_and_change_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let opts = crate::refusal::server_options(keel::Options::default());
+        let (db, _) = Db::open(t.path(), opts).unwrap();
+        for cmd in [&["SET", "k", ""][..], &["MSET", "a", "1", "k", ""]] {
+            let mut out = Vec::new();
+            assert_eq!(execute(&db, args(cmd), &mut out), Outcome::Done, "{cmd:?}");
+            assert_eq!(out, b"-ERR value cannot be empty\r\n", "{cmd:?}");
+        }
+        assert!(db.is_empty(), "a refused MSET wrote part of itself");
     }
 }
