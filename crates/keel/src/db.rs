@@ -27,6 +27,7 @@ use crate::keyspace::Keyspace;
 use crate::layout::DataDir;
 use crate::op::{BatchOp, Op};
 use crate::options::Options;
+use crate::range::Range;
 use crate::recovery::{self, RecoveryReport, RECORD_OVERHEAD};
 use keel_storage::{LockGuard, Storage};
 use keel_wal::{Wal, WalStats};
@@ -412,22 +413,40 @@ impl Db {
         Ok(st.keys.get(key.as_ref()).map(|v| v.to_vec()))
     }
 
-    /// Up to `limit` entries with keys in `range`, in key order.
-    pub fn scan<R: RangeBounds<Vec<u8>>>(
-        &self,
-        range: R,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let start: Bound<Key> = range.start_bound().map(|k| Key::from(k.as_slice()));
-        let end: Bound<Key> = range.end_bound().map(|k| Key::from(k.as_slice()));
+    /// The entries with keys in `range`, in key order, as they are now:
+    /// the iterator reads an O(1) snapshot, so later writes are not seen
+    /// and never wait for it.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let (db, _) = keel::Db::open(dir.path(), keel::Options::default()).unwrap();
+    /// for k in ["a", "b", "c", "d"] {
+    ///     db.put(k, "v").unwrap();
+    /// }
+    /// let keys: Vec<Vec<u8>> = db.range("b".."d").map(|(k, _)| k).collect();
+    /// assert_eq!(keys, [b"b".to_vec(), b"c".to_vec()]);
+    /// assert_eq!(db.range::<&[u8], _>(..).count(), 4);
+    /// ```
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Range {
+        let bound = |b: Bound<&K>| b.map(|k| Key::from(k.as_ref()));
+        let (start, end) = (bound(range.start_bound()), bound(range.end_bound()));
+        Range::new(self.snapshot(), start, end)
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order, as now.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Range {
+        Range::with_prefix(self.snapshot(), prefix.as_ref())
+    }
+
+    /// Every entry, in key order, as now.
+    pub fn iter(&self) -> Range {
+        Range::new(self.snapshot(), Bound::Unbounded, Bound::Unbounded)
+    }
+
+    /// An O(1) snapshot of the state.
+    fn snapshot(&self) -> crate::checkpoint::Tree {
         let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-        Ok(st
-            .keys
-            .tree()
-            .range((start, end))
-            .take(limit)
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect())
+        st.keys.tree().clone()
     }
 
     /// Up to `limit` entries whose keys start with `prefix`, in key order.

@@ -115,8 +115,7 @@ pub fn engine_ops(data: &[u8]) {
                 db = open(&storage);
             }
         }
-        let state: BTreeMap<Vec<u8>, Vec<u8>> =
-            db.scan(.., usize::MAX).expect("scan").into_iter().collect();
+        let state: BTreeMap<Vec<u8>, Vec<u8>> = db.iter().collect();
         assert_eq!(
             state, model,
             "the store differs from the model after op {n}"

@@ -35,6 +35,7 @@ mod keyspace;
 pub mod layout;
 pub mod op;
 pub mod options;
+mod range;
 pub mod recovery;
 
 pub use db::{CheckpointOutcome, Db, DbBuilder, Deferred, Stats, WriteBatch};
@@ -42,4 +43,5 @@ pub use error::{Error, Result};
 pub use keel_storage as storage;
 pub use keel_wal::{RecoveryMode, SyncPolicy};
 pub use options::{parse_duration, parse_sync, Options};
+pub use range::Range;
 pub use recovery::{CheckpointUsed, RecoveryReport};

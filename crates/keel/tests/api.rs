@@ -34,10 +34,16 @@ fn put_get_delete_clear_batch_scan_and_reopen() {
     let prefix = db.scan_prefix("c:", 10).unwrap();
     assert_eq!(prefix.len(), 2);
     assert_eq!(prefix[1], (b"c:y".to_vec(), vec![0u8, 255, 9]));
-    let range = db.scan(b"c:y".to_vec()..b"e".to_vec(), 10).unwrap();
-    let keys: Vec<_> = range.iter().map(|(k, _)| k.clone()).collect();
+    let keys: Vec<_> = db.range("c:y".."e").map(|(k, _)| k).collect();
     assert_eq!(keys, vec![b"c:y".to_vec(), b"d".to_vec()]);
-    assert_eq!(db.scan(.., 2).unwrap().len(), 2);
+    assert_eq!(db.iter().take(2).count(), 2);
+    let keys: Vec<_> = db.prefix("c:").map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![b"c:x".to_vec(), b"c:y".to_vec()]);
+    // An iterator reads the state as it was when it was made.
+    let before = db.iter();
+    db.put("zz", "later").unwrap();
+    assert_eq!(before.count(), 4);
+    db.delete("zz").unwrap();
     db.close().unwrap();
 
     let (db, report) = Db::open(dir.path(), small()).unwrap();

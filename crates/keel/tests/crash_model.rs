@@ -178,7 +178,7 @@ fn workload(s: &SimStorage, opts: &Options, rng: &mut SplitMix64) -> Vec<(Op, Ou
 }
 
 fn recovered_state(db: &Db) -> State {
-    db.scan(.., usize::MAX).unwrap().into_iter().collect()
+    db.iter().collect()
 }
 
 fn check(state: &State, history: &[(Op, Outcome)], seed: u64) {

@@ -96,11 +96,7 @@ impl Op {
 }
 
 fn contents(db: &Db) -> Model {
-    db.scan(.., usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect()
+    db.iter().collect()
 }
 
 #[test]
