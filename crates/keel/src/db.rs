@@ -27,6 +27,7 @@ use crate::keyspace::Keyspace;
 use crate::layout::DataDir;
 use crate::op::{BatchOp, Op};
 use crate::options::Options;
+use crate::poison::Poison;
 use crate::range::Range;
 use crate::recovery::{self, RecoveryReport, RECORD_OVERHEAD};
 use keel_storage::{LockGuard, Storage};
@@ -140,6 +141,8 @@ struct Shared {
     trigger: (Mutex<bool>, Condvar),
     closing: AtomicBool,
     recovery: RecoveryReport,
+    /// Takes every lock above; a poisoned one stops writes (crate::poison).
+    poison: Poison,
     _lock: LockGuard,
 }
 
@@ -163,10 +166,6 @@ impl Deferred {
 pub struct Db {
     shared: Arc<Shared>,
     checkpointer: Option<JoinHandle<()>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Opens a [`Db`]: where, on what storage, with which options. Made by
@@ -257,6 +256,7 @@ impl<'a> DbBuilder<'a> {
             trigger: (Mutex::new(false), Condvar::new()),
             closing: AtomicBool::new(false),
             recovery: r.report.clone(),
+            poison: Poison::default(),
             opts: self.options,
             _lock: lock,
         });
@@ -402,14 +402,15 @@ impl Db {
     /// unknown (they may or may not be there after a restart), and the store
     /// has stopped taking writes (fail-stop).
     pub fn commit_through(&self, lsn: u64) -> Result<()> {
+        self.shared.poison.check()?;
         self.shared.wal.flush_through(lsn)?;
         self.shared.apply_through(lsn);
-        Ok(())
+        self.shared.poison.check()
     }
 
     /// The value of `key`, if any.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = self.shared.read_state();
         Ok(st.keys.get(key.as_ref()).map(|v| v.to_vec()))
     }
 
@@ -445,7 +446,7 @@ impl Db {
 
     /// An O(1) snapshot of the state.
     fn snapshot(&self) -> crate::checkpoint::Tree {
-        let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = self.shared.read_state();
         st.keys.tree().clone()
     }
 
@@ -457,7 +458,7 @@ impl Db {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = prefix.as_ref();
         let start = Key::from(prefix);
-        let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = self.shared.read_state();
         Ok(st
             .keys
             .tree()
@@ -470,12 +471,7 @@ impl Db {
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.shared
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys
-            .len()
+        self.shared.read_state().keys.len()
     }
 
     /// Whether the store holds no key.
@@ -492,10 +488,10 @@ impl Db {
     pub fn stats(&self) -> Stats {
         let sh = &self.shared;
         let (keys, applied_lsn) = {
-            let st = sh.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = sh.read_state();
             (st.keys.len(), st.applied_lsn)
         };
-        let ck = lock(&sh.checkpoints);
+        let ck = sh.poison.lock(&sh.checkpoints, "checkpoints");
         Stats {
             keys,
             applied_lsn,
@@ -524,6 +520,9 @@ impl Db {
 
     /// If writes have stopped after a failure, why (reads go on).
     pub fn stopped(&self) -> Option<Error> {
+        if let Err(e) = self.shared.poison.check() {
+            return Some(e);
+        }
         self.shared.wal.stopped().map(Error::Wal)
     }
 
@@ -547,7 +546,7 @@ impl Db {
         self.shared.closing.store(true, Ordering::SeqCst);
         {
             let (m, cv) = &self.shared.trigger;
-            *lock(m) = true;
+            *self.shared.poison.lock(m, "checkpoint trigger") = true;
             cv.notify_all();
         }
         if let Some(t) = self.checkpointer.take() {
@@ -563,6 +562,11 @@ impl Drop for Db {
 }
 
 impl Shared {
+    /// The state, for reading (a poisoned lock: crate::poison).
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, TreeState> {
+        self.poison.read(&self.state, "state")
+    }
+
     fn check_key(&self, k: &[u8]) -> Result<()> {
         if k.is_empty() {
             return Err(Error::EmptyKey);
@@ -611,32 +615,40 @@ impl Shared {
 
     /// Appends `op` and applies it (with every earlier queued op) in LSN order.
     fn submit(&self, op: Op) -> Result<u64> {
+        self.poison.check()?;
         let payload = op.encode();
         let lsn = self.wal.append_with(&payload, |lsn| {
-            lock(&self.queue).insert(lsn, op);
+            self.poison.lock(&self.queue, "queue").insert(lsn, op);
         })?;
         self.after_append(lsn, payload.len());
+        // A lock found poisoned on the way: not acknowledged (outcome unknown).
+        self.poison.check()?;
         Ok(lsn)
     }
 
     fn submit_deferred(&self, op: Op) -> Result<Deferred> {
+        self.poison.check()?;
         let payload = op.encode();
         let lsn = self.wal.enqueue_with(&payload, |lsn| {
-            lock(&self.queue).insert(lsn, op);
+            self.poison.lock(&self.queue, "queue").insert(lsn, op);
         })?;
         self.count_log_bytes(payload.len());
+        self.poison.check()?;
         Ok(Deferred { lsn })
     }
 
     async fn submit_async(&self, op: Op) -> Result<u64> {
+        self.poison.check()?;
         let payload = op.encode();
         let lsn = self
             .wal
             .append_async_with(&payload, |lsn| {
-                lock(&self.queue).insert(lsn, op);
+                self.poison.lock(&self.queue, "queue").insert(lsn, op);
             })
             .await?;
         self.after_append(lsn, payload.len());
+        // A lock found poisoned on the way: not acknowledged (outcome unknown).
+        self.poison.check()?;
         Ok(lsn)
     }
 
@@ -651,9 +663,9 @@ impl Shared {
     /// `lsn` is acknowledged.
     fn apply_through(&self, lsn: u64) {
         {
-            let mut queue = lock(&self.queue);
+            let mut queue = self.poison.lock(&self.queue, "queue");
             if queue.first_key_value().is_some_and(|(l, _)| *l <= lsn) {
-                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+                let mut st = self.poison.write(&self.state, "state");
                 while let Some(entry) = queue.first_entry() {
                     if *entry.key() > lsn {
                         break;
@@ -676,7 +688,7 @@ impl Shared {
             + RECORD_OVERHEAD;
         if self.opts.checkpoint_log_bytes.is_some_and(|t| since >= t) {
             let (m, cv) = &self.trigger;
-            let mut due = lock(m);
+            let mut due = self.poison.lock(m, "checkpoint trigger");
             if !*due {
                 *due = true;
                 cv.notify_one();
@@ -686,7 +698,7 @@ impl Shared {
 
     fn checkpoint_loop(&self) {
         let (m, cv) = &self.trigger;
-        let mut due = lock(m);
+        let mut due = self.poison.lock(m, "checkpoint trigger");
         loop {
             if self.closing.load(Ordering::SeqCst) {
                 return;
@@ -694,17 +706,11 @@ impl Shared {
             let timed_out = if *due {
                 false
             } else {
-                match self.opts.checkpoint_interval {
-                    Some(d) => {
-                        let (g, r) = cv.wait_timeout(due, d).unwrap_or_else(|p| p.into_inner());
-                        due = g;
-                        r.timed_out()
-                    }
-                    None => {
-                        due = cv.wait(due).unwrap_or_else(|p| p.into_inner());
-                        false
-                    }
-                }
+                let waited =
+                    self.poison
+                        .wait(cv, due, self.opts.checkpoint_interval, "checkpoint trigger");
+                due = waited.0;
+                waited.1
             };
             if self.closing.load(Ordering::SeqCst) {
                 return;
@@ -712,25 +718,29 @@ impl Shared {
             if *due || timed_out {
                 *due = false;
                 drop(due);
-                if self.wal.stopped().is_none() {
+                if self.wal.stopped().is_none() && self.poison.check().is_ok() {
                     if let Err(e) = self.checkpoint() {
                         tracing::error!(error = %e, "automatic checkpoint failed; the log keeps every write, will retry at the next trigger");
                     }
                 }
-                due = lock(m);
+                due = self.poison.lock(m, "checkpoint trigger");
             }
         }
     }
 
     fn checkpoint(&self) -> Result<CheckpointOutcome> {
-        let _one_at_a_time = lock(&self.checkpoint_running);
+        let _one_at_a_time = self.poison.lock(&self.checkpoint_running, "checkpoint");
         // O(1): the persistent map shares structure with the live one.
         let (tree, lsn) = {
-            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = self.read_state();
             (st.keys.tree().clone(), st.applied_lsn)
         };
         let bytes_at_snapshot = self.log_bytes_since_checkpoint.load(Ordering::Relaxed);
-        let newest = lock(&self.checkpoints).newest.clone();
+        let newest = self
+            .poison
+            .lock(&self.checkpoints, "checkpoints")
+            .newest
+            .clone();
         if newest.as_ref().is_some_and(|n| n.0 == lsn) || lsn == 0 {
             return Ok(CheckpointOutcome {
                 lsn,
@@ -751,7 +761,9 @@ impl Shared {
             &tree,
             self.opts.checkpoint_bytes_per_sec,
         ) {
-            lock(&self.checkpoints).last_error = Some(e.to_string());
+            self.poison
+                .lock(&self.checkpoints, "checkpoints")
+                .last_error = Some(e.to_string());
             return Err(e);
         }
         self.log_bytes_since_checkpoint
@@ -759,7 +771,7 @@ impl Shared {
         // The new checkpoint is durable. Keep it and the one before it (and
         // the log after that one); delete everything older.
         let previous = {
-            let mut ck = lock(&self.checkpoints);
+            let mut ck = self.poison.lock(&self.checkpoints, "checkpoints");
             let previous = ck.newest.replace((lsn, path));
             ck.previous = previous.clone();
             ck.time = Some(SystemTime::now());
@@ -800,5 +812,31 @@ impl Shared {
             segments_removed,
             checkpoints_removed,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_lock_stops_writes_and_reads_go_on() {
+        let dir = DataDir::new("/db");
+        let s = keel_storage::SimStorage::new(3);
+        let (db, _) = Db::builder(dir.root()).storage(Arc::new(s)).open().unwrap();
+        db.put("k", "v").unwrap();
+        let shared = Arc::clone(&db.shared);
+        let _ = std::thread::spawn(move || {
+            let _held = shared.queue.lock();
+            panic!("a bug while holding the queue");
+        })
+        .join();
+        assert!(db.stopped().is_none(), "noticed only when a lock is taken");
+        let err = db.put("k2", "v").unwrap_err();
+        assert!(matches!(err, Error::Poisoned { what: "queue" }), "{err}");
+        assert!(err.is_stopped());
+        assert!(db.put_deferred("k3", "v").is_err());
+        assert_eq!(db.get("k").unwrap(), Some(b"v".to_vec()));
+        assert!(db.stopped().is_some());
     }
 }

@@ -112,6 +112,13 @@ pub enum Error {
         /// The checkpoint's LSN.
         checkpoint_lsn: u64,
     },
+    /// A thread panicked while holding one of the store's locks; the store
+    /// stopped taking writes (see `crate::poison`).
+    #[error("a thread panicked while holding the store's {what} lock; the store has stopped taking writes (reads go on). Restart the process to recover from the log, and report the panic")]
+    Poisoned {
+        /// Which lock.
+        what: &'static str,
+    },
     /// The database was closed.
     #[error("the database is closed")]
     Closed,
@@ -129,7 +136,7 @@ impl Error {
     /// Whether the store has stopped accepting writes after a failed write
     /// or sync (reads still work; restart to recover).
     pub fn is_stopped(&self) -> bool {
-        matches!(self, Error::Wal(e) if e.is_stopped())
+        matches!(self, Error::Wal(e) if e.is_stopped()) || matches!(self, Error::Poisoned { .. })
     }
 
     /// Whether the request itself was bad (nothing was changed): an empty

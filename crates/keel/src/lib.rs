@@ -35,6 +35,7 @@ mod keyspace;
 pub mod layout;
 pub mod op;
 pub mod options;
+mod poison;
 mod range;
 pub mod recovery;
 

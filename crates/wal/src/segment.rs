@@ -190,11 +190,14 @@ impl Preparer {
             std::thread::Builder::new()
                 .name("keel-wal-prepare".into())
                 .spawn(move || loop {
+                    // A poisoned lock (a panic while holding it) ends this
+                    // thread; take() then fails and the log stops.
                     let n = {
                         let (lock, cv) = &*shared;
-                        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        let Ok(mut st) = lock.lock() else { return };
                         while !(st.shutdown || st.wanted && st.ready.is_none()) {
-                            st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                            let Ok(next) = cv.wait(st) else { return };
+                            st = next;
                         }
                         if st.shutdown {
                             return;
@@ -207,7 +210,7 @@ impl Preparer {
                     // segment itself and reports the error if it fails again.
                     let made = prepare_segment(&*storage, &dir, n, size, preallocate).ok();
                     let (lock, _) = &*shared;
-                    let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let Ok(mut st) = lock.lock() else { return };
                     st.ready = made;
                 })
                 .ok()
@@ -225,7 +228,15 @@ impl Preparer {
     /// The prepared segment, made now if the thread has none ready.
     pub(crate) fn take(&self) -> Result<Prepared> {
         let (lock, cv) = &*self.shared;
-        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Poisoned: a thread panicked mid-update; the rotation that asked
+        // fails, which stops the log (docs/DESIGN.md, rule 9).
+        let mut st = lock.lock().map_err(|_| {
+            WalError::io(
+                "taking a prepared segment",
+                &self.dir,
+                std::io::Error::other("poisoned lock: a thread panicked while holding it"),
+            )
+        })?;
         let ready = st.ready.take();
         st.wanted = true;
         st.next_n += 1;
@@ -242,6 +253,7 @@ impl Preparer {
 impl Drop for Preparer {
     fn drop(&mut self) {
         let (lock, cv) = &*self.shared;
+        // Shutting down: even a poisoned state only needs its flag set.
         lock.lock().unwrap_or_else(|p| p.into_inner()).shutdown = true;
         cv.notify_all();
         if let Some(t) = self.thread.take() {

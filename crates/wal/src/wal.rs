@@ -33,7 +33,7 @@ use keel_storage::{Storage, StorageFile};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -136,6 +136,9 @@ struct Inner {
     segments: Mutex<Vec<(u64, PathBuf)>>,
     preparer: Preparer,
     stats: AtomicStats,
+    /// Set when a lock other than `state` was found poisoned; the next
+    /// append (holding `state`) stops the log.
+    poisoned: AtomicBool,
 }
 
 /// A write-ahead log in one directory. Share it between threads with `Arc`.
@@ -230,6 +233,7 @@ impl Wal {
             segments: Mutex::new(segments),
             preparer,
             stats: AtomicStats::default(),
+            poisoned: AtomicBool::new(false),
         });
         if inner.lock().tail.is_none() {
             // A new log: its first segment exists (durably) before open returns.
@@ -380,7 +384,7 @@ impl Wal {
     /// Returns how many segments were removed.
     pub fn truncate_before(&self, lsn: u64) -> Result<usize> {
         let inner = &*self.inner;
-        let mut segs = inner.segments.lock().unwrap_or_else(|p| p.into_inner());
+        let mut segs = inner.segments();
         let mut removed = 0;
         while segs.len() > 1 && segs[1].0 <= lsn {
             let (_, path) = segs.remove(0);
@@ -416,11 +420,7 @@ impl Wal {
                 _ => st.written_lsn,
             }
         };
-        let segs = inner
-            .segments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let segs = inner.segments().clone();
         for (i, (first, path)) in segs.iter().enumerate() {
             if segs.get(i + 1).is_some_and(|next| next.0 <= from) || *first > upto {
                 continue;
@@ -476,21 +476,13 @@ impl Wal {
 
     /// The first LSN still held by the log's segments.
     pub fn first_lsn(&self) -> u64 {
-        let segs = self
-            .inner
-            .segments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let segs = self.inner.segments();
         segs.first().map_or(1, |s| s.0)
     }
 
     /// Paths of the segment files, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        let segs = self
-            .inner
-            .segments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let segs = self.inner.segments();
         segs.iter().map(|s| s.1.clone()).collect()
     }
 
@@ -562,8 +554,41 @@ impl Drop for Wal {
 }
 
 impl Inner {
+    /// The state lock. Poisoned means a thread panicked while holding it,
+    /// possibly mid-update: the log stops, as after a failed fsync
+    /// (docs/DESIGN.md, rule 9). Every waiter and later append gets the
+    /// error; reads of what is durable go on.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| {
+            let mut st = poisoned.into_inner();
+            self.poison_stop(&mut st, "the log's state");
+            st
+        })
+    }
+
+    /// The segment list (same rule as [`lock`](Self::lock); the stop is
+    /// recorded at the next append, which holds the state lock).
+    fn segments(&self) -> MutexGuard<'_, Vec<(u64, PathBuf)>> {
+        self.segments.lock().unwrap_or_else(|poisoned| {
+            self.poisoned.store(true, Ordering::SeqCst);
+            poisoned.into_inner()
+        })
+    }
+
+    /// Stops the log because a lock was poisoned, unless it already stopped.
+    fn poison_stop(&self, st: &mut State, what: &'static str) {
+        if st.stopped.is_none() {
+            tracing::error!(
+                what,
+                "a thread panicked holding a lock; write-ahead log stopped"
+            );
+            st.stopped = Some(Arc::new(StopCause {
+                op: "a thread panicked while holding a lock of",
+                path: self.dir.clone(),
+                error: std::io::Error::other(format!("poisoned lock: {what}")),
+            }));
+        }
+        self.publish(st);
     }
 
     fn stopped_error(&self, cause: &Arc<StopCause>) -> WalError {
@@ -587,6 +612,9 @@ impl Inner {
                 len: payload.len(),
                 max: self.opts.max_record_size,
             });
+        }
+        if self.poisoned.load(Ordering::SeqCst) {
+            self.poison_stop(st, "the segment list");
         }
         if let Some(cause) = &st.stopped {
             return Err(self.stopped_error(cause));
@@ -901,10 +929,7 @@ impl Inner {
         // name is durable before any record in it is acknowledged.
         let path = self.dir.join(segment_file_name(first_lsn));
         keel_storage::publish_temp(&*self.storage, &*prepared.file, &prepared.path, &path)?;
-        self.segments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((first_lsn, path.clone()));
+        self.segments().push((first_lsn, path.clone()));
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_written
@@ -956,11 +981,14 @@ impl Inner {
             let wait = next_sync.map_or(Duration::from_secs(3600), |t| {
                 t.saturating_duration_since(Instant::now())
             });
-            st = self
-                .work
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = match self.work.wait_timeout(st, wait) {
+                Ok((st, _)) => st,
+                Err(poisoned) => {
+                    let mut st = poisoned.into_inner().0;
+                    self.poison_stop(&mut st, "the log's state");
+                    st
+                }
+            };
         }
     }
 }
@@ -995,5 +1023,45 @@ impl Future for AppendFuture {
         st.flush_requested = true;
         inner.work.notify_one();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_storage::SimStorage;
+
+    #[test]
+    fn a_poisoned_lock_stops_the_log_and_reads_go_on() {
+        let s = SimStorage::new(5);
+        let (wal, _) = Wal::open(Arc::new(s), "/w", WalOptions::default()).unwrap();
+        wal.append(b"before").unwrap();
+        let inner = Arc::clone(&wal.inner);
+        let _ = std::thread::spawn(move || {
+            let _held = inner.state.lock();
+            panic!("a bug while holding the state lock");
+        })
+        .join();
+        let err = wal.append(b"after").unwrap_err();
+        assert!(err.is_stopped(), "{err}");
+        assert!(err.to_string().contains("poisoned lock"), "{err}");
+        let mut seen = Vec::new();
+        wal.read_from(1, |lsn, p| seen.push((lsn, p.to_vec())))
+            .unwrap();
+        assert_eq!(seen, vec![(1, b"before".to_vec())]);
+    }
+
+    #[test]
+    fn a_poisoned_segment_list_stops_the_next_append() {
+        let s = SimStorage::new(6);
+        let (wal, _) = Wal::open(Arc::new(s), "/w", WalOptions::default()).unwrap();
+        let inner = Arc::clone(&wal.inner);
+        let _ = std::thread::spawn(move || {
+            let _held = inner.segments.lock();
+            panic!("a bug while holding the segment list");
+        })
+        .join();
+        assert_eq!(wal.segment_paths().len(), 1, "reads of the list go on");
+        assert!(wal.append(b"x").unwrap_err().is_stopped());
     }
 }
