@@ -2,10 +2,12 @@
 //! or Ctrl-C; then stop accepting, finish in-flight requests, sync, exit 0.
 
 use anyhow::Context;
+use keel::storage::{BufferedStorage, FaultyStorage, FsStorage, Storage};
 use keel::{Db, Options};
 use keel_server::http::{router, AppState};
+use keel_server::resp::RespServer;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Arguments of `keel serve`.
@@ -55,32 +57,53 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let opts = keel_server::refusal::server_options(opts);
     let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;
     let dir = args.working_dir.clone();
-    // Test hook: KEEL_STORAGE=buffered holds file data in this process until
-    // it is synced, so kill -9 loses exactly what a power loss would.
-    let base: Arc<dyn keel_storage::Storage> = match std::env::var("KEEL_STORAGE").as_deref() {
+    let db = Arc::new(open_store(&dir, opts, storage_from_env()?)?);
+    let addr = listen_addr(&args.bind, args.port)?;
+    // The RESP listener runs its own event loop thread (see resp::event_loop).
+    let resp = match args.resp_port {
+        Some(p) => Some(start_resp(listen_addr(&args.bind, p)?, &db)?),
+        None => None,
+    };
+    let state = AppState {
+        db: Arc::clone(&db),
+        metrics,
+    };
+    serve_http(addr, state, &dir)?;
+    if let Some(r) = resp {
+        r.shutdown();
+    }
+    close_store(db)
+}
+
+/// The storage under the store: real files, or the test hooks
+/// `KEEL_STORAGE=buffered` (unsynced data held in this process, so kill -9
+/// loses exactly what a power loss would) and `KEEL_FAULT=op:nth:kind`
+/// (injected faults, see `FaultyStorage::parse_faults`).
+fn storage_from_env() -> anyhow::Result<Arc<dyn Storage>> {
+    let base: Arc<dyn Storage> = match std::env::var("KEEL_STORAGE").as_deref() {
         Ok("buffered") => {
             tracing::warn!(
                 "KEEL_STORAGE=buffered: unsynced writes live in process memory (testing only)"
             );
-            Arc::new(keel_storage::BufferedStorage::new(Arc::new(
-                keel_storage::FsStorage::new(),
-            )))
+            Arc::new(BufferedStorage::new(Arc::new(FsStorage::new())))
         }
-        Ok("") | Err(_) => Arc::new(keel_storage::FsStorage::new()),
+        Ok("") | Err(_) => Arc::new(FsStorage::new()),
         Ok(other) => anyhow::bail!("KEEL_STORAGE={other:?}: the only value is `buffered`"),
     };
-    let storage: Arc<dyn keel_storage::Storage> = match std::env::var("KEEL_FAULT") {
-        // Test hook: inject storage faults into the real binary (see
-        // FaultyStorage::parse_faults), e.g. KEEL_FAULT=sync:50:eio.
+    Ok(match std::env::var("KEEL_FAULT") {
         Ok(spec) if !spec.is_empty() => {
-            let faults = keel_storage::FaultyStorage::parse_faults(&spec)
+            let faults = FaultyStorage::parse_faults(&spec)
                 .map_err(|e| anyhow::anyhow!("KEEL_FAULT: {e}"))?;
             tracing::warn!("KEEL_FAULT={spec}: injecting storage faults (testing only)");
-            Arc::new(keel_storage::FaultyStorage::new(base, &faults))
+            Arc::new(FaultyStorage::new(base, &faults))
         }
         _ => base,
-    };
-    // A long recovery shows its progress when a person is watching.
+    })
+}
+
+/// Recovers the store, with a spinner when a person is watching, and logs
+/// the recovery report (a warning if anything was damaged).
+fn open_store(dir: &Path, opts: Options, storage: Arc<dyn Storage>) -> anyhow::Result<Db> {
     let spinner = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_message(format!("recovering {}", dir.display()));
@@ -95,65 +118,53 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             dir.display()
         ))
     };
-    let opened = Db::builder(&dir)
+    let opened = Db::builder(dir)
         .options(opts)
         .storage(storage)
         .progress(progress)
         .open();
     spinner.finish_and_clear();
-    let (db, report) = match opened {
-        Ok(x) => x,
-        Err(e) => {
-            let hint = match &e {
-                keel::Error::Wal(w) if w.damage().is_some() => format!(
-                    "\nInspect the damage with `keel verify {0}`; `keel repair {0}` cuts the log back to its last valid record (saving what it cuts).",
-                    dir.display()
-                ),
-                _ => String::new(),
-            };
-            anyhow::bail!("cannot open the store in {}: {e}{hint}", dir.display());
-        }
-    };
-    let damaged = report.wal.torn_tail.is_some() || !report.damaged_checkpoints.is_empty();
-    if damaged {
+    let (db, report) = opened.map_err(|e| {
+        let hint = match &e {
+            keel::Error::Wal(w) if w.damage().is_some() => format!(
+                "\nInspect the damage with `keel verify {0}`; `keel repair {0}` cuts the log back to its last valid record (saving what it cuts).",
+                dir.display()
+            ),
+            _ => String::new(),
+        };
+        anyhow::anyhow!("cannot open the store in {}: {e}{hint}", dir.display())
+    })?;
+    if report.wal.torn_tail.is_some() || !report.damaged_checkpoints.is_empty() {
         tracing::warn!("recovered {}: {report}", dir.display());
     } else {
         tracing::info!("recovered {}: {report}", dir.display());
     }
-    let db = Arc::new(db);
-    let addr: SocketAddr = format!("{}:{}", args.bind, args.port)
+    Ok(db)
+}
+
+fn listen_addr(bind: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    format!("{bind}:{port}")
         .parse()
-        .with_context(|| format!("bad listen address {}:{}", args.bind, args.port))?;
+        .with_context(|| format!("bad listen address {bind}:{port}"))
+}
+
+fn start_resp(addr: SocketAddr, db: &Arc<Db>) -> anyhow::Result<RespServer> {
+    let l = std::net::TcpListener::bind(addr).with_context(|| {
+        format!("cannot listen on {addr} for RESP: is another server using the port?")
+    })?;
+    let server =
+        RespServer::start(l, Arc::clone(db)).context("starting the Redis protocol listener")?;
+    tracing::info!("serving the Redis protocol on {addr}");
+    Ok(server)
+}
+
+/// Serves HTTP until SIGTERM or Ctrl-C, then lets in-flight requests finish.
+fn serve_http(addr: SocketAddr, state: AppState, dir: &Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keel-http")
         .build()
         .context("starting the async runtime")?;
-    let state = AppState {
-        db: Arc::clone(&db),
-        metrics,
-    };
-    let resp_addr: Option<SocketAddr> = match args.resp_port {
-        Some(p) => Some(
-            format!("{}:{p}", args.bind)
-                .parse()
-                .with_context(|| format!("bad RESP listen address {}:{p}", args.bind))?,
-        ),
-        None => None,
-    };
-    // The RESP listener runs its own event loop thread (see resp::event_loop).
-    let resp = match resp_addr {
-        Some(raddr) => {
-            let l = std::net::TcpListener::bind(raddr).with_context(|| {
-                format!("cannot listen on {raddr} for RESP: is another server using the port?")
-            })?;
-            let server = keel_server::resp::RespServer::start(l, Arc::clone(&db))
-                .context("starting the Redis protocol listener")?;
-            tracing::info!("serving the Redis protocol on {raddr}");
-            Some(server)
-        }
-        None => None,
-    };
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr}: is another server using the port?")
@@ -171,11 +182,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_graceful_shutdown(stopped(stop_rx))
             .await
             .context("serving HTTP")
-    })?;
-    drop(rt);
-    if let Some(r) = resp {
-        r.shutdown();
-    }
+    })
+}
+
+/// Syncs the log and releases the directory.
+fn close_store(db: Arc<Db>) -> anyhow::Result<()> {
     tracing::info!("shutting down: syncing the log");
     match Arc::try_unwrap(db) {
         Ok(db) => db.close().context("closing the store")?,

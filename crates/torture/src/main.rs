@@ -431,139 +431,193 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let seed = args
-        .seed
-        .unwrap_or_else(|| SplitMix64::from_entropy().next_u64());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bin = args.bin.clone().unwrap_or_else(|| {
-        root.join(if args.release_bin {
-            "target/release/keel"
-        } else {
-            "target/debug/keel"
-        })
-    });
-    if !bin.exists() {
-        bail!(
-            "{} is missing: build it first (cargo build{} -p keel-server)",
-            bin.display(),
-            if args.release_bin { " --release" } else { "" }
-        );
-    }
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            let base = root.join("target/keel-torture");
-            std::fs::create_dir_all(&base)?;
-            base.join(format!("run-{seed}"))
-        }
-    };
-    if args.storage != "real" && args.storage != "buffered" {
-        bail!("--storage must be `real` or `buffered`");
-    }
-    if args.protocol != "http" && args.protocol != "resp" {
-        bail!("--protocol must be `http` or `resp`");
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    println!(
-        "keel-torture: seed {seed}, {} cycles, {} clients ({}), {} keys, {}, sync {}, storage {}, data in {}",
-        args.cycles,
-        args.clients,
-        args.protocol,
-        args.keys,
-        if args.failpoints {
-            "crash at the Nth create/rename/syncdir/remove/sync in turn".to_string()
-        } else {
-            format!("kill after {}-{} ms", args.min_ms, args.max_ms)
-        },
-        args.sync,
-        args.storage,
-        dir.display()
-    );
-    let mut rng = SplitMix64::new(seed);
-    let epoch = Instant::now();
-    let mut history = History::default();
-    let mut recoveries = vec![];
-    let mut next_client = 0u64;
-    let mut self_crashes = 0u32;
-    let started = Instant::now();
-    for cycle in 0..=args.cycles {
+    let mut run = Run::prepare(args)?;
+    for cycle in 0..=run.args.cycles {
         // In fail-point mode the server of this cycle carries its fault; if
         // it fires during startup recovery, that is the cycle's crash, and
         // the server is started again without it.
-        let fault = (args.failpoints && cycle < args.cycles).then(|| failpoint(cycle));
-        let started_at = match start(&bin, &dir, &args, cycle, fault.as_deref()) {
-            Err(_) if fault.is_some() => start(&bin, &dir, &args, cycle + 100_000, None),
+        let fault = (run.args.failpoints && cycle < run.args.cycles).then(|| failpoint(cycle));
+        let server = match run.restart_and_check(cycle, fault.as_deref())? {
+            Ok(server) => server,
+            Err(violated) => return Ok(violated),
+        };
+        if cycle == run.args.cycles {
+            let mut child = server.child;
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        run.load_then_kill(server, fault.is_some())?;
+    }
+    run.finish()
+}
+
+/// One torture run: its settings and what it has recorded so far.
+struct Run {
+    args: Args,
+    seed: u64,
+    bin: PathBuf,
+    dir: PathBuf,
+    rng: SplitMix64,
+    epoch: Instant,
+    started: Instant,
+    history: History,
+    recoveries: Vec<Duration>,
+    next_client: u64,
+    self_crashes: u32,
+}
+
+impl Run {
+    /// Checks the arguments, finds the binary, makes a fresh data directory.
+    fn prepare(args: Args) -> anyhow::Result<Run> {
+        let seed = args
+            .seed
+            .unwrap_or_else(|| SplitMix64::from_entropy().next_u64());
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let bin = args.bin.clone().unwrap_or_else(|| {
+            root.join(if args.release_bin {
+                "target/release/keel"
+            } else {
+                "target/debug/keel"
+            })
+        });
+        if !bin.exists() {
+            bail!(
+                "{} is missing: build it first (cargo build{} -p keel-server)",
+                bin.display(),
+                if args.release_bin { " --release" } else { "" }
+            );
+        }
+        let dir = match &args.dir {
+            Some(d) => d.clone(),
+            None => {
+                let base = root.join("target/keel-torture");
+                std::fs::create_dir_all(&base)?;
+                base.join(format!("run-{seed}"))
+            }
+        };
+        if args.storage != "real" && args.storage != "buffered" {
+            bail!("--storage must be `real` or `buffered`");
+        }
+        if args.protocol != "http" && args.protocol != "resp" {
+            bail!("--protocol must be `http` or `resp`");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        println!(
+            "keel-torture: seed {seed}, {} cycles, {} clients ({}), {} keys, {}, sync {}, storage {}, data in {}",
+            args.cycles,
+            args.clients,
+            args.protocol,
+            args.keys,
+            if args.failpoints {
+                "crash at the Nth create/rename/syncdir/remove/sync in turn".to_string()
+            } else {
+                format!("kill after {}-{} ms", args.min_ms, args.max_ms)
+            },
+            args.sync,
+            args.storage,
+            dir.display()
+        );
+        Ok(Run {
+            args,
+            seed,
+            bin,
+            dir,
+            rng: SplitMix64::new(seed),
+            epoch: Instant::now(),
+            started: Instant::now(),
+            history: History::default(),
+            recoveries: Vec::new(),
+            next_client: 0,
+            self_crashes: 0,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Starts the server of `cycle`, reads everything back and checks it
+    /// against the history. `Ok(Err(code))`: a violation, already reported.
+    fn restart_and_check(
+        &mut self,
+        cycle: u32,
+        fault: Option<&str>,
+    ) -> anyhow::Result<Result<Server, ExitCode>> {
+        let (bin, dir, args) = (&self.bin, &self.dir, &self.args);
+        let started = match start(bin, dir, args, cycle, fault) {
+            Err(_) if fault.is_some() => start(bin, dir, args, cycle + 100_000, None),
             r => r,
         };
-        let (server, took) = match started_at {
+        let (server, took) = match started {
             Ok(x) => x,
             // Not coming back after a kill is a violation, not a tool error.
             Err(e) if cycle > 0 => {
                 let log = std::fs::read_to_string(dir.join(format!("server-{cycle}.log")))
                     .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(3).collect();
-                return violation(
-                    &dir,
-                    &history,
-                    seed,
-                    &format!(
-                        "the server did not recover after kill {cycle}: {e}; its log ends: {}",
-                        tail.join(" | ")
-                    ),
+                let what = format!(
+                    "the server did not recover after kill {cycle}: {e}; its log ends: {}",
+                    tail.join(" | ")
                 );
+                return violation(dir, &self.history, self.seed, &what).map(Err);
             }
             Err(e) => return Err(e),
         };
         if cycle > 0 {
-            recoveries.push(took);
+            self.recoveries.push(took);
         }
         // Whatever was unknown could only take effect before this server
         // was ready: close those windows now.
-        history.close_unknown_windows(epoch.elapsed().as_nanos() as u64);
-        let call = epoch.elapsed().as_nanos() as u64;
+        self.history.close_unknown_windows(self.now());
+        let call = self.now();
         let listing = raw(server.port, "GET", "/kv?limit=10000", b"");
-        let ret = epoch.elapsed().as_nanos() as u64;
+        let ret = self.now();
         let state = match listing {
             Ok((200, body)) => history::parse_listing(&body)?,
             other => bail!("reading everything back after restart {cycle} failed: {other:?}"),
         };
-        if let Err(v) = history.check_snapshot(&state) {
-            history.push_snapshot(call, ret, &state, args.keys as u64, key);
-            return violation(&dir, &history, seed, &format!("after restart {cycle}: {v}"));
+        let checked = self.history.check_snapshot(&state);
+        self.history
+            .push_snapshot(call, ret, &state, self.args.keys as u64, key);
+        if let Err(v) = checked {
+            let what = format!("after restart {cycle}: {v}");
+            return violation(&self.dir, &self.history, self.seed, &what).map(Err);
         }
-        history.push_snapshot(call, ret, &state, args.keys as u64, key);
+        Ok(Ok(server))
+    }
+
+    /// Runs the clients against `server`, then kills it with SIGKILL at a
+    /// random moment (or waits for its injected fault to abort it).
+    fn load_then_kill(&mut self, server: Server, has_fault: bool) -> anyhow::Result<()> {
         let mut child = server.child;
-        if cycle == args.cycles {
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
         let sh = Arc::new(Shared {
             port: server.port,
             resp_port: server.resp_port,
             stop: AtomicBool::new(false),
-            history: Mutex::new(std::mem::take(&mut history)),
-            next_client: AtomicU64::new(next_client),
-            epoch,
+            history: Mutex::new(std::mem::take(&mut self.history)),
+            next_client: AtomicU64::new(self.next_client),
+            epoch: self.epoch,
         });
-        let clients: Vec<_> = (0..args.clients)
+        let clients: Vec<_> = (0..self.args.clients)
             .map(|_| {
                 let sh = Arc::clone(&sh);
-                let rng = SplitMix64::new(rng.next_u64());
-                let keys = args.keys as u64;
+                let rng = SplitMix64::new(self.rng.next_u64());
+                let keys = self.args.keys as u64;
                 std::thread::spawn(move || client_loop(sh, rng, keys))
             })
             .collect();
-        let wait = args.min_ms + rng.below(args.max_ms.saturating_sub(args.min_ms) + 1);
-        if fault.is_some() {
+        let (min, max) = (self.args.min_ms, self.args.max_ms);
+        let wait = min + self.rng.below(max.saturating_sub(min) + 1);
+        if has_fault {
             // Wait for the injected abort (or give up after a while and kill).
             let deadline = Instant::now() + Duration::from_millis(wait.max(100) * 10);
             while child.try_wait()?.is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
             if child.try_wait()?.is_some() {
-                self_crashes += 1;
+                self.self_crashes += 1;
             }
         } else {
             std::thread::sleep(Duration::from_millis(wait));
@@ -575,48 +629,51 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             c.join()
                 .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
         }
-        next_client = sh.next_client.load(Ordering::SeqCst);
-        history = std::mem::take(&mut *sh.history.lock().unwrap());
+        self.next_client = sh.next_client.load(Ordering::SeqCst);
+        self.history = std::mem::take(&mut *sh.history.lock().map_err(|_| {
+            anyhow::anyhow!("a client thread panicked while recording the history")
+        })?);
+        Ok(())
     }
-    let checking = Instant::now();
-    let lin = history.check_linearizable();
-    let lin_time = checking.elapsed();
-    let counts = history.counts();
-    recoveries.sort();
-    let (p50, max) = match recoveries.len() {
-        0 => (Duration::ZERO, Duration::ZERO),
-        n => (recoveries[n / 2], recoveries[n - 1]),
-    };
-    println!(
-        "cycles {}, ops ok {} / fail {} / unknown {}, acknowledged writes verified {}, lost 0, phantom 0, stale reads 0, keys linearizable {}/{}, restart-to-ready p50 {:.0} ms max {:.0} ms, {:.1} s ({:.1} s in the linearizability check)",
-        args.cycles,
-        counts.ok,
-        counts.fail,
-        counts.unknown,
-        counts.acked_writes,
-        lin.iter().filter(|(_, ok)| *ok).count(),
-        lin.len(),
-        p50.as_secs_f64() * 1000.0,
-        max.as_secs_f64() * 1000.0,
-        started.elapsed().as_secs_f64(),
-        lin_time.as_secs_f64()
-    );
-    if args.failpoints {
+
+    /// Checks every key for linearizability and prints the run's figures.
+    fn finish(mut self) -> anyhow::Result<ExitCode> {
+        let checking = Instant::now();
+        let lin = self.history.check_linearizable();
+        let lin_time = checking.elapsed();
+        let counts = self.history.counts();
+        self.recoveries.sort();
+        let (p50, max) = match self.recoveries.len() {
+            0 => (Duration::ZERO, Duration::ZERO),
+            n => (self.recoveries[n / 2], self.recoveries[n - 1]),
+        };
         println!(
-            "fail points: the server aborted itself at its injected fault in {self_crashes} of {} cycles (the others were killed after waiting)",
-            args.cycles
+            "cycles {}, ops ok {} / fail {} / unknown {}, acknowledged writes verified {}, lost 0, phantom 0, stale reads 0, keys linearizable {}/{}, restart-to-ready p50 {:.0} ms max {:.0} ms, {:.1} s ({:.1} s in the linearizability check)",
+            self.args.cycles,
+            counts.ok,
+            counts.fail,
+            counts.unknown,
+            counts.acked_writes,
+            lin.iter().filter(|(_, ok)| *ok).count(),
+            lin.len(),
+            p50.as_secs_f64() * 1000.0,
+            max.as_secs_f64() * 1000.0,
+            self.started.elapsed().as_secs_f64(),
+            lin_time.as_secs_f64()
         );
+        if self.args.failpoints {
+            println!(
+                "fail points: the server aborted itself at its injected fault in {} of {} cycles (the others were killed after waiting)",
+                self.self_crashes, self.args.cycles
+            );
+        }
+        if let Some((k, _)) = lin.iter().find(|(_, ok)| !ok) {
+            let what = format!("key {k} is not linearizable");
+            return violation(&self.dir, &self.history, self.seed, &what);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(ExitCode::SUCCESS)
     }
-    if let Some((k, _)) = lin.iter().find(|(_, ok)| !ok) {
-        return violation(
-            &dir,
-            &history,
-            seed,
-            &format!("key {k} is not linearizable"),
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(ExitCode::SUCCESS)
 }
 
 fn violation(dir: &Path, history: &History, seed: u64, what: &str) -> anyhow::Result<ExitCode> {
