@@ -153,6 +153,9 @@ fn bench(port: u16, clients: u32, requests: u32) -> anyhow::Result<BTreeMap<Stri
 
 type Results = BTreeMap<(bool, &'static str, u32, Store), (f64, f64, f64)>;
 
+/// The benchmark as a script, read top to bottom (about 115 lines): build,
+/// start both servers, run every point, print, plot. Splitting it would
+/// only pass its dozen settings from function to function.
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -271,6 +274,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// SET throughput against clients, four lines, as a small hand-made SVG.
+/// (About 85 lines of drawing commands: axes, grid, lines, legend.)
 fn plot(results: &Results, repeats: usize) -> String {
     let (w, h, left, bottom, top, right) = (760.0, 400.0, 70.0, 50.0, 40.0, 240.0);
     let max = results

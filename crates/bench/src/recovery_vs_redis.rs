@@ -49,6 +49,8 @@ fn time_to_ready(mut cmd: Command, port: u16) -> anyhow::Result<Duration> {
     }
 }
 
+/// The benchmark as a script, read top to bottom (about 115 lines): write
+/// the same data to both stores, restart each, time it to ready, print.
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mib: u64 = args

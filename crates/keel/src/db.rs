@@ -728,6 +728,31 @@ impl Shared {
         }
     }
 
+    /// After a new checkpoint is durable, with `prev_lsn` the one before
+    /// it (kept as a fallback, with the log after it): deletes the log
+    /// segments and checkpoints older than that. Returns how many of each.
+    fn remove_obsolete(&self, prev_lsn: u64) -> Result<(usize, usize)> {
+        let segments_removed = self.wal.truncate_before(prev_lsn + 1)?;
+        let (found, _) = self.dir.list_checkpoints(&*self.storage)?;
+        let mut checkpoints_removed = 0;
+        for (l, p) in found {
+            if l < prev_lsn {
+                self.storage
+                    .remove(&p)
+                    .map_err(|e| Error::io("removing an old checkpoint", &p, e))?;
+                checkpoints_removed += 1;
+            }
+        }
+        if checkpoints_removed > 0 {
+            // The removals are durable only once the directory is.
+            let root = self.dir.root();
+            self.storage
+                .sync_dir(root)
+                .map_err(|e| Error::io("syncing the data directory", root, e))?;
+        }
+        Ok((segments_removed, checkpoints_removed))
+    }
+
     fn checkpoint(&self) -> Result<CheckpointOutcome> {
         let _one_at_a_time = self.poison.lock(&self.checkpoint_running, "checkpoint");
         // O(1): the persistent map shares structure with the live one.
@@ -779,27 +804,10 @@ impl Shared {
             ck.last_error = None;
             previous
         };
-        let mut segments_removed = 0;
-        let mut checkpoints_removed = 0;
-        if let Some((prev_lsn, _)) = previous {
-            segments_removed = self.wal.truncate_before(prev_lsn + 1)?;
-            let (found, _) = self.dir.list_checkpoints(&*self.storage)?;
-            for (l, p) in found {
-                if l < prev_lsn {
-                    self.storage
-                        .remove(&p)
-                        .map_err(|e| Error::io("removing an old checkpoint", &p, e))?;
-                    checkpoints_removed += 1;
-                }
-            }
-            if checkpoints_removed > 0 {
-                // The removals are durable only once the directory is.
-                let root = self.dir.root();
-                self.storage
-                    .sync_dir(root)
-                    .map_err(|e| Error::io("syncing the data directory", root, e))?;
-            }
-        }
+        let (segments_removed, checkpoints_removed) = match previous {
+            Some((prev_lsn, _)) => self.remove_obsolete(prev_lsn)?,
+            None => (0, 0),
+        };
         tracing::info!(
             lsn,
             keys = tree.len(),

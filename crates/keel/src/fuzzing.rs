@@ -40,6 +40,9 @@ pub fn checkpoint_decoding(data: &[u8]) {
 /// against a model. One writer under `SyncPolicy::Always`, so after any
 /// crash the store must hold exactly the model (every write acknowledged,
 /// none in flight).
+///
+/// About 80 lines: one interpreter loop over the fuzz input, whose arms
+/// (operation, checkpoint, crash) share the store, the model and the storage.
 pub fn engine_ops(data: &[u8]) {
     let s0 = SimStorage::new(data.len() as u64);
     let dir = PathBuf::from("/fuzz");

@@ -144,62 +144,67 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
             _ => method_not_allowed(),
         },
         p if p.starts_with("/kv/") => {
-            let raw = &p["/kv/".len()..];
-            if !matches!(method, Method::GET | Method::PUT | Method::DELETE) {
-                return method_not_allowed();
-            }
-            if raw.is_empty() {
-                return text(StatusCode::BAD_REQUEST, "key cannot be empty");
-            }
-            let Some(key) = percent_decode(raw) else {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "malformed percent-encoding in key: '%' must be followed by two hex digits",
-                );
-            };
-            let max_key = st.db.options().max_key_len;
-            if key.len() > max_key {
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("key too large: {} bytes, the limit is {max_key} bytes", key.len()),
-                );
-            }
-            match method {
-                Method::GET => {
-                    metrics::counter!("keel_reads_total").increment(1);
-                    match st.db.get(&key) {
-                        Ok(Some(v)) => (
-                            StatusCode::OK,
-                            [(header::CONTENT_TYPE, "application/octet-stream")],
-                            v,
-                        )
-                            .into_response(),
-                        Ok(None) => text(StatusCode::NOT_FOUND, "key not found"),
-                        Err(e) => error_response(e),
-                    }
-                }
-                Method::DELETE => {
-                    metrics::counter!("keel_writes_total").increment(1);
-                    match st.db.delete_async(&key).await {
-                        Ok(_) => ok(),
-                        Err(e) => error_response(e),
-                    }
-                }
-                _ => {
-                    let max_value = st.db.options().max_value_len;
-                    let value = match read_body(req.into_body(), max_value).await {
-                        Ok(v) => v,
-                        Err(r) => return r,
-                    };
-                    metrics::counter!("keel_writes_total").increment(1);
-                    match st.db.put_async(&key, &value).await {
-                        Ok(_) => ok(),
-                        Err(e) => error_response(e),
-                    }
-                }
-            }
+            let raw = p["/kv/".len()..].to_string();
+            key_request(&st.db, method, &raw, req).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found: the API is /kv/{key}, /kv?prefix=, /batch, /clear, /health, /metrics, /admin/checkpoint"),
+    }
+}
+
+/// `GET`, `PUT` or `DELETE /kv/{raw}` (`raw` still percent-encoded).
+async fn key_request(db: &Db, method: Method, raw: &str, req: Request) -> Response {
+    if !matches!(method, Method::GET | Method::PUT | Method::DELETE) {
+        return method_not_allowed();
+    }
+    if raw.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "key cannot be empty");
+    }
+    let Some(key) = percent_decode(raw) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "malformed percent-encoding in key: '%' must be followed by two hex digits",
+        );
+    };
+    let max_key = db.options().max_key_len;
+    if key.len() > max_key {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "key too large: {} bytes, the limit is {max_key} bytes",
+                key.len()
+            ),
+        );
+    }
+    let written = match method {
+        Method::GET => {
+            metrics::counter!("keel_reads_total").increment(1);
+            return match db.get(&key) {
+                Ok(Some(v)) => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    v,
+                )
+                    .into_response(),
+                Ok(None) => text(StatusCode::NOT_FOUND, "key not found"),
+                Err(e) => error_response(e),
+            };
+        }
+        Method::DELETE => {
+            metrics::counter!("keel_writes_total").increment(1);
+            db.delete_async(&key).await
+        }
+        _ => {
+            let value = match read_body(req.into_body(), db.options().max_value_len).await {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            metrics::counter!("keel_writes_total").increment(1);
+            db.put_async(&key, &value).await
+        }
+    };
+    match written {
+        Ok(_) => ok(),
+        Err(e) => error_response(e),
     }
 }
 

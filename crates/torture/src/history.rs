@@ -224,7 +224,11 @@ impl History {
                 });
             }
         }
-        // Batches: one key showing the batch's value means all of it happened.
+        self.check_batches(state)
+    }
+
+    /// Batches: one key showing a batch's value means all of it happened.
+    fn check_batches(&self, state: &BTreeMap<String, String>) -> Result<(), Violation> {
         for b in self
             .events
             .iter()

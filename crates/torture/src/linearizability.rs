@@ -45,6 +45,10 @@ struct Node {
 }
 
 /// Whether `ops` is linearizable as a register starting empty.
+///
+/// One piece (about 110 lines) on purpose: the search (Wing & Gong with
+/// Lowe's cache, as Porcupine does) lifts and unlifts entries of one linked
+/// list and one stack; split apart, each part would need all of that state.
 pub fn check(ops: &[Op]) -> bool {
     let n = ops.len();
     if n == 0 {

@@ -13,7 +13,7 @@
 use crate::error::{Damage, DamageDetail, DamageKind, Result, WalError};
 use crate::format::{HeaderError, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::options::{RecoveryMode, WalOptions};
-use crate::reader::{examine_after, scan_records, ScanStop};
+use crate::reader::{examine_after, scan_records, AfterDamage, ScanStop};
 use crate::segment::{list_segments, read_segment, OpenedSegment};
 use keel_storage::{Storage, StorageFile};
 use std::fmt;
@@ -443,73 +443,98 @@ impl Pass<'_> {
                 ScanStop::Clean { end } => return Ok((SegmentEnd::Kept { end }, lsn)),
                 ScanStop::Damaged { offset, kind } => (offset, kind),
             };
-            let ev = examine_after(data, at as usize, lsn, header.salt, max);
-            let mut damage = Damage {
+            let damage = Damage {
                 segment: path.to_path_buf(),
                 offset: at,
                 lsn,
                 kind,
             };
-            // Damage the caller does not need: every record it destroyed is
-            // below the replay start, and the log verifies again at or
-            // before it. Step over it, loudly.
-            if let Some((roff, rlsn)) = ev.resume {
-                if lsn < self.replay_from && rlsn <= self.replay_from && rlsn > lsn {
-                    tracing::warn!(%damage, resumed_at = rlsn, "damaged log records below the replay start (already in a checkpoint) were stepped over");
-                    self.report.covered_damage.push(damage);
-                    (offset, lsn) = (roff as usize, rlsn);
-                    continue;
-                }
-            }
-            let torn = is_last && ev.proof.is_none();
-            if let Some(by) = ev.proof {
-                damage.kind = DamageKind::SyncedRecordDamaged(DamageDetail {
-                    what: damage.kind.to_string(),
-                    proven_by_lsn: by,
-                });
-            }
-            let action = if torn {
-                on_torn_tail(self.opts.recovery, &damage)
-            } else {
-                on_corruption(self.opts.recovery, &damage)
-            };
-            let cut = |saved: bool| Fix::Cut {
-                seg: self.kept.len(),
-                at,
-                old_len: data.len() as u64,
-                saved: saved.then(|| data[at as usize..ev.data_end as usize].to_vec()),
-            };
-            match action {
-                Action::Refuse(e) => return Err(e),
-                Action::CutTail => {
-                    // Point-in-time mode (what repair uses) never destroys
-                    // bytes, not even never-acknowledged ones: they are saved.
-                    let save = self.opts.recovery == RecoveryMode::PointInTime && ev.data_end > at;
-                    self.report.torn_tail = Some(TornTail {
-                        damage,
-                        bytes_cut: ev.data_end - at,
-                        last_good_lsn: lsn - 1,
-                        unsynced_records_cut: ev.valid_records,
-                        saved_to: save.then(|| cut_name(path, at)),
-                    });
-                    self.fixes.push(cut(save));
-                    return Ok((SegmentEnd::Kept { end: at }, lsn));
-                }
-                Action::StopHere => {
-                    self.fixes.push(cut(true));
-                    self.set_aside(damage, Some(cut_name(path, at)), path, later);
-                    return Ok((SegmentEnd::Stopped { end: at }, lsn));
-                }
-                Action::Skip => {
-                    self.report.skipped.push(damage);
-                    match ev.resume {
-                        Some((roff, rlsn)) => (offset, lsn) = (roff as usize, rlsn),
-                        None => return Ok((SegmentEnd::Kept { end: at }, lsn)),
-                    }
-                }
+            let ev = examine_after(data, at as usize, lsn, header.salt, max);
+            match self.on_damage(damage, &ev, data, is_last, later)? {
+                AfterDamageStep::Resume(roff, rlsn) => (offset, lsn) = (roff as usize, rlsn),
+                AfterDamageStep::End(end) => return Ok((end, lsn)),
             }
         }
     }
+
+    /// Acts on damage found in a segment's records: steps over what the
+    /// caller does not need, and otherwise applies the recovery mode.
+    fn on_damage(
+        &mut self,
+        mut damage: Damage,
+        ev: &AfterDamage,
+        data: &[u8],
+        is_last: bool,
+        later: &[(u64, PathBuf)],
+    ) -> Result<AfterDamageStep> {
+        let (at, lsn) = (damage.offset, damage.lsn);
+        // Damage the caller does not need: every record it destroyed is
+        // below the replay start, and the log verifies again at or before
+        // it. Step over it, loudly.
+        if let Some((roff, rlsn)) = ev.resume {
+            if lsn < self.replay_from && rlsn <= self.replay_from && rlsn > lsn {
+                tracing::warn!(%damage, resumed_at = rlsn, "damaged log records below the replay start (already in a checkpoint) were stepped over");
+                self.report.covered_damage.push(damage);
+                return Ok(AfterDamageStep::Resume(roff, rlsn));
+            }
+        }
+        let torn = is_last && ev.proof.is_none();
+        if let Some(by) = ev.proof {
+            damage.kind = DamageKind::SyncedRecordDamaged(DamageDetail {
+                what: damage.kind.to_string(),
+                proven_by_lsn: by,
+            });
+        }
+        let action = if torn {
+            on_torn_tail(self.opts.recovery, &damage)
+        } else {
+            on_corruption(self.opts.recovery, &damage)
+        };
+        let path = damage.segment.clone();
+        let cut = |saved: bool| Fix::Cut {
+            seg: self.kept.len(),
+            at,
+            old_len: data.len() as u64,
+            saved: saved.then(|| data[at as usize..ev.data_end as usize].to_vec()),
+        };
+        match action {
+            Action::Refuse(e) => Err(e),
+            Action::CutTail => {
+                // Point-in-time mode (what repair uses) never destroys
+                // bytes, not even never-acknowledged ones: they are saved.
+                let save = self.opts.recovery == RecoveryMode::PointInTime && ev.data_end > at;
+                self.fixes.push(cut(save));
+                self.report.torn_tail = Some(TornTail {
+                    damage,
+                    bytes_cut: ev.data_end - at,
+                    last_good_lsn: lsn - 1,
+                    unsynced_records_cut: ev.valid_records,
+                    saved_to: save.then(|| cut_name(&path, at)),
+                });
+                Ok(AfterDamageStep::End(SegmentEnd::Kept { end: at }))
+            }
+            Action::StopHere => {
+                self.fixes.push(cut(true));
+                self.set_aside(damage, Some(cut_name(&path, at)), &path, later);
+                Ok(AfterDamageStep::End(SegmentEnd::Stopped { end: at }))
+            }
+            Action::Skip => {
+                self.report.skipped.push(damage);
+                Ok(match ev.resume {
+                    Some((roff, rlsn)) => AfterDamageStep::Resume(roff, rlsn),
+                    None => AfterDamageStep::End(SegmentEnd::Kept { end: at }),
+                })
+            }
+        }
+    }
+}
+
+/// Where a segment's scan goes after damage.
+enum AfterDamageStep {
+    /// Resume at this (offset, LSN).
+    Resume(u64, u64),
+    /// The segment ends here.
+    End(SegmentEnd),
 }
 
 /// Removes leftover prepared segments, then syncs the directory if that or

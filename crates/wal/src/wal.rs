@@ -178,73 +178,10 @@ impl Wal {
             .create_dir_all(&dir)
             .map_err(|e| WalError::io("creating the log directory", &dir, e))?;
         let recovered = recover(&*storage, &dir, &opts, replay_from, false, &mut replay)?;
-        let mut rng = SplitMix64::from_entropy();
-        let log_id = recovered.log_id.unwrap_or_else(|| rng.next_u64());
-        let preparer = Preparer::start(
-            Arc::clone(&storage),
-            dir.clone(),
-            opts.segment_size,
-            opts.preallocate,
-        );
-        let next_lsn = recovered.next_lsn;
-        let segments: Vec<(u64, PathBuf)> = recovered
-            .segments
-            .iter()
-            .map(|s| (s.first_lsn, s.path.clone()))
-            .collect();
-        let (tail, plan_salt) = match recovered.segments.into_iter().last() {
-            Some(s) => (
-                Some(Tail {
-                    path: s.path,
-                    file: s.file,
-                    end: s.end,
-                }),
-                s.salt,
-            ),
-            None => (None, 0),
-        };
-        let report = recovered.report;
-        let plan_end = tail.as_ref().map_or(0, |t| t.end);
-        let inner = Arc::new(Inner {
-            storage,
-            dir,
-            opts,
-            log_id,
-            state: Mutex::new(State {
-                next_lsn,
-                pending: Vec::new(),
-                plan_salt,
-                plan_end,
-                written_lsn: next_lsn - 1,
-                durable_lsn: next_lsn - 1,
-                writing: false,
-                syncing: false,
-                parked: Vec::new(),
-                flush_requested: false,
-                sync_file: tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone())),
-                tail,
-                spare: Vec::new(),
-                stopped: None,
-                closed: false,
-                wakers: Vec::new(),
-                rng,
-            }),
-            work: Condvar::new(),
-            segments: Mutex::new(segments),
-            preparer,
-            stats: AtomicStats::default(),
-            poisoned: AtomicBool::new(false),
-        });
+        let report = recovered.report.clone();
+        let inner = Arc::new(Inner::resume(storage, dir, opts, recovered));
         if inner.lock().tail.is_none() {
-            // A new log: its first segment exists (durably) before open returns.
-            let mut tail = None;
-            let salt = inner.lock().rng.next_u64();
-            inner.rotate(&mut tail, next_lsn, salt)?;
-            let mut st = inner.lock();
-            st.plan_salt = salt;
-            st.plan_end = SEGMENT_HEADER_LEN as u64;
-            st.sync_file = tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone()));
-            st.tail = tail;
+            inner.begin_first_segment()?;
         }
         let flusher = {
             let worker = Arc::clone(&inner);
@@ -554,6 +491,88 @@ impl Drop for Wal {
 }
 
 impl Inner {
+    /// The log's state after recovery: the kept segments, the next LSN,
+    /// the last segment as the tail to append to, and the preparer started.
+    fn resume(
+        storage: Arc<dyn Storage>,
+        dir: PathBuf,
+        opts: WalOptions,
+        recovered: crate::recovery::Recovered,
+    ) -> Inner {
+        let mut rng = SplitMix64::from_entropy();
+        let log_id = recovered.log_id.unwrap_or_else(|| rng.next_u64());
+        let preparer = Preparer::start(
+            Arc::clone(&storage),
+            dir.clone(),
+            opts.segment_size,
+            opts.preallocate,
+        );
+        let next_lsn = recovered.next_lsn;
+        let segments: Vec<(u64, PathBuf)> = recovered
+            .segments
+            .iter()
+            .map(|s| (s.first_lsn, s.path.clone()))
+            .collect();
+        let (tail, plan_salt) = match recovered.segments.into_iter().last() {
+            Some(s) => (
+                Some(Tail {
+                    path: s.path,
+                    file: s.file,
+                    end: s.end,
+                }),
+                s.salt,
+            ),
+            None => (None, 0),
+        };
+        let plan_end = tail.as_ref().map_or(0, |t| t.end);
+        Inner {
+            storage,
+            dir,
+            opts,
+            log_id,
+            state: Mutex::new(State {
+                next_lsn,
+                pending: Vec::new(),
+                plan_salt,
+                plan_end,
+                written_lsn: next_lsn - 1,
+                durable_lsn: next_lsn - 1,
+                writing: false,
+                syncing: false,
+                parked: Vec::new(),
+                flush_requested: false,
+                sync_file: tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone())),
+                tail,
+                spare: Vec::new(),
+                stopped: None,
+                closed: false,
+                wakers: Vec::new(),
+                rng,
+            }),
+            work: Condvar::new(),
+            segments: Mutex::new(segments),
+            preparer,
+            stats: AtomicStats::default(),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    /// A new log: its first segment exists (durably) before open returns.
+    fn begin_first_segment(&self) -> Result<()> {
+        let mut tail = None;
+        let (salt, first_lsn) = {
+            let mut st = self.lock();
+            (st.rng.next_u64(), st.next_lsn)
+        };
+        self.rotate(&mut tail, first_lsn, salt)?;
+        let mut st = self.lock();
+        st.plan_salt = salt;
+        st.plan_end = SEGMENT_HEADER_LEN as u64;
+        st.sync_file = tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone()));
+        st.tail = tail;
+        Ok(())
+    }
+
     /// The state lock. Poisoned means a thread panicked while holding it,
     /// possibly mid-update: the log stops, as after a failed fsync
     /// (docs/DESIGN.md, rule 9). Every waiter and later append gets the

@@ -386,6 +386,9 @@ fn shrink(buf: &mut Vec<u8>) {
 
 /// Reads and executes what connection `c` has, until it would block, is
 /// paused for a commit, has read its share, or has too much unsent output.
+///
+/// One loop (about 80 lines) on purpose: each exit of it is one of the four
+/// conditions above, and they are easiest to check side by side.
 fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn) {
     let mut reads = 0;
     c.backlog = false;
