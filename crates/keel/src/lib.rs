@@ -25,6 +25,8 @@
 //! assert_eq!(db.scan_prefix("user:", 10).unwrap().len(), 1);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 mod db;
 pub mod error;

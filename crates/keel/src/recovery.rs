@@ -2,12 +2,12 @@
 //! (torn tail or corruption, recovery modes) is `keel_wal::recovery`.
 //!
 //! The steps, each a function below:
-//! 1. [`remove_checkpoint_temps`]: an interrupted checkpoint never counts.
-//! 2. [`choose_checkpoint`]: the newest checkpoint that verifies is the base;
+//! 1. `remove_checkpoint_temps`: an interrupted checkpoint never counts.
+//! 2. `choose_checkpoint`: the newest checkpoint that verifies is the base;
 //!    newer damaged ones are reported and passed over, and the one before the
 //!    base is remembered (it and the log after it are kept as a fallback).
-//! 3. [`replay_log`]: open the log, replaying every record after the base.
-//! 4. [`check_continuity`]: the log must continue the base exactly. The same
+//! 3. `replay_log`: open the log, replaying every record after the base.
+//! 4. `check_continuity`: the log must continue the base exactly. The same
 //!    judgment is what `keel verify` applies (`crate::inspect`), so verify
 //!    says "sound" only of a store that opens.
 

@@ -36,7 +36,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
 }
 
-/// The router: everything goes through [`handle`].
+/// The router: everything goes through one handler, `handle`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .fallback(handle)

@@ -3,6 +3,8 @@
 //! apart from `main` so that fuzz targets and tests can drive the router
 //! in-process. The binary (`src/main.rs`) adds `serve` and the tools.
 
+#![warn(missing_docs)]
+
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;

@@ -458,6 +458,7 @@ impl SimStorage {
     pub fn write_file_durably(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut st = self.lock();
         let inode = *st.names.get(path).ok_or_else(not_found)?;
+        // Invariant: every name maps to an inode that exists.
         let node = st.inodes.get_mut(&inode).expect("named inode exists");
         node.volatile = data.to_vec();
         node.durable = data.to_vec();
@@ -645,6 +646,7 @@ impl SimFile {
                     offset,
                     data: data[..data.len() / 2].to_vec(),
                 };
+                // Invariant: an open handle keeps its inode (inodes are never freed).
                 let node = st.inodes.get_mut(&self.inode).expect("open inode exists");
                 apply(&mut node.volatile, &half);
                 node.pending.push(half);
@@ -653,6 +655,7 @@ impl SimFile {
             (Some(kind), _) => return Err(fault_error(kind)),
         };
         st.check_space(self.inode, new_len)?;
+        // Invariant: an open handle keeps its inode (inodes are never freed).
         let node = st.inodes.get_mut(&self.inode).expect("open inode exists");
         apply(&mut node.volatile, &op);
         node.pending.push(op);
@@ -666,6 +669,7 @@ impl SimFile {
             // The machine died: what is pending is for `crash()` to decide.
             return Err(frozen_err());
         }
+        // Invariant: an open handle keeps its inode (inodes are never freed).
         let node = st.inodes.get_mut(&self.inode).expect("open inode exists");
         if let Some(kind) = fault {
             // As Linux may: the dirty pages are marked clean and their data

@@ -91,7 +91,7 @@ impl SegmentHeader {
         if b[0..8] != SEGMENT_MAGIC {
             return Err(HeaderError::BadMagic);
         }
-        let crc = u32::from_le_bytes(b[40..44].try_into().expect("4 bytes"));
+        let crc = le32(&b[40..44]);
         if crc != crc32c::crc32c(&b[0..40]) {
             return Err(HeaderError::BadChecksum);
         }
@@ -99,11 +99,11 @@ impl SegmentHeader {
             // Padding is written as zeros and not covered by the checksum.
             return Err(HeaderError::BadChecksum);
         }
-        let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+        let version = le32(&b[8..12]);
         if version != FORMAT_VERSION {
             return Err(HeaderError::UnsupportedVersion(version));
         }
-        let flags = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+        let flags = le32(&b[12..16]);
         if flags != 0 {
             // Version 1 defines no flag: a set bit could change what the
             // bytes mean, so refuse rather than guess (found by fuzzing).
@@ -117,8 +117,19 @@ impl SegmentHeader {
     }
 }
 
+/// Little-endian integers from slices the callers cut at a fixed length
+/// (`b[8..16]`): the length always matches, so the copies cannot fail and
+/// no `expect` is needed.
 fn le64(b: &[u8]) -> u64 {
-    u64::from_le_bytes(b.try_into().expect("8 bytes"))
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn le32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
 }
 
 /// Bytes a record with a payload of `len` bytes takes, padding included.
@@ -137,6 +148,8 @@ fn record_crc(salt: u64, header_tail: &[u8], payload: &[u8]) -> u32 {
 /// it had been made durable before this record was written; recovery uses it
 /// to tell damage to synced records from a torn, never-acknowledged tail.
 pub fn encode_record(out: &mut Vec<u8>, salt: u64, lsn: u64, durable_lsn: u64, payload: &[u8]) {
+    // Invariant: the log refuses payloads over max_record_size, which
+    // validate() caps at MAX_RECORD_LEN_LIMIT (< u32::MAX), before encoding.
     let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
@@ -192,7 +205,7 @@ pub fn decode_record(buf: &[u8], salt: u64, max_len: u32) -> Decoded<'_> {
     if header.iter().all(|&b| b == 0) {
         return Decoded::Zero;
     }
-    let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let len = le32(&header[4..8]);
     if len > max_len.min(MAX_RECORD_LEN_LIMIT) {
         return Decoded::TooLong(len);
     }
@@ -201,7 +214,7 @@ pub fn decode_record(buf: &[u8], salt: u64, max_len: u32) -> Decoded<'_> {
         return Decoded::Truncated;
     }
     let payload = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len as usize];
-    let crc = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let crc = le32(&header[0..4]);
     if crc != record_crc(salt, &header[4..RECORD_HEADER_LEN], payload) {
         return Decoded::BadChecksum;
     }
@@ -235,11 +248,7 @@ pub fn peek_header(buf: &[u8]) -> Option<(u32, u64, u64)> {
     if buf.len() < RECORD_HEADER_LEN {
         return None;
     }
-    Some((
-        u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")),
-        le64(&buf[8..16]),
-        le64(&buf[16..24]),
-    ))
+    Some((le32(&buf[4..8]), le64(&buf[8..16]), le64(&buf[16..24])))
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@
 //! assert!(report.torn_tail.is_none());
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod format;
 pub mod fuzzing;

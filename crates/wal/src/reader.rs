@@ -34,6 +34,7 @@ pub(crate) fn first_nonzero(data: &[u8]) -> Option<usize> {
     let mut chunks = data.chunks_exact(16);
     let mut base = 0;
     for c in &mut chunks {
+        // Invariant: chunks_exact(16) yields 16-byte chunks only.
         if u128::from_ne_bytes(c.try_into().expect("16 bytes")) != 0 {
             return c.iter().position(|&b| b != 0).map(|i| base + i);
         }

@@ -7,7 +7,7 @@
 //!    on: a killed process's writes may still be only in the page cache, and
 //!    new records must never become durable ahead of older ones.
 //! 3. Segments are checked in LSN order: header, log id, name, continuity,
-//!    then every record (see [`crate::reader`] for the torn/corrupt rule).
+//!    then every record (see `reader.rs` for the torn/corrupt rule).
 //! 4. Only then is anything changed on disk — never when the open fails.
 
 use crate::error::{Damage, DamageDetail, DamageKind, Result, WalError};

@@ -664,6 +664,7 @@ impl Inner {
         }
         let salt = st.plan_salt;
         let durable = st.durable_lsn;
+        // Invariant: both branches above leave a batch in `pending`.
         let batch = st.pending.last_mut().expect("a batch was just ensured");
         format::encode_record(&mut batch.bytes, salt, lsn, durable, payload);
         st.plan_end += size;
@@ -874,6 +875,8 @@ impl Inner {
                 })?;
             }
             if !batch.bytes.is_empty() {
+                // Invariant: open creates the first segment before any
+                // append, and rotation only ever replaces the tail.
                 let t = tail.as_mut().expect("a tail segment exists after open");
                 t.file
                     .write_at(&batch.bytes, t.end)
