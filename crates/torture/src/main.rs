@@ -16,7 +16,8 @@
 //! restarts). On a violation: exit 1, keeping the history (JSON lines), the
 //! data directory and the seed.
 //!
-//! Short tier (CI): `cargo run -p keel-torture -- --cycles 40`.
+//! Short tiers (CI, `.ci/run`): `--cycles 150` on real and on buffered storage,
+//! `--cycles 20 --failpoints`, `--cycles 100 --storage buffered --protocol resp`.
 //! Long tier: `cargo run --release -p keel-torture -- --release-bin --cycles 1000`.
 
 mod history;
