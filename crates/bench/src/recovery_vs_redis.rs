@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     db.close()?;
-    let log_bytes: u64 = std::fs::read_dir(keel_dir.join("wal"))?
+    let log_bytes: u64 = std::fs::read_dir(keel::layout::DataDir::new(&keel_dir).log_dir())?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
