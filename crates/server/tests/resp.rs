@@ -342,6 +342,29 @@ fn malformed_or_oversized_frames_close_the_connection_and_store_nothing() {
 }
 
 #[test]
+fn an_http_request_on_the_resp_port_is_closed_unexecuted() {
+    let r = start_resp(tempfile::tempdir().unwrap());
+    // What a web page can make a browser send to 127.0.0.1:<resp port>.
+    let attack = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 24\r\n\r\nSET pwned 1\r\nFLUSHALL\r\n";
+    let mut s = connect(r.port);
+    s.write_all(attack).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    let mut s = connect(r.port);
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":0\r\n");
+    // Inline commands parse quotes as Redis does.
+    s.write_all(b"SET \"a b\" \"c d\"\r\n").unwrap();
+    assert_eq!(read_reply(&mut s, &mut Vec::new()), b"+OK\r\n");
+    assert_eq!(ask(&mut s, &[b"GET", b"a b"]), b"$3\r\nc d\r\n");
+    assert_eq!(
+        ask(&mut s, &[b"FLUSHALL", b"BOGUS"]),
+        b"-ERR syntax error\r\n"
+    );
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":1\r\n");
+}
+
+#[test]
 fn acknowledged_sets_survive_sigkill() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().to_path_buf();

@@ -120,6 +120,16 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
             ),
         );
     };
+    if cmd == b"POST" || cmd == b"HOST:" {
+        // An HTTP request sent to this port, which any web page can make a
+        // browser send: its lines would run as inline commands. Redis treats
+        // POST and Host: as an attack and closes the connection; so does keel.
+        tracing::warn!(
+            "possible security attack: an HTTP request ({}) on the Redis port; connection closed",
+            String::from_utf8_lossy(cmd)
+        );
+        return Outcome::Close;
+    }
     match cmd {
         b"PING" => match argc {
             1 => simple(out, "PONG"),
@@ -184,7 +194,15 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
             return Outcome::Read;
         }
         b"FLUSHDB" | b"FLUSHALL" if argc <= 2 => {
-            return deferred(out, db.clear_deferred(), |o| simple(o, "OK"))
+            // Only ASYNC and SYNC may follow (both mean: durably, now).
+            let mode_ok = args.get(1).is_none_or(|m| {
+                m.eq_ignore_ascii_case(b"ASYNC") || m.eq_ignore_ascii_case(b"SYNC")
+            });
+            if !mode_ok {
+                error(out, "ERR syntax error");
+                return Outcome::Done;
+            }
+            return deferred(out, db.clear_deferred(), |o| simple(o, "OK"));
         }
         b"DBSIZE" if argc == 1 => integer(out, db.len() as i64),
         b"INFO" => info(db, out),
@@ -324,5 +342,29 @@ mod tests {
             assert_eq!(out, b"-ERR value cannot be empty\r\n", "{cmd:?}");
         }
         assert!(db.is_empty(), "a refused MSET wrote part of itself");
+    }
+
+    #[test]
+    fn flushall_takes_only_async_or_sync_and_http_lines_close_the_connection() {
+        let t = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(t.path(), keel::Options::default()).unwrap();
+        db.put("k", "v").unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            execute(&db, args(&["FLUSHALL", "BOGUS"]), &mut out),
+            Outcome::Done
+        );
+        assert_eq!(out, b"-ERR syntax error\r\n");
+        assert_eq!(db.len(), 1, "a refused FLUSHALL flushed");
+        for ok in ["async", "SYNC"] {
+            out.clear();
+            let o = execute(&db, args(&["flushall", ok]), &mut out);
+            assert!(matches!(o, Outcome::Deferred(_)), "{ok}");
+        }
+        for attack in [&["POST", "/", "HTTP/1.1"][..], &["Host:", "localhost"]] {
+            out.clear();
+            assert_eq!(execute(&db, args(attack), &mut out), Outcome::Close);
+            assert!(out.is_empty(), "an HTTP line got a reply");
+        }
     }
 }

@@ -51,6 +51,73 @@ fn parse_int(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
+/// Splits an inline command line into arguments as Redis does
+/// (`sdssplitargs`): whitespace separates; `"..."` takes the escapes `\n`,
+/// `\r`, `\t`, `\b`, `\a`, `\\`, `\"` and `\xHH`; `'...'` takes `\'`; a closing
+/// quote must be followed by whitespace or the end of the line.
+fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
+    let unbalanced = || FrameError::Protocol("unbalanced quotes in request".into());
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while line.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Ok(args);
+        }
+        let mut arg = Vec::new();
+        let mut quote: Option<u8> = None;
+        loop {
+            let Some(&c) = line.get(i) else {
+                if quote.is_some() {
+                    return Err(unbalanced());
+                }
+                break;
+            };
+            match quote {
+                None if c.is_ascii_whitespace() => break,
+                None if c == b'"' || c == b'\'' => quote = Some(c),
+                None => arg.push(c),
+                Some(q) if c == q => {
+                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+                        return Err(unbalanced());
+                    }
+                    i += 1;
+                    break;
+                }
+                Some(b'"') if c == b'\\' && i + 1 < line.len() => {
+                    i += 1;
+                    let hex = |b: u8| (b as char).to_digit(16);
+                    match (
+                        line[i],
+                        line.get(i + 1).and_then(|&b| hex(b)),
+                        line.get(i + 2).and_then(|&b| hex(b)),
+                    ) {
+                        (b'x', Some(h), Some(l)) => {
+                            arg.push((h * 16 + l) as u8);
+                            i += 2;
+                        }
+                        (b'n', ..) => arg.push(b'\n'),
+                        (b'r', ..) => arg.push(b'\r'),
+                        (b't', ..) => arg.push(b'\t'),
+                        (b'b', ..) => arg.push(0x08),
+                        (b'a', ..) => arg.push(0x07),
+                        (other, ..) => arg.push(other),
+                    }
+                }
+                Some(b'\'') if c == b'\\' && line.get(i + 1) == Some(&b'\'') => {
+                    i += 1;
+                    arg.push(b'\'');
+                }
+                Some(_) => arg.push(c),
+            }
+            i += 1;
+        }
+        args.push(arg);
+    }
+}
+
 /// Parses one command (an array of bulk strings, or an inline line) from
 /// the start of `buf`: the arguments and the bytes consumed.
 pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<(Vec<Vec<u8>>, usize), FrameError> {
@@ -71,12 +138,7 @@ pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<(Vec<Vec<u8>>, u
         } else {
             end + 1
         };
-        let args = line
-            .split(|b| b.is_ascii_whitespace())
-            .filter(|a| !a.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect();
-        return Ok((args, consumed));
+        return Ok((split_inline(line)?, consumed));
     }
     let end = find_crlf(buf, 1).ok_or(FrameError::Incomplete)?;
     let n = parse_int(&buf[1..end])
@@ -244,6 +306,32 @@ mod tests {
             parse_command(b"SET a  b\n", &L).unwrap(),
             (vec![b"SET".to_vec(), b"a".to_vec(), b"b".to_vec()], 9)
         );
+    }
+
+    #[test]
+    fn inline_commands_take_quotes_and_escapes_as_redis_does() {
+        let args = |line: &str| {
+            parse_command(format!("{line}\r\n").as_bytes(), &L).map(|(a, _)| {
+                a.into_iter()
+                    .map(|x| String::from_utf8_lossy(&x).into_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(args(r#"SET "a b" "c d""#).unwrap(), ["SET", "a b", "c d"]);
+        assert_eq!(
+            args(r#"SET 'it\'s' "tab\there""#).unwrap(),
+            ["SET", "it's", "tab\there"]
+        );
+        assert_eq!(args(r#"SET k "\x41\x42\n""#).unwrap(), ["SET", "k", "AB\n"]);
+        assert_eq!(args(r#"SET k "" "#).unwrap(), ["SET", "k", ""]);
+        assert_eq!(args(r#"SET a"b c" v"#).unwrap(), ["SET", "ab c", "v"]);
+        for bad in [r#"SET "a"#, r#"SET 'a"#, r#"SET "a"b"#, r#"SET 'a'b"#] {
+            assert_eq!(
+                args(bad),
+                Err(FrameError::Protocol("unbalanced quotes in request".into())),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
