@@ -5,7 +5,9 @@
 //! | request | answer |
 //! |---|---|
 //! | `PUT /kv/{key}`, body = value | 200 `OK` once durable; empty body: 400 `value cannot be empty` |
-//! | `GET /kv/{key}` | 200 with the raw value; 404 `key not found` |
+//! | `GET /kv/{key}` | 200 with the raw value; 404 `key not found` (`HEAD`: the same, no body) |
+//! | `/kv/{key}?anything` | 400: a key URL takes no query string (`?` in a key is `%3F`) |
+//! | a write with a foreign `Origin` or a cross-site `Sec-Fetch-Site` | 403, nothing changed |
 //! | `DELETE /kv/{key}` | 200 `OK`, also when missing |
 //! | `/kv/` (PUT, GET, DELETE) | 400 `key cannot be empty` |
 //! | `DELETE /clear` | 200 `OK`, every key removed durably |
@@ -105,6 +107,9 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
 
 async fn handle(State(st): State<AppState>, req: Request) -> Response {
     let method = req.method().clone();
+    if let Some(refused) = refuse_cross_site_write(&req) {
+        return refused;
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     match path.as_str() {
@@ -148,6 +153,10 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
             _ => method_not_allowed(),
         },
         "/batch" => match method {
+            Method::POST if !is_json(&req) => text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "POST /batch needs Content-Type: application/json",
+            ),
             Method::POST => batch(&st.db, req.into_body()).await,
             _ => method_not_allowed(),
         },
@@ -159,10 +168,61 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
     }
 }
 
+/// A write that a browser sent on behalf of another site (cross-site
+/// request forgery: any web page can make a browser send a form POST or a
+/// `text/plain` body to 127.0.0.1): refused with 403 before it is read.
+/// Browsers say where a request comes from in `Sec-Fetch-Site` and
+/// `Origin`; clients that are not browsers send neither, and pass.
+fn refuse_cross_site_write(req: &Request) -> Option<Response> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let headers = req.headers();
+    let value = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let site = value(header::HeaderName::from_static("sec-fetch-site"));
+    let cross_site = site.is_some_and(|s| s != "same-origin" && s != "none");
+    let foreign_origin = value(header::ORIGIN).is_some_and(|origin| {
+        let authority = origin.split_once("://").map_or("", |(_, a)| a);
+        value(header::HOST).is_none_or(|host| !authority.eq_ignore_ascii_case(host))
+    });
+    (cross_site || foreign_origin).then(|| {
+        tracing::warn!(
+            origin = value(header::ORIGIN).unwrap_or("-"),
+            fetch_site = site.unwrap_or("-"),
+            "cross-site write refused"
+        );
+        text(
+            StatusCode::FORBIDDEN,
+            "cross-site write refused: a browser sent this request on behalf of another site (its Origin or Sec-Fetch-Site says so)",
+        )
+    })
+}
+
+/// Whether the body is declared JSON. Requiring it on JSON endpoints makes
+/// a browser ask first (a CORS preflight, which keel never grants) instead
+/// of sending a cross-site `text/plain` body straight through.
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// `GET`, `PUT` or `DELETE /kv/{raw}` (`raw` still percent-encoded).
 async fn key_request(db: &Db, method: Method, raw: &str, req: Request) -> Response {
-    if !matches!(method, Method::GET | Method::PUT | Method::DELETE) {
+    if !matches!(
+        method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+    ) {
         return method_not_allowed();
+    }
+    if req.uri().query().is_some() {
+        // `/kv/a?b=c` would otherwise quietly name the key `a`.
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a key URL takes no query string: percent-encode '?' in keys as %3F",
+        );
     }
     if raw.is_empty() {
         return text(StatusCode::BAD_REQUEST, "key cannot be empty");
@@ -184,7 +244,8 @@ async fn key_request(db: &Db, method: Method, raw: &str, req: Request) -> Respon
         );
     }
     let written = match method {
-        Method::GET => {
+        // HEAD: the same answer as GET; hyper sends no body with it.
+        Method::GET | Method::HEAD => {
             metrics::counter!("keel_reads_total").increment(1);
             return match db.get(&key) {
                 Ok(Some(v)) => (

@@ -29,13 +29,26 @@ pub fn classify(e: &keel::Error) -> Refusal {
     }
 }
 
-/// The text sent to the client for `e`.
+/// The text sent to the client for `e`. It names what failed and what to
+/// do, never a file-system path: those go to the server's log.
 pub fn message(e: &keel::Error) -> String {
     match classify(e) {
-        Refusal::Stopped => format!(
-            "the log is stopped and refuses writes ({e}); reads still work; restart the server to recover"
-        ),
-        Refusal::Internal => format!("internal error: {e}"),
+        Refusal::Stopped => {
+            let why = match e {
+                keel::Error::Wal(keel_wal::WalError::Stopped { cause, .. }) => {
+                    format!("{} failed: {}", cause.op, cause.error)
+                }
+                keel::Error::Poisoned { what } => {
+                    format!("a thread panicked holding the {what} lock")
+                }
+                _ => "a write failed".into(),
+            };
+            format!("the log is stopped ({why}); writes are refused, reads still work; restart the server to recover")
+        }
+        Refusal::Internal => {
+            tracing::error!(error = %e, "request failed");
+            "internal error; the server's log has the details".into()
+        }
         Refusal::BadRequest | Refusal::TooLarge => e.to_string(),
     }
 }
@@ -60,5 +73,11 @@ mod tests {
         assert_eq!(classify(&long), Refusal::TooLarge);
         assert!(message(&long).contains("max_key_len"));
         assert_eq!(classify(&keel::Error::Closed), Refusal::Internal);
+        let io = keel::Error::Io {
+            op: "reading",
+            path: "/secret/place".into(),
+            source: std::io::Error::other("boom"),
+        };
+        assert!(!message(&io).contains("/secret"), "{}", message(&io));
     }
 }

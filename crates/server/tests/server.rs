@@ -24,7 +24,10 @@ fn call(a: &ureq::Agent, method: &str, url: &str, body: Option<&[u8]>) -> (u16, 
         ("DELETE", _) => a.delete(url).call(),
         ("PUT", Some(b)) => a.put(url).send(b),
         ("PUT", None) => a.put(url).send_empty(),
-        ("POST", Some(b)) => a.post(url).send(b),
+        ("POST", Some(b)) => a
+            .post(url)
+            .header("content-type", "application/json")
+            .send(b),
         ("POST", None) => a.post(url).send_empty(),
         ("PATCH", b) => a.patch(url).send(b.unwrap_or(b"")),
         _ => panic!("method {method}"),
@@ -611,4 +614,91 @@ fn the_tools_refuse_what_is_not_a_keel_store_with_exit_code_2() {
             "{err}"
         );
     }
+}
+
+/// A request with headers of our choosing, over a raw socket (what a
+/// browser would send): (status, body).
+fn raw_request(port: u16, head: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let req = format!(
+        "{head}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn browsers_cannot_write_for_another_site() {
+    let (_t, _cfg, s) = setup("");
+    let a = agent();
+    assert_eq!(call(&a, "PUT", &s.url("/kv/k"), Some(b"safe")).0, 200);
+    let batch = br#"{"ops":[{"op":"delete","key":"k"}]}"#;
+    // A cross-site form or fetch with a simple content type.
+    let (st, body) = raw_request(
+        s.port,
+        "POST /batch HTTP/1.1\r\nContent-Type: text/plain\r\nOrigin: http://evil.example",
+        batch,
+    );
+    assert_eq!(st, 403, "{body}");
+    let (st, body) = raw_request(
+        s.port,
+        "POST /batch HTTP/1.1\r\nContent-Type: text/plain",
+        batch,
+    );
+    assert_eq!(st, 415, "{body}");
+    for head in [
+        "PUT /kv/k HTTP/1.1\r\nOrigin: http://evil.example",
+        "DELETE /kv/k HTTP/1.1\r\nSec-Fetch-Site: cross-site",
+        "DELETE /clear HTTP/1.1\r\nOrigin: null",
+        "DELETE /kv/k HTTP/1.1\r\nSec-Fetch-Site: same-site",
+    ] {
+        let (st, body) = raw_request(s.port, head, b"pwned");
+        assert_eq!(st, 403, "{head}: {body}");
+    }
+    assert_eq!(
+        call(&a, "GET", &s.url("/kv/k"), None),
+        (200, b"safe".to_vec())
+    );
+    // The same origin, and clients that are not browsers, may write.
+    let own = format!("PUT /kv/k HTTP/1.1\r\nOrigin: http://127.0.0.1:{}", s.port);
+    assert_eq!(raw_request(s.port, &own, b"mine").0, 200);
+    let (st, _) = raw_request(
+        s.port,
+        "POST /batch HTTP/1.1\r\nContent-Type: application/json; charset=utf-8",
+        batch,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(call(&a, "GET", &s.url("/kv/k"), None).0, 404);
+}
+
+#[test]
+fn head_answers_like_get_and_a_query_on_a_key_is_refused() {
+    let (_t, _cfg, s) = setup("");
+    let a = agent();
+    assert_eq!(call(&a, "PUT", &s.url("/kv/k"), Some(b"12345")).0, 200);
+    let (st, body) = raw_request(s.port, "HEAD /kv/k HTTP/1.1", b"");
+    assert_eq!((st, body.as_str()), (200, ""));
+    assert_eq!(raw_request(s.port, "HEAD /kv/none HTTP/1.1", b"").0, 404);
+    let (st, body) = raw_request(s.port, "PUT /kv/a?b=c HTTP/1.1", b"v");
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(
+        call(&a, "GET", &s.url("/kv/a"), None).0,
+        404,
+        "a query wrote a key"
+    );
 }

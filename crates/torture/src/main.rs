@@ -191,7 +191,8 @@ fn raw(port: u16, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|_| Sent::No)?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        if path == "/batch" { "application/json" } else { "application/octet-stream" },
         body.len()
     );
     s.write_all(head.as_bytes()).map_err(|_| Sent::Maybe)?;

@@ -77,6 +77,7 @@ pub fn http_request(data: &[u8]) {
         let req = Request::builder()
             .method(method)
             .uri(path)
+            .header("content-type", "application/json")
             .body(Body::from(body))
             .ok()?;
         h.rt.block_on(async {
