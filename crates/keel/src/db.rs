@@ -38,7 +38,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// First wait before retrying a failed automatic checkpoint.
+const CHECKPOINT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait before retrying a failed automatic checkpoint.
+const CHECKPOINT_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Counters and positions of a running [`Db`].
 #[derive(Clone, Debug)]
@@ -61,6 +66,9 @@ pub struct Stats {
     pub checkpoint_time: Option<SystemTime>,
     /// Checkpoints written since open.
     pub checkpoints_written: u64,
+    /// Checkpoints that failed since open (automatic ones back off after a
+    /// failure: 1 s, doubling to 60 s).
+    pub checkpoints_failed: u64,
     /// The last checkpoint failure, if the last attempt failed.
     pub last_checkpoint_error: Option<String>,
     /// How the store was recovered at open.
@@ -123,6 +131,7 @@ struct CheckpointState {
     previous: Option<(u64, PathBuf)>,
     time: Option<SystemTime>,
     written: u64,
+    failed: u64,
     last_error: Option<String>,
 }
 
@@ -249,6 +258,7 @@ impl<'a> DbBuilder<'a> {
                 newest: r.newest,
                 previous: r.older,
                 written: 0,
+                failed: 0,
                 last_error: None,
             }),
             checkpoint_running: Mutex::new(()),
@@ -502,6 +512,7 @@ impl Db {
             checkpoint_lsn: ck.newest.as_ref().map(|c| c.0),
             checkpoint_time: ck.time,
             checkpoints_written: ck.written,
+            checkpoints_failed: ck.failed,
             last_checkpoint_error: ck.last_error.clone(),
             recovery: sh.recovery.clone(),
             stopped: sh.wal.stopped().is_some(),
@@ -696,32 +707,53 @@ impl Shared {
         }
     }
 
+    /// The checkpoint thread: checkpoints when the log-size or time trigger
+    /// fires. After a failure it backs off (1 s, doubling to 60 s) whatever
+    /// triggers in between: a full disk must not turn every write into a
+    /// checkpoint attempt.
     fn checkpoint_loop(&self) {
         let (m, cv) = &self.trigger;
+        // When the next attempt may start, and the current backoff.
+        let mut retry: Option<(Instant, Duration)> = None;
         let mut due = self.poison.lock(m, "checkpoint trigger");
         loop {
             if self.closing.load(Ordering::SeqCst) {
                 return;
             }
-            let timed_out = if *due {
+            let hold = retry.map(|(at, _)| at.saturating_duration_since(Instant::now()));
+            let backing_off = hold.is_some_and(|d| !d.is_zero());
+            let timed_out = if *due && !backing_off {
                 false
             } else {
-                let waited =
-                    self.poison
-                        .wait(cv, due, self.opts.checkpoint_interval, "checkpoint trigger");
+                let timeout = if backing_off {
+                    hold
+                } else {
+                    self.opts.checkpoint_interval
+                };
+                let waited = self.poison.wait(cv, due, timeout, "checkpoint trigger");
                 due = waited.0;
                 waited.1
             };
             if self.closing.load(Ordering::SeqCst) {
                 return;
             }
+            if retry.is_some_and(|(at, _)| Instant::now() < at) {
+                continue; // a trigger during the backoff waits for its end
+            }
             if *due || timed_out {
                 *due = false;
                 drop(due);
                 if self.wal.stopped().is_none() && self.poison.check().is_ok() {
-                    if let Err(e) = self.checkpoint() {
-                        tracing::error!(error = %e, "automatic checkpoint failed; the log keeps every write, will retry at the next trigger");
-                    }
+                    retry = match self.checkpoint() {
+                        Ok(_) => None,
+                        Err(e) => {
+                            let wait = retry.map_or(CHECKPOINT_RETRY_MIN, |(_, d)| {
+                                (d * 2).min(CHECKPOINT_RETRY_MAX)
+                            });
+                            tracing::error!(error = %e, retry_in = ?wait, "automatic checkpoint failed; the log keeps every write");
+                            Some((Instant::now() + wait, wait))
+                        }
+                    };
                 }
                 due = self.poison.lock(m, "checkpoint trigger");
             }
@@ -786,9 +818,9 @@ impl Shared {
             &tree,
             self.opts.checkpoint_bytes_per_sec,
         ) {
-            self.poison
-                .lock(&self.checkpoints, "checkpoints")
-                .last_error = Some(e.to_string());
+            let mut ck = self.poison.lock(&self.checkpoints, "checkpoints");
+            ck.last_error = Some(e.to_string());
+            ck.failed += 1;
             return Err(e);
         }
         self.log_bytes_since_checkpoint

@@ -37,6 +37,16 @@ pub const DEFAULT_MAX_VALUE_LEN: usize = 64 << 20;
 /// so it must fit in memory twice at replay.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 128 << 20;
 
+/// Longest key accepted at most: every key is held in memory twice (the
+/// ordered map and the hash index).
+pub const MAX_KEY_LEN_LIMIT: usize = 16 << 20;
+/// Longest value accepted at most: a value is one log record, encoded and
+/// replayed whole in memory.
+pub const MAX_VALUE_LEN_LIMIT: usize = 1 << 30;
+/// Slowest checkpoint pace accepted: slower, a checkpoint of a large state
+/// would run for days while the log it would let go of keeps growing.
+pub const MIN_CHECKPOINT_BYTES_PER_SEC: u64 = 64 << 10;
+
 /// Options of a [`Db`](crate::Db). Build them from [`Options::default`]
 /// (fields are public; new ones may be added, so the struct is
 /// `#[non_exhaustive]`) or read them from TOML with [`Options::from_toml`],
@@ -150,12 +160,38 @@ impl Options {
         })
     }
 
+    /// Checks every option against its bounds; the error names the option,
+    /// the value and the bound.
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.max_key_len == 0 {
+        if self.max_key_len == 0 || self.max_key_len > MAX_KEY_LEN_LIMIT {
+            return Err(Error::InvalidOptions(format!(
+                "max_key_len {} must be between 1 and {MAX_KEY_LEN_LIMIT} bytes (16 MiB)",
+                self.max_key_len
+            )));
+        }
+        if self.max_value_len > MAX_VALUE_LEN_LIMIT {
+            return Err(Error::InvalidOptions(format!(
+                "max_value_len {} must be at most {MAX_VALUE_LEN_LIMIT} bytes (1 GiB)",
+                self.max_value_len
+            )));
+        }
+        if self
+            .checkpoint_bytes_per_sec
+            .is_some_and(|r| r < MIN_CHECKPOINT_BYTES_PER_SEC)
+        {
+            return Err(Error::InvalidOptions(format!(
+                "checkpoint_bytes_per_sec must be at least {MIN_CHECKPOINT_BYTES_PER_SEC} (64 KiB/s), or 0 for unpaced"
+            )));
+        }
+        if self.checkpoint_interval.is_some_and(|d| d.is_zero()) {
             return Err(Error::InvalidOptions(
-                "max_key_len must be at least 1".into(),
+                "checkpoint_interval must be above zero (omit it to checkpoint by log size only)"
+                    .into(),
             ));
         }
+        self.wal_options(1)
+            .validate()
+            .map_err(|e| Error::InvalidOptions(e.to_string()))?;
         let largest_put = 9 + self.max_key_len + self.max_value_len;
         if largest_put > self.max_batch_bytes {
             return Err(Error::InvalidOptions(format!(
@@ -267,7 +303,18 @@ mod tests {
         assert!(e.to_string().contains("colour"), "{e}");
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_sync("interval:0ms").is_err());
-        let e = Options::from_toml("max_value_len = 999999999999").unwrap_err();
+        let e = Options::from_toml("max_value_len = 999999999").unwrap_err();
         assert!(e.to_string().contains("max_batch_bytes"), "{e}");
+        for (toml, says) in [
+            ("segment_size = 1099511627776", "segment_size"),
+            ("segment_size = 100", "segment_size"),
+            ("max_value_len = 999999999999", "max_value_len"),
+            ("max_key_len = 0", "max_key_len"),
+            ("checkpoint_bytes_per_sec = 10", "checkpoint_bytes_per_sec"),
+            ("checkpoint_interval = \"0s\"", "checkpoint_interval"),
+        ] {
+            let e = Options::from_toml(toml).unwrap_err();
+            assert!(e.to_string().contains(says), "{toml}: {e}");
+        }
     }
 }

@@ -125,3 +125,55 @@ fn every_fault_at_every_operation_fails_stop_and_recovers() {
         "engine fault injection: {total_ops} operations x 3 kinds x once/persistent = {cases} cases, {stopped} stopped the store, every reopen recovered all acknowledged writes"
     );
 }
+
+#[test]
+fn failed_automatic_checkpoints_back_off_instead_of_retrying_on_every_write() {
+    let s = SimStorage::new(9);
+    let o = {
+        let mut o = Options::default();
+        o.checkpoint_log_bytes = Some(1024);
+        o.checkpoint_bytes_per_sec = None;
+        o
+    };
+    let (db, _) = Db::builder(dir())
+        .options(o)
+        .storage(Arc::new(s.clone()))
+        .open()
+        .unwrap();
+    // No new file can be made: every checkpoint fails (the 64 MiB segment
+    // in use takes these writes without rotating).
+    s.inject(Fault {
+        op: FaultOp::Create,
+        nth: 1,
+        persistent: true,
+        kind: FaultKind::Enospc,
+    });
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let mut n = 0u32;
+    while std::time::Instant::now() < until {
+        db.put(format!("k{}", n % 100), "v".repeat(100)).unwrap();
+        n += 1;
+    }
+    let st = db.stats();
+    assert!(
+        (1..=3).contains(&st.checkpoints_failed),
+        "{} failed checkpoints during {n} writes: no backoff",
+        st.checkpoints_failed
+    );
+    assert!(st.last_checkpoint_error.is_some());
+    let temps: Vec<String> = s
+        .list(&dir())
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.ends_with(".tmp"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+    // The disk is back: the next attempt (at the end of the backoff) works.
+    s.clear_faults();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while db.stats().checkpoints_written == 0 && std::time::Instant::now() < until {
+        db.put("tick", "v").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(db.stats().checkpoints_written >= 1, "never retried");
+}

@@ -40,6 +40,7 @@ pub fn render(handle: &PrometheusHandle, db: &Db) -> String {
     metrics::gauge!("keel_stopped").set(if st.stopped { 1.0 } else { 0.0 });
     metrics::gauge!("keel_checkpoint_lsn").set(st.checkpoint_lsn.unwrap_or(0) as f64);
     metrics::gauge!("keel_checkpoints_written").set(st.checkpoints_written as f64);
+    metrics::gauge!("keel_checkpoints_failed").set(st.checkpoints_failed as f64);
     if let Some(t) = st.checkpoint_time {
         let age = SystemTime::now()
             .duration_since(t)

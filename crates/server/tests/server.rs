@@ -702,3 +702,24 @@ fn head_answers_like_get_and_a_query_on_a_key_is_refused() {
         "a query wrote a key"
     );
 }
+
+#[test]
+fn options_out_of_bounds_are_refused_at_start_and_leave_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("big.toml");
+    // 1 TiB segments: preallocating one used to fill the file system.
+    std::fs::write(&cfg, "segment_size = 1099511627776\n").unwrap();
+    let (mut child, _, log) = Server::spawn(t.path(), &cfg, &[]);
+    let st = child.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!st.success(), "started with 1 TiB segments");
+    assert!(
+        err.contains("segment_size") && err.contains("1 GiB"),
+        "{err}"
+    );
+    let wal = t.path().join("data/wal");
+    let left: Vec<_> = std::fs::read_dir(&wal)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

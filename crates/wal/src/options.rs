@@ -39,6 +39,11 @@ pub enum RecoveryMode {
     SkipAnyCorruptedRecords,
 }
 
+/// Largest segment accepted: a segment is preallocated whole (the next one
+/// in the background, so a 1 TiB setting would fill the file system) and
+/// read whole into memory at recovery.
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+
 /// Options of a [`Wal`](crate::Wal).
 #[derive(Clone, Debug)]
 pub struct WalOptions {
@@ -73,10 +78,17 @@ impl Default for WalOptions {
 }
 
 impl WalOptions {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks every option against its bounds (the error names the option).
+    pub fn validate(&self) -> Result<()> {
         if self.segment_size < 4096 {
             return Err(WalError::InvalidOptions(format!(
                 "segment_size {} is below the minimum of 4096 bytes",
+                self.segment_size
+            )));
+        }
+        if self.segment_size > MAX_SEGMENT_SIZE {
+            return Err(WalError::InvalidOptions(format!(
+                "segment_size {} is above the maximum of {MAX_SEGMENT_SIZE} bytes (1 GiB): each segment is preallocated whole and read whole into memory at recovery",
                 self.segment_size
             )));
         }

@@ -134,14 +134,25 @@ pub(crate) fn prepare_segment(
     let file = storage
         .open(&path, OpenMode::CreateNew)
         .map_err(|e| WalError::io("creating a segment", &path, e))?;
-    if preallocate {
+    let allocated = if preallocate {
         file.allocate(size)
-            .map_err(|e| WalError::io("preallocating a segment", &path, e))?;
-    }
+            .map_err(|e| WalError::io("preallocating a segment", &path, e))
+    } else {
+        Ok(())
+    };
     // fsync (not fdatasync): the allocation is metadata, and making it
     // durable now is what lets every later fdatasync skip it.
-    file.sync_all()
-        .map_err(|e| WalError::io("syncing a prepared segment", &path, e))?;
+    let synced = allocated.and_then(|()| {
+        file.sync_all()
+            .map_err(|e| WalError::io("syncing a prepared segment", &path, e))
+    });
+    if let Err(e) = synced {
+        // A full disk must not keep a half-allocated file: give the space
+        // back (best effort; a leftover is removed at the next open).
+        drop(file);
+        let _ = storage.remove(&path);
+        return Err(e);
+    }
     // The name need not be durable yet (a lost .tmp file holds nothing), but
     // syncing it here keeps the rename at rotation a single-entry change.
     storage
