@@ -6,6 +6,7 @@ use keel::storage::{BufferedStorage, FaultyStorage, FsStorage, Storage};
 use keel::{Db, Options};
 use keel_server::http::{router, AppState};
 use keel_server::resp::RespServer;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,11 @@ pub struct ServeArgs {
     /// Also serve the Redis protocol (RESP2) on this port (off unless given).
     #[arg(long)]
     pub resp_port: Option<u16>,
+    /// After SIGTERM or Ctrl-C: how long complete requests may take to
+    /// finish before the connections still open (a client that sent half a
+    /// request) are closed, e.g. `10s`, `500ms`.
+    #[arg(long, default_value = "10s")]
+    pub shutdown_timeout: String,
 }
 
 fn init_logging() {
@@ -59,6 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let dir = args.working_dir.clone();
     let db = Arc::new(open_store(&dir, opts, storage_from_env()?)?);
     let addr = listen_addr(&args.bind, args.port)?;
+    let grace = keel::parse_duration(&args.shutdown_timeout).context("--shutdown-timeout")?;
     // The RESP listener runs its own event loop thread (see resp::event_loop).
     let resp = match args.resp_port {
         Some(p) => Some(start_resp(listen_addr(&args.bind, p)?, &db)?),
@@ -68,7 +75,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         db: Arc::clone(&db),
         metrics,
     };
-    serve_http(addr, state, &dir)?;
+    serve_http(addr, state, &dir, grace)?;
     if let Some(r) = resp {
         r.shutdown();
     }
@@ -158,8 +165,15 @@ fn start_resp(addr: SocketAddr, db: &Arc<Db>) -> anyhow::Result<RespServer> {
     Ok(server)
 }
 
-/// Serves HTTP until SIGTERM or Ctrl-C, then lets in-flight requests finish.
-fn serve_http(addr: SocketAddr, state: AppState, dir: &Path) -> anyhow::Result<()> {
+/// Serves HTTP until SIGTERM or Ctrl-C, then lets in-flight requests finish
+/// for at most `grace`; connections still open then are closed (dropping the
+/// runtime cancels them). Writes they had queued are synced by the close.
+fn serve_http(
+    addr: SocketAddr,
+    state: AppState,
+    dir: &Path,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keel-http")
@@ -178,10 +192,23 @@ fn serve_http(addr: SocketAddr, state: AppState, dir: &Path) -> anyhow::Result<(
             let _ = stop_tx.send(true);
         });
         tracing::info!("listening on http://{addr} (data in {})", dir.display());
-        axum::serve(listener, router(state))
+        let deadline = {
+            let rx = stop_rx.clone();
+            async move {
+                stopped(rx).await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let serve = axum::serve(listener, router(state))
             .with_graceful_shutdown(stopped(stop_rx))
-            .await
-            .context("serving HTTP")
+            .into_future();
+        tokio::select! {
+            served = serve => served.context("serving HTTP"),
+            () = deadline => {
+                tracing::warn!("shutdown: connections still open {grace:?} after the signal (half-sent requests); closing them");
+                Ok(())
+            }
+        }
     })
 }
 

@@ -364,6 +364,31 @@ fn sigterm_finishes_syncs_and_exits_zero() {
 }
 
 #[test]
+fn sigterm_closes_half_sent_requests_after_the_deadline() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    let mut s = Server::start_with(t.path(), &cfg, &[], &["--shutdown-timeout", "500ms"]);
+    let a = agent();
+    assert_eq!(call(&a, "PUT", &s.url("/kv/done"), Some(b"v")).0, 200);
+    // A client that sends half a request and waits forever.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    slow.write_all(b"PUT /kv/half HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let st = s.term();
+    let took = started.elapsed();
+    assert!(st.success(), "exit status {st:?}: {}", s.stderr());
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert!(s.stderr().contains("still open"), "{}", s.stderr());
+    s.restart(&cfg);
+    assert_eq!(call(&a, "GET", &s.url("/kv/done"), None).0, 200);
+    assert_eq!(call(&a, "GET", &s.url("/kv/half"), None).0, 404);
+    drop(slow);
+}
+
+#[test]
 fn a_failed_fsync_stops_writes_with_503_and_reads_go_on() {
     let t = tempfile::tempdir().unwrap();
     let cfg = config(t.path(), "");
