@@ -15,6 +15,9 @@
 //! | key or value over the limit | 413 naming the limit; nothing stored |
 //! | after a failed fsync | writes 503, reads go on |
 //!
+//! With an auth token (`crate::auth`) every endpoint but `/health` answers
+//! 401 without `Authorization: Bearer <token>`.
+//!
 //! Also `GET /health`, `GET /metrics`, `POST /admin/checkpoint`,
 //! `GET /kv?prefix=..&limit=..` and `POST /batch`.
 //!
@@ -26,6 +29,7 @@
 //! at one client but 0.54x at 16 and 0.48x at 64, because every blocked
 //! worker hands its core to a new thread. So HTTP keeps the flush thread.
 
+use crate::auth::AuthToken;
 use crate::refusal::{self, Refusal};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -44,6 +48,8 @@ pub struct AppState {
     pub db: Arc<Db>,
     /// The metrics exporter.
     pub metrics: PrometheusHandle,
+    /// When set, every endpoint but `/health` needs `Authorization: Bearer`.
+    pub auth: Option<Arc<AuthToken>>,
 }
 
 /// The router: everything goes through one handler, `handle`.
@@ -111,6 +117,20 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
         return refused;
     }
     let path = req.uri().path().to_string();
+    if let Some(token) = &st.auth {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if path != "/health" && !token.allows_header(given) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "authentication required: send Authorization: Bearer <token>\n",
+            )
+                .into_response();
+        }
+    }
     let query = req.uri().query().map(str::to_string);
     match path.as_str() {
         "/health" => match method {

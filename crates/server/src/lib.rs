@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use keel::storage::{BufferedStorage, FaultyStorage, FsStorage, Storage};
 use keel::{Db, Options};
+use keel_server::auth::AuthToken;
 use keel_server::http::{router, AppState};
 use keel_server::resp::RespServer;
 use std::future::IntoFuture;
@@ -37,6 +38,15 @@ pub struct ServeArgs {
     /// request) are closed, e.g. `10s`, `500ms`.
     #[arg(long, default_value = "10s")]
     pub shutdown_timeout: String,
+    /// A file holding the auth token: HTTP then needs `Authorization:
+    /// Bearer <token>` (all but /health), RESP needs `AUTH <token>` first.
+    /// Without it, the token comes from KEEL_AUTH_TOKEN if set.
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without authentication (anyone who
+    /// can reach the port can read and change every key).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 fn init_logging() {
@@ -63,17 +73,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let opts = keel_server::refusal::server_options(opts);
     let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;
     let dir = args.working_dir.clone();
-    let db = Arc::new(open_store(&dir, opts, storage_from_env()?)?);
     let addr = listen_addr(&args.bind, args.port)?;
+    let auth = auth_token(&args)?;
+    protected_mode(addr, auth.is_some(), args.insecure_no_auth)?;
     let grace = keel::parse_duration(&args.shutdown_timeout).context("--shutdown-timeout")?;
+    let db = Arc::new(open_store(&dir, opts, storage_from_env()?)?);
     // The RESP listener runs its own event loop thread (see resp::event_loop).
     let resp = match args.resp_port {
-        Some(p) => Some(start_resp(listen_addr(&args.bind, p)?, &db)?),
+        Some(p) => Some(start_resp(listen_addr(&args.bind, p)?, &db, auth.clone())?),
         None => None,
     };
     let state = AppState {
         db: Arc::clone(&db),
         metrics,
+        auth,
     };
     serve_http(addr, state, &dir, grace)?;
     if let Some(r) = resp {
@@ -149,18 +162,54 @@ fn open_store(dir: &Path, opts: Options, storage: Arc<dyn Storage>) -> anyhow::R
     Ok(db)
 }
 
+/// The auth token, from `--auth-token-file` or else `KEEL_AUTH_TOKEN`.
+fn auth_token(args: &ServeArgs) -> anyhow::Result<Option<Arc<AuthToken>>> {
+    let (secret, from) = match (&args.auth_token_file, std::env::var("KEEL_AUTH_TOKEN")) {
+        (Some(p), _) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the auth token file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        (None, Ok(t)) if !t.is_empty() => (t, "KEEL_AUTH_TOKEN".to_string()),
+        _ => return Ok(None),
+    };
+    let token = AuthToken::new(&secret).with_context(|| format!("the auth token in {from}"))?;
+    tracing::info!("authentication required (token from {from})");
+    Ok(Some(Arc::new(token)))
+}
+
+/// Redis's protected mode: a listener on an address other than loopback
+/// needs authentication, unless the operator says otherwise.
+fn protected_mode(addr: SocketAddr, has_token: bool, insecure: bool) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() || has_token {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!("listening on {} without authentication (--insecure-no-auth): anyone who can reach it can read and change every key", addr.ip());
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {} without authentication: anyone who can reach it could read and change every key. Give --auth-token-file FILE (or set KEEL_AUTH_TOKEN), bind 127.0.0.1, or pass --insecure-no-auth to accept the risk",
+        addr.ip()
+    )
+}
+
 fn listen_addr(bind: &str, port: u16) -> anyhow::Result<SocketAddr> {
     format!("{bind}:{port}")
         .parse()
         .with_context(|| format!("bad listen address {bind}:{port}"))
 }
 
-fn start_resp(addr: SocketAddr, db: &Arc<Db>) -> anyhow::Result<RespServer> {
+fn start_resp(
+    addr: SocketAddr,
+    db: &Arc<Db>,
+    auth: Option<Arc<AuthToken>>,
+) -> anyhow::Result<RespServer> {
     let l = std::net::TcpListener::bind(addr).with_context(|| {
         format!("cannot listen on {addr} for RESP: is another server using the port?")
     })?;
-    let server =
-        RespServer::start(l, Arc::clone(db)).context("starting the Redis protocol listener")?;
+    let server = RespServer::start(l, Arc::clone(db), auth)
+        .context("starting the Redis protocol listener")?;
     tracing::info!("serving the Redis protocol on {addr}");
     Ok(server)
 }

@@ -365,6 +365,45 @@ fn an_http_request_on_the_resp_port_is_closed_unexecuted() {
 }
 
 #[test]
+fn with_a_token_a_connection_must_auth_first() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    let port = free_port();
+    let _server = Server::start_with(
+        t.path(),
+        &cfg,
+        &[("KEEL_AUTH_TOKEN", "resp-token-0123456789")],
+        &["--resp-port", &port.to_string()],
+    );
+    let mut s = connect(port);
+    assert_eq!(
+        ask(&mut s, &[b"SET", b"k", b"v"]),
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    assert!(ask(&mut s, &[b"AUTH", b"wrong"]).starts_with(b"-WRONGPASS"));
+    assert_eq!(
+        ask(&mut s, &[b"GET", b"k"]),
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    assert_eq!(
+        ask(&mut s, &[b"AUTH", b"default", b"resp-token-0123456789"]),
+        b"+OK\r\n"
+    );
+    assert_eq!(ask(&mut s, &[b"SET", b"k", b"v"]), b"+OK\r\n");
+    // The redis crate with the password in its URL, as applications do.
+    let client =
+        redis::Client::open(format!("redis://:resp-token-0123456789@127.0.0.1:{port}/")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let v: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    assert_eq!(v, "v");
+    let mut other = connect(port);
+    assert_eq!(
+        ask(&mut other, &[b"DBSIZE"]),
+        b"-NOAUTH Authentication required.\r\n"
+    );
+}
+
+#[test]
 fn acknowledged_sets_survive_sigkill() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().to_path_buf();

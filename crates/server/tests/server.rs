@@ -748,3 +748,51 @@ fn options_out_of_bounds_are_refused_at_start_and_leave_nothing() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn with_a_token_every_endpoint_but_health_needs_it() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    let token = "Zm9vYmFyYmF6cXV4LXRva2Vu";
+    let s = Server::start(t.path(), &cfg, &[("KEEL_AUTH_TOKEN", token)]);
+    for head in [
+        "PUT /kv/k HTTP/1.1",
+        "GET /kv/k HTTP/1.1",
+        "GET /metrics HTTP/1.1",
+        "DELETE /clear HTTP/1.1",
+    ] {
+        let (st, body) = raw_request(s.port, head, b"v");
+        assert_eq!(st, 401, "{head}: {body}");
+        let wrong = format!("{head}\r\nAuthorization: Bearer {token}x");
+        assert_eq!(raw_request(s.port, &wrong, b"v").0, 401, "{head}");
+    }
+    assert_eq!(raw_request(s.port, "GET /health HTTP/1.1", b"").0, 200);
+    let put = format!("PUT /kv/k HTTP/1.1\r\nAuthorization: Bearer {token}");
+    assert_eq!(raw_request(s.port, &put, b"v").0, 200);
+    let get = format!("GET /kv/k HTTP/1.1\r\nAuthorization: Bearer {token}");
+    assert_eq!(raw_request(s.port, &get, b"").1, "v");
+}
+
+#[test]
+fn a_non_loopback_listener_without_a_token_refuses_to_start() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    let out = Command::new(BIN)
+        .args(["serve", "--bind", "0.0.0.0", "--port", "0", "--working-dir"])
+        .arg(t.path().join("data"))
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("KEEL_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("without authentication") && err.contains("--auth-token-file"),
+        "{err}"
+    );
+    assert!(
+        !t.path().join("data").exists(),
+        "it opened the store before refusing"
+    );
+}

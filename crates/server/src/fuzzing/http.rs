@@ -47,6 +47,7 @@ fn harness() -> &'static Harness {
             state: AppState {
                 db: Arc::new(db),
                 metrics,
+                auth: None,
             },
         }
     })

@@ -29,6 +29,7 @@
 
 use super::command::{can_run, db_error, execute, Outcome};
 use super::frame::{error, parse_command, FrameError, RespLimits};
+use crate::auth::{self, AuthToken, Gate};
 use keel::Db;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -60,7 +61,12 @@ pub struct RespServer {
 
 impl RespServer {
     /// Starts the event loop thread on `listener`.
-    pub fn start(listener: std::net::TcpListener, db: Arc<Db>) -> io::Result<RespServer> {
+    /// With `auth`, each connection must `AUTH` first (`crate::auth`).
+    pub fn start(
+        listener: std::net::TcpListener,
+        db: Arc<Db>,
+        auth: Option<Arc<AuthToken>>,
+    ) -> io::Result<RespServer> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let mut listener = TcpListener::from_std(listener);
@@ -75,6 +81,7 @@ impl RespServer {
             listener,
             db,
             limits,
+            auth,
             conns: Vec::new(),
             free: Vec::new(),
             runnable: VecDeque::new(),
@@ -141,6 +148,8 @@ struct Conn {
     dead: bool,
     /// Queued in `runnable` already.
     queued: bool,
+    /// Sent a good `AUTH` (meaningless without an auth token).
+    authed: bool,
 }
 
 impl Conn {
@@ -187,6 +196,8 @@ struct EventLoop {
     listener: TcpListener,
     db: Arc<Db>,
     limits: RespLimits,
+    /// The token connections must `AUTH` with, if any.
+    auth: Option<Arc<AuthToken>>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     /// Connections with work left that no event will announce.
@@ -290,6 +301,7 @@ impl EventLoop {
                         closing: false,
                         dead: false,
                         queued: false,
+                        authed: false,
                     });
                     self.mark_runnable(i);
                 }
@@ -315,7 +327,12 @@ impl EventLoop {
             if let Some(Some(c)) = self.conns.get_mut(i) {
                 c.queued = false;
                 c.paused = false;
-                run_commands(&self.db, &self.limits, c, &mut self.scratch, &mut turn);
+                let ctx = Ctx {
+                    db: &self.db,
+                    limits: &self.limits,
+                    auth: self.auth.as_deref(),
+                };
+                run_commands(&ctx, c, &mut self.scratch, &mut turn);
                 if !c.acks.is_empty() {
                     turn.holding.push(i);
                 } else {
@@ -389,7 +406,15 @@ fn shrink(buf: &mut Vec<u8>) {
 ///
 /// One loop (about 80 lines) on purpose: each exit of it is one of the four
 /// conditions above, and they are easiest to check side by side.
-fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn) {
+/// What every connection's commands run against.
+struct Ctx<'a> {
+    db: &'a Db,
+    limits: &'a RespLimits,
+    auth: Option<&'a AuthToken>,
+}
+
+fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn) {
+    let (db, limits) = (ctx.db, ctx.limits);
     let mut reads = 0;
     c.backlog = false;
     loop {
@@ -397,6 +422,11 @@ fn run_commands(db: &Db, limits: &RespLimits, c: &mut Conn, scratch: &mut [u8], 
         while !c.closing && c.unsent() <= OUTPUT_HIGH_WATER {
             match parse_command(&c.inbuf[c.start..], limits) {
                 Ok((args, used)) => {
+                    if auth::resp_gate(ctx.auth, &mut c.authed, &args, &mut c.out) == Gate::Answered
+                    {
+                        c.start += used;
+                        continue;
+                    }
                     if !can_run(&args, !c.acks.is_empty(), turn.max_lsn > 0) {
                         c.paused = true;
                         return;
