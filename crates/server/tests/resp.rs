@@ -404,6 +404,29 @@ fn with_a_token_a_connection_must_auth_first() {
 }
 
 #[test]
+fn multi_exec_applies_as_one_batch_and_survives_sigkill() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_path_buf();
+    let mut r = start_resp(t);
+    let mut s = connect(r.port);
+    assert_eq!(ask(&mut s, &[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(ask(&mut s, &[b"SET", b"a", b"1"]), b"+QUEUED\r\n");
+    assert_eq!(ask(&mut s, &[b"SET", b"b", b"2"]), b"+QUEUED\r\n");
+    assert_eq!(ask(&mut s, &[b"GET", b"a"]), b"+QUEUED\r\n");
+    assert_eq!(ask(&mut s, &[b"EXEC"]), b"*3\r\n+OK\r\n+OK\r\n$1\r\n1\r\n");
+    assert!(ask(&mut s, &[b"WATCH", b"a"]).starts_with(b"-ERR WATCH is not supported"));
+    r.server.kill9();
+    let cfg = config(&dir, "");
+    let port = free_port();
+    let _server = Server::start_with(&dir, &cfg, &[], &["--resp-port", &port.to_string()]);
+    let mut s = connect(port);
+    assert_eq!(
+        ask(&mut s, &[b"MGET", b"a", b"b"]),
+        b"*2\r\n$1\r\n1\r\n$1\r\n2\r\n"
+    );
+}
+
+#[test]
 fn acknowledged_sets_survive_sigkill() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().to_path_buf();

@@ -29,6 +29,7 @@
 
 use super::command::{can_run, db_error, execute, Outcome};
 use super::frame::{error, parse_command, FrameError, RespLimits};
+use super::transaction::{self, Transaction};
 use crate::auth::{self, AuthToken, Gate};
 use keel::Db;
 use mio::net::{TcpListener, TcpStream};
@@ -150,6 +151,8 @@ struct Conn {
     queued: bool,
     /// Sent a good `AUTH` (meaningless without an auth token).
     authed: bool,
+    /// Commands queued since `MULTI`.
+    tx: Option<Transaction>,
 }
 
 impl Conn {
@@ -302,6 +305,7 @@ impl EventLoop {
                         dead: false,
                         queued: false,
                         authed: false,
+                        tx: None,
                     });
                     self.mark_runnable(i);
                 }
@@ -427,13 +431,25 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
                         c.start += used;
                         continue;
                     }
-                    if !can_run(&args, !c.acks.is_empty(), turn.max_lsn > 0) {
+                    // EXEC reads and writes, like DEL: it waits until no
+                    // write of any connection is pending.
+                    let exec = args[0].eq_ignore_ascii_case(b"EXEC");
+                    let runnable = if exec {
+                        c.acks.is_empty() && turn.max_lsn == 0
+                    } else {
+                        c.tx.is_some() || can_run(&args, !c.acks.is_empty(), turn.max_lsn > 0)
+                    };
+                    if !runnable {
                         c.paused = true;
                         return;
                     }
                     c.start += used;
                     let before = c.out.len();
-                    match execute(db, args, &mut c.out) {
+                    let outcome = match transaction::intercept(&mut c.tx, db, &args, &mut c.out) {
+                        Some(o) => o,
+                        None => execute(db, args, &mut c.out),
+                    };
+                    match outcome {
                         Outcome::Done => {}
                         Outcome::Read => turn.reads += 1,
                         Outcome::Deferred(lsn) => {

@@ -14,7 +14,8 @@
 //! DEL, EXISTS, MSET (one atomic batch), MGET, FLUSHDB/FLUSHALL (durable
 //! clear), DBSIZE, INFO, SELECT 0, QUIT, and what redis-cli and
 //! redis-benchmark send at start: COMMAND (an empty reply), CONFIG GET,
-//! HELLO (a clear NOPROTO error: only RESP2 is spoken).
+//! HELLO (a clear NOPROTO error: only RESP2 is spoken), and MULTI / EXEC /
+//! DISCARD ([`transaction`]: one atomic batch; WATCH is refused clearly).
 //!
 //! Errors: unknown commands and wrong arity get `-ERR` and the connection
 //! stays usable (the frame boundary is known); a malformed frame or a bulk
@@ -24,6 +25,7 @@
 pub mod command;
 pub mod event_loop;
 pub mod frame;
+pub mod transaction;
 
 pub use event_loop::RespServer;
 pub use frame::{parse_command, FrameError, RespLimits};
