@@ -120,14 +120,7 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
             ),
         );
     };
-    if cmd == b"POST" || cmd == b"HOST:" {
-        // An HTTP request sent to this port, which any web page can make a
-        // browser send: its lines would run as inline commands. Redis treats
-        // POST and Host: as an attack and closes the connection; so does keel.
-        tracing::warn!(
-            "possible security attack: an HTTP request ({}) on the Redis port; connection closed",
-            String::from_utf8_lossy(cmd)
-        );
+    if is_http_line(cmd) {
         return Outcome::Close;
     }
     match cmd {
@@ -193,17 +186,7 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
             }
             return Outcome::Read;
         }
-        b"FLUSHDB" | b"FLUSHALL" if argc <= 2 => {
-            // Only ASYNC and SYNC may follow (both mean: durably, now).
-            let mode_ok = args.get(1).is_none_or(|m| {
-                m.eq_ignore_ascii_case(b"ASYNC") || m.eq_ignore_ascii_case(b"SYNC")
-            });
-            if !mode_ok {
-                error(out, "ERR syntax error");
-                return Outcome::Done;
-            }
-            return deferred(out, db.clear_deferred(), |o| simple(o, "OK"));
-        }
+        b"FLUSHDB" | b"FLUSHALL" if argc <= 2 => return flush(db, &args, out),
         b"DBSIZE" if argc == 1 => integer(out, db.len() as i64),
         b"INFO" => info(db, out),
         b"COMMAND" => array_len(out, 0),
@@ -216,6 +199,33 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
         _ => unknown(&args, out),
     }
     Outcome::Done
+}
+
+/// Whether a command name is the first word of an HTTP request line or
+/// header (POST, Host:): an HTTP request sent to this port, which any web
+/// page can make a browser send; its lines would run as inline commands.
+/// Redis treats them as an attack and closes the connection; so does keel.
+fn is_http_line(cmd: &[u8]) -> bool {
+    let http = cmd == b"POST" || cmd == b"HOST:";
+    if http {
+        tracing::warn!(
+            "possible security attack: an HTTP request ({}) on the Redis port; connection closed",
+            String::from_utf8_lossy(cmd)
+        );
+    }
+    http
+}
+
+/// FLUSHALL / FLUSHDB [ASYNC|SYNC]: both modes mean durably, now.
+fn flush(db: &Db, args: &[Vec<u8>], out: &mut Vec<u8>) -> Outcome {
+    let mode_ok = args
+        .get(1)
+        .is_none_or(|m| m.eq_ignore_ascii_case(b"ASYNC") || m.eq_ignore_ascii_case(b"SYNC"));
+    if !mode_ok {
+        error(out, "ERR syntax error");
+        return Outcome::Done;
+    }
+    deferred(out, db.clear_deferred(), |o| simple(o, "OK"))
 }
 
 fn info(db: &Db, out: &mut Vec<u8>) {

@@ -405,11 +405,6 @@ fn shrink(buf: &mut Vec<u8>) {
     }
 }
 
-/// Reads and executes what connection `c` has, until it would block, is
-/// paused for a commit, has read its share, or has too much unsent output.
-///
-/// One loop (about 80 lines) on purpose: each exit of it is one of the four
-/// conditions above, and they are easiest to check side by side.
 /// What every connection's commands run against.
 struct Ctx<'a> {
     db: &'a Db,
@@ -417,8 +412,48 @@ struct Ctx<'a> {
     auth: Option<&'a AuthToken>,
 }
 
+/// Runs one parsed command of `c` (`used` bytes of its input) through the
+/// auth gate and the transaction, or executes it. False: it must wait for
+/// this turn's commit (it reads what a pending write may change), and
+/// nothing was consumed.
+fn run_one(ctx: &Ctx<'_>, c: &mut Conn, args: Vec<Vec<u8>>, used: usize, turn: &mut Turn) -> bool {
+    if auth::resp_gate(ctx.auth, &mut c.authed, &args, &mut c.out) == Gate::Answered {
+        c.start += used;
+        return true;
+    }
+    // EXEC reads and writes, like DEL: it waits until no write of any
+    // connection is pending. While a transaction queues, nothing is read.
+    let runnable = if args[0].eq_ignore_ascii_case(b"EXEC") {
+        c.acks.is_empty() && turn.max_lsn == 0
+    } else {
+        c.tx.is_some() || can_run(&args, !c.acks.is_empty(), turn.max_lsn > 0)
+    };
+    if !runnable {
+        return false;
+    }
+    c.start += used;
+    let before = c.out.len();
+    let outcome = match transaction::intercept(&mut c.tx, ctx.db, &args, &mut c.out) {
+        Some(o) => o,
+        None => execute(ctx.db, args, &mut c.out),
+    };
+    match outcome {
+        Outcome::Done => {}
+        Outcome::Read => turn.reads += 1,
+        Outcome::Deferred(lsn) => {
+            c.acks.push((before, c.out.len()));
+            turn.max_lsn = turn.max_lsn.max(lsn);
+            turn.writes += 1;
+        }
+        Outcome::Close => c.closing = true,
+    }
+    true
+}
+
+/// Reads and executes what connection `c` has, until it would block, is
+/// paused for a commit, has read its share, or has too much unsent output.
 fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn) {
-    let (db, limits) = (ctx.db, ctx.limits);
+    let limits = ctx.limits;
     let mut reads = 0;
     c.backlog = false;
     loop {
@@ -426,38 +461,9 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
         while !c.closing && c.unsent() <= OUTPUT_HIGH_WATER {
             match parse_command(&c.inbuf[c.start..], limits) {
                 Ok((args, used)) => {
-                    if auth::resp_gate(ctx.auth, &mut c.authed, &args, &mut c.out) == Gate::Answered
-                    {
-                        c.start += used;
-                        continue;
-                    }
-                    // EXEC reads and writes, like DEL: it waits until no
-                    // write of any connection is pending.
-                    let exec = args[0].eq_ignore_ascii_case(b"EXEC");
-                    let runnable = if exec {
-                        c.acks.is_empty() && turn.max_lsn == 0
-                    } else {
-                        c.tx.is_some() || can_run(&args, !c.acks.is_empty(), turn.max_lsn > 0)
-                    };
-                    if !runnable {
+                    if !run_one(ctx, c, args, used, turn) {
                         c.paused = true;
                         return;
-                    }
-                    c.start += used;
-                    let before = c.out.len();
-                    let outcome = match transaction::intercept(&mut c.tx, db, &args, &mut c.out) {
-                        Some(o) => o,
-                        None => execute(db, args, &mut c.out),
-                    };
-                    match outcome {
-                        Outcome::Done => {}
-                        Outcome::Read => turn.reads += 1,
-                        Outcome::Deferred(lsn) => {
-                            c.acks.push((before, c.out.len()));
-                            turn.max_lsn = turn.max_lsn.max(lsn);
-                            turn.writes += 1;
-                        }
-                        Outcome::Close => c.closing = true,
                     }
                 }
                 Err(FrameError::Incomplete) => break,
