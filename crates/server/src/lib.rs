@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod fuzzing;
+pub mod guarded;
 pub mod http;
 pub mod metrics;
 pub mod refusal;

@@ -5,8 +5,9 @@ use anyhow::Context;
 use keel::storage::{BufferedStorage, FaultyStorage, FsStorage, Storage};
 use keel::{Db, Options};
 use keel_server::auth::AuthToken;
+use keel_server::guarded::GuardedListener;
 use keel_server::http::{router, AppState};
-use keel_server::resp::RespServer;
+use keel_server::resp::{RespConfig, RespServer};
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,40 @@ pub struct ServeArgs {
     /// can reach the port can read and change every key).
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Connections each listener keeps open at most; one more is told so
+    /// and closed. Default: what the open-files limit leaves after a
+    /// reserve for the store, shared between the listeners.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Close a connection that sends and takes nothing for this long (an
+    /// idle client, or one sending its request a byte at a time); `0s`: never.
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: String,
+}
+
+/// Descriptors kept for the store (log segments, the one being prepared,
+/// checkpoints, directories, the lock) and the process: connections never
+/// take these, so running out of descriptors never fail-stops the log.
+const RESERVED_DESCRIPTORS: usize = 128;
+
+/// Connections per listener: `--max-connections`, or the open-files limit
+/// less the store's reserve, split between the listeners.
+fn connection_limit(args: &ServeArgs) -> anyhow::Result<usize> {
+    if let Some(n) = args.max_connections {
+        return Ok(n);
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+        .min(1 << 20) as usize;
+    let listeners = if args.resp_port.is_some() { 2 } else { 1 };
+    let per = limit.saturating_sub(RESERVED_DESCRIPTORS) / listeners;
+    if per < 16 {
+        anyhow::bail!(
+            "the open-files limit ({limit}) leaves no room for connections after the {RESERVED_DESCRIPTORS} descriptors kept for the store: raise it (ulimit -n)"
+        );
+    }
+    Ok(per)
 }
 
 fn init_logging() {
@@ -77,10 +112,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = auth_token(&args)?;
     protected_mode(addr, auth.is_some(), args.insecure_no_auth)?;
     let grace = keel::parse_duration(&args.shutdown_timeout).context("--shutdown-timeout")?;
+    let idle = keel::parse_duration(&args.idle_timeout).context("--idle-timeout")?;
+    let bounds = Bounds {
+        max_connections: connection_limit(&args)?,
+        idle_timeout: (!idle.is_zero()).then_some(idle),
+    };
+    tracing::info!(
+        "at most {} connections per listener, idle timeout {:?}",
+        bounds.max_connections,
+        bounds.idle_timeout
+    );
     let db = Arc::new(open_store(&dir, opts, storage_from_env()?)?);
     // The RESP listener runs its own event loop thread (see resp::event_loop).
     let resp = match args.resp_port {
-        Some(p) => Some(start_resp(listen_addr(&args.bind, p)?, &db, auth.clone())?),
+        Some(p) => {
+            let config = RespConfig {
+                auth: auth.clone(),
+                max_connections: bounds.max_connections,
+                idle_timeout: bounds.idle_timeout,
+            };
+            Some(start_resp(listen_addr(&args.bind, p)?, &db, config)?)
+        }
         None => None,
     };
     let state = AppState {
@@ -88,11 +140,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         auth,
     };
-    serve_http(addr, state, &dir, grace)?;
+    serve_http(addr, state, &dir, grace, bounds)?;
     if let Some(r) = resp {
         r.shutdown();
     }
     close_store(db)
+}
+
+/// Bounds on each listener's clients.
+#[derive(Clone, Copy)]
+struct Bounds {
+    max_connections: usize,
+    idle_timeout: Option<std::time::Duration>,
 }
 
 /// The storage under the store: real files, or the test hooks
@@ -200,15 +259,11 @@ fn listen_addr(bind: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("bad listen address {bind}:{port}"))
 }
 
-fn start_resp(
-    addr: SocketAddr,
-    db: &Arc<Db>,
-    auth: Option<Arc<AuthToken>>,
-) -> anyhow::Result<RespServer> {
+fn start_resp(addr: SocketAddr, db: &Arc<Db>, config: RespConfig) -> anyhow::Result<RespServer> {
     let l = std::net::TcpListener::bind(addr).with_context(|| {
         format!("cannot listen on {addr} for RESP: is another server using the port?")
     })?;
-    let server = RespServer::start(l, Arc::clone(db), auth)
+    let server = RespServer::start(l, Arc::clone(db), config)
         .context("starting the Redis protocol listener")?;
     tracing::info!("serving the Redis protocol on {addr}");
     Ok(server)
@@ -222,6 +277,7 @@ fn serve_http(
     state: AppState,
     dir: &Path,
     grace: std::time::Duration,
+    bounds: Bounds,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -248,6 +304,7 @@ fn serve_http(
                 tokio::time::sleep(grace).await;
             }
         };
+        let listener = GuardedListener::new(listener, bounds.max_connections, bounds.idle_timeout);
         let serve = axum::serve(listener, router(state))
             .with_graceful_shutdown(stopped(stop_rx))
             .into_future();

@@ -517,3 +517,52 @@ fn redis_cli_works_when_installed() {
     assert!(cli(&["INFO"]).contains("keel_version"));
     let _ = &r.server;
 }
+
+#[test]
+fn connections_are_capped_and_idle_ones_closed_on_both_listeners() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    let port = free_port();
+    let server = Server::start_with(
+        t.path(),
+        &cfg,
+        &[],
+        &[
+            "--resp-port",
+            &port.to_string(),
+            "--max-connections",
+            "3",
+            "--idle-timeout",
+            "400ms",
+        ],
+    );
+    for (listener, over) in [
+        (port, &b"-ERR max number of clients reached"[..]),
+        (server.port, b"HTTP/1.1 503"),
+    ] {
+        let idle: Vec<TcpStream> = (0..3).map(|_| connect(listener)).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut extra = connect(listener);
+        let mut got = Vec::new();
+        extra.read_to_end(&mut got).unwrap();
+        assert!(got.starts_with(over), "{}", String::from_utf8_lossy(&got));
+        // Idle past the timeout: closed by the server, room again.
+        for mut c in idle {
+            let mut b = Vec::new();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(
+                c.read_to_end(&mut b).unwrap(),
+                0,
+                "an idle connection was kept"
+            );
+        }
+    }
+    let mut s = connect(port);
+    assert_eq!(ask(&mut s, &[b"PING"]), b"+PONG\r\n");
+    let (st, _) = raw(
+        server.port,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(st, 200);
+}

@@ -40,6 +40,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -62,11 +63,11 @@ pub struct RespServer {
 
 impl RespServer {
     /// Starts the event loop thread on `listener`.
-    /// With `auth`, each connection must `AUTH` first (`crate::auth`).
+    /// With `config.auth`, each connection must `AUTH` first (`crate::auth`).
     pub fn start(
         listener: std::net::TcpListener,
         db: Arc<Db>,
-        auth: Option<Arc<AuthToken>>,
+        config: RespConfig,
     ) -> io::Result<RespServer> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -82,7 +83,11 @@ impl RespServer {
             listener,
             db,
             limits,
-            auth,
+            auth: config.auth,
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
+            live: 0,
+            accept_retry: None,
             conns: Vec::new(),
             free: Vec::new(),
             runnable: VecDeque::new(),
@@ -153,6 +158,8 @@ struct Conn {
     authed: bool,
     /// Commands queued since `MULTI`.
     tx: Option<Transaction>,
+    /// When bytes last arrived (for the idle timeout).
+    last_active: Instant,
 }
 
 impl Conn {
@@ -201,6 +208,14 @@ struct EventLoop {
     limits: RespLimits,
     /// The token connections must `AUTH` with, if any.
     auth: Option<Arc<AuthToken>>,
+    /// Connections open at most; more are told so and closed.
+    max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    idle_timeout: Option<Duration>,
+    /// Connections open now.
+    live: usize,
+    /// `accept` failed (out of descriptors): try again at this time.
+    accept_retry: Option<Instant>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     /// Connections with work left that no event will announce.
@@ -209,6 +224,23 @@ struct EventLoop {
     /// Every read lands here first (one buffer for all connections).
     scratch: Vec<u8>,
 }
+
+/// How the RESP listener treats its clients.
+#[derive(Clone, Default)]
+pub struct RespConfig {
+    /// The token connections must `AUTH` with, if any.
+    pub auth: Option<Arc<AuthToken>>,
+    /// Connections open at most (Redis's `maxclients`); a client over it gets
+    /// `-ERR max number of clients reached` and is closed. 0: no limit.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (Redis's
+    /// `timeout`); `None`: never.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// How long to wait before accepting again after `accept` failed (out of
+/// file descriptors): the pending clients stay in the kernel's backlog.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// What one turn's commands amounted to.
 #[derive(Default)]
@@ -226,9 +258,9 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = if self.runnable.is_empty() {
-                None
+                self.next_timer()
             } else {
-                Some(std::time::Duration::ZERO)
+                Some(Duration::ZERO)
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -260,7 +292,44 @@ impl EventLoop {
                     }
                 }
             }
+            if self.accept_retry.is_some_and(|t| Instant::now() >= t) {
+                self.accept_retry = None;
+                self.accept_all();
+            }
+            self.close_idle();
             self.turn();
+        }
+    }
+
+    /// How long the poll may sleep: until the accept retry, or the next
+    /// idle check (a tenth of the idle timeout, at least 10 ms).
+    fn next_timer(&self) -> Option<Duration> {
+        let retry = self
+            .accept_retry
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        let idle = self
+            .idle_timeout
+            .map(|d| (d / 10).max(Duration::from_millis(10)));
+        match (retry, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Closes connections idle for longer than the idle timeout (nothing
+    /// read, nothing waiting to be committed or sent).
+    fn close_idle(&mut self) {
+        let Some(limit) = self.idle_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            let idle = self.conns[i].as_ref().is_some_and(|c| {
+                now.duration_since(c.last_active) > limit && c.acks.is_empty() && c.unsent() == 0
+            });
+            if idle {
+                self.close(i);
+            }
         }
     }
 
@@ -276,7 +345,13 @@ impl EventLoop {
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((mut sock, _)) => {
+                Ok((mut sock, peer)) => {
+                    if self.max_connections > 0 && self.live >= self.max_connections {
+                        // Best effort: the socket is new, its buffer empty.
+                        let _ = sock.write(b"-ERR max number of clients reached\r\n");
+                        tracing::warn!(%peer, "RESP: max number of clients reached; connection refused");
+                        continue;
+                    }
                     let _ = sock.set_nodelay(true);
                     let i = self.free.pop().unwrap_or_else(|| {
                         self.conns.push(None);
@@ -306,17 +381,21 @@ impl EventLoop {
                         queued: false,
                         authed: false,
                         tx: None,
+                        last_active: Instant::now(),
                     });
+                    self.live += 1;
                     self.mark_runnable(i);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of file descriptors, most likely: the connection
-                    // waits in the backlog until the next accept.
+                    // waits in the backlog. Edge-triggered, the listener
+                    // will not fire again for it, so retry on a timer.
                     tracing::warn!(
-                        "RESP: accept failed ({e}); raise the open-files limit if this repeats"
+                        "RESP: accept failed ({e}); retrying in {ACCEPT_RETRY:?}; raise the open-files limit or lower --max-connections if this repeats"
                     );
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             }
@@ -390,6 +469,7 @@ impl EventLoop {
 
     fn close(&mut self, i: usize) {
         if let Some(mut c) = self.conns[i].take() {
+            self.live -= 1;
             let _ = self.poll.registry().deregister(&mut c.sock);
             let _ = c.sock.shutdown(std::net::Shutdown::Both);
             self.free.push(i);
@@ -505,6 +585,7 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
                 c.closing = true;
             }
             Ok(n) => {
+                c.last_active = Instant::now();
                 c.inbuf.extend_from_slice(&scratch[..n]);
                 // A short read emptied the socket; new bytes raise a new
                 // edge (Linux signals every arrival), so skip the read that

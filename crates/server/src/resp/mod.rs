@@ -27,5 +27,5 @@ pub mod event_loop;
 pub mod frame;
 pub mod transaction;
 
-pub use event_loop::RespServer;
+pub use event_loop::{RespConfig, RespServer};
 pub use frame::{parse_command, FrameError, RespLimits};
