@@ -31,7 +31,7 @@
 
 use crate::auth::AuthToken;
 use crate::refusal::{self, Refusal};
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -177,7 +177,7 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "POST /batch needs Content-Type: application/json",
             ),
-            Method::POST => batch(&st.db, req.into_body()).await,
+            Method::POST => batch(&st.db, req).await,
             _ => method_not_allowed(),
         },
         p if p.starts_with("/kv/") => {
@@ -283,7 +283,7 @@ async fn key_request(db: &Db, method: Method, raw: &str, req: Request) -> Respon
             db.delete_async(&key).await
         }
         _ => {
-            let value = match read_body(req.into_body(), db.options().max_value_len).await {
+            let value = match read_body(req, db.options().max_value_len, "value").await {
                 Ok(v) => v,
                 Err(r) => return r,
             };
@@ -298,23 +298,38 @@ async fn key_request(db: &Db, method: Method, raw: &str, req: Request) -> Respon
 }
 
 /// Reads a body of at most `limit` bytes; over it: 413 naming the limit.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
-    match axum::body::to_bytes(body, limit).await {
+async fn read_body(req: Request, limit: usize, what: &str) -> Result<Bytes, Response> {
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} too large: the limit is {limit} bytes"),
+        )
+    };
+    // A declared length over the limit is refused before the body is read,
+    // so a client that sent `Expect: 100-continue` is told at once instead
+    // of being invited to send it (hyper answers 100 only when the body is
+    // first read).
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(req.into_body(), limit).await {
         Ok(b) => Ok(b),
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .map(|s| s.to_string().contains("length limit"))
-                .unwrap_or(false)
-                || e.to_string().contains("length limit");
-            if too_large {
-                Err(text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("value too large: the limit is {limit} bytes"),
-                ))
+            let over_limit = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            if over_limit {
+                Err(too_large())
             } else {
                 Err(text(
                     StatusCode::BAD_REQUEST,
-                    format!("could not read the request body: {e}"),
+                    "could not read the request body (the client closed it or sent a malformed chunk)",
                 ))
             }
         }
@@ -403,9 +418,9 @@ enum BatchItem {
     Delete { key: String },
 }
 
-async fn batch(db: &Db, body: Body) -> Response {
+async fn batch(db: &Db, req: Request) -> Response {
     let limit = db.options().max_batch_bytes;
-    let bytes = match read_body(body, limit).await {
+    let bytes = match read_body(req, limit, "batch").await {
         Ok(b) => b,
         Err(r) => return r,
     };

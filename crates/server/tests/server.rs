@@ -796,3 +796,17 @@ fn a_non_loopback_listener_without_a_token_refuses_to_start() {
         "it opened the store before refusing"
     );
 }
+
+#[test]
+fn a_declared_body_over_the_limit_is_refused_before_100_continue() {
+    let (_t, _cfg, s) = setup("max_value_len = 1000\n");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.write_all(b"PUT /kv/big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = c.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("1000 bytes"), "{head}");
+}
