@@ -6,7 +6,8 @@
 //! - the parser never panics and never claims more bytes than it was given;
 //! - a frame it accepts is complete: every shorter prefix of it is
 //!   `Incomplete`, and re-encoding its arguments parses back to them;
-//! - every reply is one well-formed RESP2 value;
+//! - every reply is one well-formed RESP2 value (but for the first line of
+//!   an HTTP request, which closes the connection without one);
 //! - after each commit, the store agrees with a model of SET, MSET, DEL and
 //!   FLUSHALL on every key the stream touched, and a refused command changed
 //!   nothing.
@@ -100,11 +101,16 @@ pub fn resp_stream(data: &[u8]) {
         }
         let mut out = Vec::new();
         let outcome = execute(&db, args.clone(), &mut out);
-        assert_eq!(
-            reply_len(&out),
-            Some(out.len()),
-            "not one RESP value: {out:?}"
-        );
+        // An HTTP request's first line (POST, Host:) closes the connection
+        // with no reply at all; every other reply is one RESP value.
+        let silent_close = outcome == Outcome::Close && out.is_empty();
+        if !silent_close {
+            assert_eq!(
+                reply_len(&out),
+                Some(out.len()),
+                "not one RESP value: {out:?}"
+            );
+        }
         match outcome {
             Outcome::Deferred(lsn) => {
                 db.commit_through(lsn).expect("commit on healthy storage");
