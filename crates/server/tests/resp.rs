@@ -16,10 +16,19 @@ struct Resp {
     port: u16,
 }
 
-fn start_resp(t: tempfile::TempDir) -> Resp {
-    let cfg = config(t.path(), "");
+/// `keel serve` on `dir` with the RESP listener on a port of its own, the
+/// environment `env` and the extra flags: (server, RESP port).
+fn serve_resp(dir: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> (Server, u16) {
+    let cfg = config(dir, "");
     let port = free_port();
-    let server = Server::start_with(t.path(), &cfg, &[], &["--resp-port", &port.to_string()]);
+    let p = port.to_string();
+    let mut args = vec!["--resp-port", p.as_str()];
+    args.extend_from_slice(extra);
+    (Server::start_with(dir, &cfg, env, &args), port)
+}
+
+fn start_resp(t: tempfile::TempDir) -> Resp {
+    let (server, port) = serve_resp(t.path(), &[], &[]);
     Resp {
         _t: t,
         server,
@@ -253,14 +262,7 @@ fn a_client_that_does_not_read_is_held_back_and_served_in_full() {
 #[test]
 fn a_failed_fsync_answers_writes_with_an_error_and_reads_go_on() {
     let t = tempfile::tempdir().unwrap();
-    let cfg = config(t.path(), "");
-    let port = free_port();
-    let _server = Server::start_with(
-        t.path(),
-        &cfg,
-        &[("KEEL_FAULT", "sync:40:eio")],
-        &["--resp-port", &port.to_string()],
-    );
+    let (_server, port) = serve_resp(t.path(), &[("KEEL_FAULT", "sync:40:eio")], &[]);
     let mut s = connect(port);
     let mut acked = Vec::new();
     let mut refused = None;
@@ -367,13 +369,10 @@ fn an_http_request_on_the_resp_port_is_closed_unexecuted() {
 #[test]
 fn with_a_token_a_connection_must_auth_first() {
     let t = tempfile::tempdir().unwrap();
-    let cfg = config(t.path(), "");
-    let port = free_port();
-    let _server = Server::start_with(
+    let (_server, port) = serve_resp(
         t.path(),
-        &cfg,
         &[("KEEL_AUTH_TOKEN", "resp-token-0123456789")],
-        &["--resp-port", &port.to_string()],
+        &[],
     );
     let mut s = connect(port);
     assert_eq!(
@@ -416,9 +415,7 @@ fn multi_exec_applies_as_one_batch_and_survives_sigkill() {
     assert_eq!(ask(&mut s, &[b"EXEC"]), b"*3\r\n+OK\r\n+OK\r\n$1\r\n1\r\n");
     assert!(ask(&mut s, &[b"WATCH", b"a"]).starts_with(b"-ERR WATCH is not supported"));
     r.server.kill9();
-    let cfg = config(&dir, "");
-    let port = free_port();
-    let _server = Server::start_with(&dir, &cfg, &[], &["--resp-port", &port.to_string()]);
+    let (_server, port) = serve_resp(&dir, &[], &[]);
     let mut s = connect(port);
     assert_eq!(
         ask(&mut s, &[b"MGET", b"a", b"b"]),
@@ -447,9 +444,7 @@ fn acknowledged_sets_survive_sigkill() {
         h.join().unwrap();
     }
     r.server.kill9();
-    let cfg = config(&dir, "");
-    let port = free_port();
-    let _server = Server::start_with(&dir, &cfg, &[], &["--resp-port", &port.to_string()]);
+    let (_server, port) = serve_resp(&dir, &[], &[]);
     let mut s = connect(port);
     assert_eq!(ask(&mut s, &[b"DBSIZE"]), b":1000\r\n");
 }
@@ -521,20 +516,10 @@ fn redis_cli_works_when_installed() {
 #[test]
 fn connections_are_capped_and_idle_ones_closed_on_both_listeners() {
     let t = tempfile::tempdir().unwrap();
-    let cfg = config(t.path(), "");
-    let port = free_port();
-    let server = Server::start_with(
+    let (server, port) = serve_resp(
         t.path(),
-        &cfg,
         &[],
-        &[
-            "--resp-port",
-            &port.to_string(),
-            "--max-connections",
-            "3",
-            "--idle-timeout",
-            "400ms",
-        ],
+        &["--max-connections", "3", "--idle-timeout", "400ms"],
     );
     for (listener, over) in [
         (port, &b"-ERR max number of clients reached"[..]),
