@@ -2,10 +2,15 @@
 //! through the parser and the commands, into a store on simulated storage,
 //! with the event loop's discipline (writes deferred, then committed).
 //!
+//! The first two bytes choose how the rest is split into reads; the rest is
+//! the stream.
+//!
 //! Invariants:
-//! - the parser never panics and never claims more bytes than it was given;
-//! - a frame it accepts is complete: every shorter prefix of it is
-//!   `Incomplete`, and re-encoding its arguments parses back to them;
+//! - the parser never panics;
+//! - the incremental parser's model: any split of the same bytes gives the
+//!   same commands and the same ending (bytes left, or the same protocol
+//!   error) as the whole stream parsed at once;
+//! - re-encoding a command's arguments parses back to them;
 //! - every reply is one well-formed RESP2 value (but for the first line of
 //!   an HTTP request, which closes the connection without one);
 //! - after each commit, the store agrees with a model of SET, MSET, DEL and
@@ -14,7 +19,8 @@
 
 use crate::resp::command::{execute, Outcome};
 use crate::resp::frame::{encode_command, reply_len};
-use crate::resp::{parse_command, FrameError, RespLimits};
+use crate::resp::parser::parse_split;
+use crate::resp::RespLimits;
 use keel::{Db, Options};
 use keel_storage::{SimStorage, Storage};
 use std::collections::BTreeMap;
@@ -50,6 +56,17 @@ fn model_apply(model: &mut BTreeMap<Vec<u8>, Vec<u8>>, args: &[Vec<u8>]) {
 
 /// Feeds `data` as one connection's byte stream.
 pub fn resp_stream(data: &[u8]) {
+    let [a, b, stream @ ..] = data else {
+        return;
+    };
+    let whole = parse_split(stream, &[stream.len()], &LIMITS);
+    let pieces = [usize::from(*a % 17) + 1, usize::from(*b) + 1];
+    assert_eq!(
+        parse_split(stream, &pieces, &LIMITS),
+        whole,
+        "split into reads of {pieces:?}, the stream parsed differently"
+    );
+    let (commands, _) = whole;
     let s = SimStorage::new(1);
     s.create_dir_all(std::path::Path::new("/fuzz"))
         .expect("sim dir");
@@ -69,36 +86,14 @@ pub fn resp_stream(data: &[u8]) {
         .expect("open");
     let mut model = BTreeMap::new();
     let mut touched: Vec<Vec<u8>> = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let buf = &data[pos..];
-        let (args, used) = match parse_command(buf, &LIMITS) {
-            Ok(x) => x,
-            Err(FrameError::Incomplete) | Err(FrameError::Protocol(_)) => return,
-        };
-        assert!(
-            used > 0 && used <= buf.len(),
-            "consumed {used} of {}",
-            buf.len()
+    for args in commands {
+        assert!(!args.is_empty(), "the parser returned an empty command");
+        let again = encode_command(&args);
+        assert_eq!(
+            parse_split(&again, &[again.len()], &LIMITS),
+            (vec![args.clone()], Ok(0)),
+            "a command did not survive re-encoding"
         );
-        if buf[0] == b'*' {
-            for cut in 0..used {
-                assert_eq!(
-                    parse_command(&buf[..cut], &LIMITS),
-                    Err(FrameError::Incomplete),
-                    "a prefix of {cut} bytes of an accepted frame was not incomplete"
-                );
-            }
-            let again = encode_command(&args);
-            assert_eq!(
-                parse_command(&again, &LIMITS),
-                Ok((args.clone(), again.len()))
-            );
-        }
-        pos += used;
-        if args.is_empty() {
-            continue;
-        }
         let mut out = Vec::new();
         let outcome = execute(&db, args.clone(), &mut out);
         // An HTTP request's first line (POST, Host:) closes the connection

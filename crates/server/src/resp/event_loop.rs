@@ -19,8 +19,10 @@
 //! - A connection's commands run in the order sent, and a command that reads
 //!   runs only once the connection's own earlier writes are committed (see
 //!   [`can_run`]); replies go out in order.
-//! - Memory per connection is bounded: unparsed input by
-//!   [`RespLimits::max_pending`]; unsent output by [`OUTPUT_HIGH_WATER`]
+//! - Input is parsed incrementally ([`CommandParser`]): each byte is
+//!   examined a bounded number of times however slowly it arrives.
+//! - Memory per connection is bounded: the command being read (parsed or
+//!   not) by [`RespLimits::max_pending`]; unsent output by [`OUTPUT_HIGH_WATER`]
 //!   (past it, the connection's input is not read until the client reads).
 //! - Fair: at most [`READS_PER_TURN`] reads per connection per turn.
 //!
@@ -28,7 +30,8 @@
 //! reading before its socket said `WouldBlock` is remembered as runnable.
 
 use super::command::{can_run, db_error, execute, Outcome};
-use super::frame::{error, parse_command, FrameError, RespLimits};
+use super::frame::error;
+use super::parser::{CommandParser, RespLimits};
 use super::transaction::{self, Transaction};
 use crate::auth::{self, AuthToken, Gate};
 use keel::Db;
@@ -136,6 +139,10 @@ struct Conn {
     /// Bytes read; `inbuf[start..]` is not yet parsed.
     inbuf: Vec<u8>,
     start: usize,
+    /// Where the parser is in the command being read.
+    parser: CommandParser,
+    /// A parsed command that waits for this turn's commit to run.
+    held: Option<Vec<Vec<u8>>>,
     /// Replies; `out[sent..]` is not yet sent.
     out: Vec<u8>,
     sent: usize,
@@ -370,6 +377,8 @@ impl EventLoop {
                         sock,
                         inbuf: Vec::new(),
                         start: 0,
+                        parser: CommandParser::new(),
+                        held: None,
                         out: Vec::new(),
                         sent: 0,
                         acks: Vec::new(),
@@ -492,14 +501,17 @@ struct Ctx<'a> {
     auth: Option<&'a AuthToken>,
 }
 
-/// Runs one parsed command of `c` (`used` bytes of its input) through the
-/// auth gate and the transaction, or executes it. False: it must wait for
-/// this turn's commit (it reads what a pending write may change), and
-/// nothing was consumed.
-fn run_one(ctx: &Ctx<'_>, c: &mut Conn, args: Vec<Vec<u8>>, used: usize, turn: &mut Turn) -> bool {
+/// Runs one parsed command of `c` through the auth gate and the
+/// transaction, or executes it. `Err(args)`: it must wait for this turn's
+/// commit (it reads what a pending write may change); nothing ran.
+fn run_one(
+    ctx: &Ctx<'_>,
+    c: &mut Conn,
+    args: Vec<Vec<u8>>,
+    turn: &mut Turn,
+) -> Result<(), Vec<Vec<u8>>> {
     if auth::resp_gate(ctx.auth, &mut c.authed, &args, &mut c.out) == Gate::Answered {
-        c.start += used;
-        return true;
+        return Ok(());
     }
     // EXEC reads and writes, like DEL: it waits until no write of any
     // connection is pending. While a transaction queues, nothing is read.
@@ -509,9 +521,8 @@ fn run_one(ctx: &Ctx<'_>, c: &mut Conn, args: Vec<Vec<u8>>, used: usize, turn: &
         c.tx.is_some() || can_run(&args, !c.acks.is_empty(), turn.max_lsn > 0)
     };
     if !runnable {
-        return false;
+        return Err(args);
     }
-    c.start += used;
     let before = c.out.len();
     let outcome = match transaction::intercept(&mut c.tx, ctx.db, &args, &mut c.out) {
         Some(o) => o,
@@ -527,7 +538,18 @@ fn run_one(ctx: &Ctx<'_>, c: &mut Conn, args: Vec<Vec<u8>>, used: usize, turn: &
         }
         Outcome::Close => c.closing = true,
     }
-    true
+    Ok(())
+}
+
+/// The next complete command of `c`: the one held back for a commit, or
+/// the next the parser finds in its input. `Ok(None)`: more input needed.
+fn next_command(ctx: &Ctx<'_>, c: &mut Conn) -> Result<Option<Vec<Vec<u8>>>, super::ProtocolError> {
+    if let Some(args) = c.held.take() {
+        return Ok(Some(args));
+    }
+    let unauthenticated = ctx.auth.is_some() && !c.authed;
+    c.parser
+        .next(&c.inbuf, &mut c.start, ctx.limits, unauthenticated)
 }
 
 /// Reads and executes what connection `c` has, until it would block, is
@@ -539,15 +561,17 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
     loop {
         // Execute every complete command buffered.
         while !c.closing && c.unsent() <= OUTPUT_HIGH_WATER {
-            match parse_command(&c.inbuf[c.start..], limits) {
-                Ok((args, used)) => {
-                    if !run_one(ctx, c, args, used, turn) {
+            match next_command(ctx, c) {
+                Ok(Some(args)) => {
+                    if let Err(args) = run_one(ctx, c, args, turn) {
+                        c.held = Some(args);
                         c.paused = true;
                         return;
                     }
                 }
-                Err(FrameError::Incomplete) => break,
-                Err(FrameError::Protocol(why)) => {
+                Ok(None) => break,
+                Err(why) => {
+                    tracing::info!("RESP: protocol error ({why}); closing the connection");
                     error(&mut c.out, &format!("ERR Protocol error: {why}"));
                     c.closing = true;
                 }
@@ -560,10 +584,16 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
         if c.closing || !c.may_read {
             return;
         }
-        if c.inbuf.len() - c.start > limits.max_pending {
+        if c.parser.held() + (c.inbuf.len() - c.start) > limits.max_pending {
+            // Redis closes such a client silently; a line saying why costs
+            // nothing and tells the operator which limit to raise.
+            tracing::warn!(
+                "RESP: closing a client that reached the query buffer limit ({} bytes)",
+                limits.max_pending
+            );
             error(
                 &mut c.out,
-                "ERR Protocol error: too many pending bytes on this connection",
+                "ERR Protocol error: query buffer limit reached (the command is larger than the largest batch)",
             );
             c.closing = true;
             return;

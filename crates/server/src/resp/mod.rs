@@ -4,7 +4,8 @@
 //! write is durable under the sync policy. Pipelining: every complete
 //! command read is executed in order and the replies are sent in order.
 //!
-//! - [`frame`]: parsing commands and encoding replies, with limits;
+//! - [`parser`]: the incremental command parser and its limits;
+//! - [`frame`]: encoding replies;
 //! - [`command`]: what each command does and answers;
 //! - [`event_loop`]: one thread that reads, executes, commits the turn's
 //!   writes with one fdatasync, and replies (Redis's model, so the write
@@ -25,7 +26,8 @@
 pub mod command;
 pub mod event_loop;
 pub mod frame;
+pub mod parser;
 pub mod transaction;
 
 pub use event_loop::{RespConfig, RespServer};
-pub use frame::{parse_command, FrameError, RespLimits};
+pub use parser::{CommandParser, ProtocolError, RespLimits};
