@@ -91,6 +91,12 @@ impl GuardedStream {
         }
     }
 
+    /// The next bytes the client sent, left to be read (to tell a TLS
+    /// handshake from plain text).
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.peek(buf).await
+    }
+
     /// Bytes moved: the connection is not idle.
     fn touch(&mut self) {
         if let Some((d, sleep)) = &mut self.idle {

@@ -1,5 +1,5 @@
 //! The library half of the `keel` binary: the HTTP layer, the Redis
-//! protocol listener and metrics, kept
+//! protocol listener, TLS and metrics, kept
 //! apart from `main` so that fuzz targets and tests can drive the router
 //! in-process. The binary (`src/main.rs`) adds `serve` and the tools.
 
@@ -12,3 +12,4 @@ pub mod http;
 pub mod metrics;
 pub mod refusal;
 pub mod resp;
+pub mod tls;

@@ -8,6 +8,7 @@ use keel_server::auth::AuthToken;
 use keel_server::guarded::GuardedListener;
 use keel_server::http::{router, AppState};
 use keel_server::resp::{RespConfig, RespServer};
+use keel_server::tls::TlsListener;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,13 @@ pub struct ServeArgs {
     /// idle client, or one sending its request a byte at a time); `0s`: never.
     #[arg(long, default_value = "60s")]
     pub idle_timeout: String,
+    /// Serve both listeners over TLS only, with this certificate chain (PEM:
+    /// the server's certificate first). Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Descriptors kept for the store (log segments, the one being prepared,
@@ -117,6 +125,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: connection_limit(&args)?,
         idle_timeout: (!idle.is_zero()).then_some(idle),
     };
+    let tls = tls_configs(&args)?;
     tracing::info!(
         "at most {} connections per listener, idle timeout {:?}",
         bounds.max_connections,
@@ -130,6 +139,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 auth: auth.clone(),
                 max_connections: bounds.max_connections,
                 idle_timeout: bounds.idle_timeout,
+                tls: tls.as_ref().map(|t| Arc::clone(&t.resp)),
             };
             Some(start_resp(listen_addr(&args.bind, p)?, &db, config)?)
         }
@@ -140,11 +150,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         auth,
     };
-    serve_http(addr, state, &dir, grace, bounds)?;
+    serve_http(addr, state, &dir, grace, bounds, tls.map(|t| t.http))?;
     if let Some(r) = resp {
         r.shutdown();
     }
     close_store(db)
+}
+
+/// TLS configurations of the two listeners (they differ in ALPN).
+struct TlsConfigs {
+    http: Arc<rustls::ServerConfig>,
+    resp: Arc<rustls::ServerConfig>,
+}
+
+fn tls_configs(args: &ServeArgs) -> anyhow::Result<Option<TlsConfigs>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let http = keel_server::tls::server_config(cert, key, &[b"http/1.1"])?;
+    let resp = keel_server::tls::server_config(cert, key, &[])?;
+    tracing::info!("TLS on every listener (certificate {})", cert.display());
+    Ok(Some(TlsConfigs { http, resp }))
 }
 
 /// Bounds on each listener's clients.
@@ -278,6 +304,7 @@ fn serve_http(
     dir: &Path,
     grace: std::time::Duration,
     bounds: Bounds,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -296,7 +323,8 @@ fn serve_http(
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        tracing::info!("listening on http://{addr} (data in {})", dir.display());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("listening on {scheme}://{addr} (data in {})", dir.display());
         let deadline = {
             let rx = stop_rx.clone();
             async move {
@@ -305,9 +333,22 @@ fn serve_http(
             }
         };
         let listener = GuardedListener::new(listener, bounds.max_connections, bounds.idle_timeout);
-        let serve = axum::serve(listener, router(state))
-            .with_graceful_shutdown(stopped(stop_rx))
-            .into_future();
+        let graceful = stopped(stop_rx);
+        let serve = match tls {
+            None => axum::serve(listener, router(state))
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+            Some(config) => {
+                let handshake = bounds
+                    .idle_timeout
+                    .unwrap_or(keel_server::tls::DEFAULT_HANDSHAKE_TIMEOUT);
+                let listener = TlsListener::new(listener, config, handshake)
+                    .context("starting the TLS listener")?;
+                axum::serve(listener, router(state))
+                    .with_graceful_shutdown(graceful)
+                    .into_future()
+            }
+        };
         tokio::select! {
             served = serve => served.context("serving HTTP"),
             () = deadline => {

@@ -33,12 +33,13 @@ use super::command::{can_run, db_error, execute, Outcome};
 use super::frame::error;
 use super::parser::{CommandParser, RespLimits};
 use super::transaction::{self, Transaction};
+use super::transport::Transport;
 use crate::auth::{self, AuthToken, Gate};
 use keel::Db;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -90,6 +91,7 @@ impl RespServer {
             max_connections: config.max_connections,
             idle_timeout: config.idle_timeout,
             live: 0,
+            tls: config.tls,
             accept_retry: None,
             conns: Vec::new(),
             free: Vec::new(),
@@ -135,7 +137,8 @@ impl Drop for RespServer {
 }
 
 struct Conn {
-    sock: TcpStream,
+    /// The socket, with TLS when the listener has it.
+    io: Transport,
     /// Bytes read; `inbuf[start..]` is not yet parsed.
     inbuf: Vec<u8>,
     start: usize,
@@ -174,10 +177,15 @@ impl Conn {
         self.out.len() - self.sent
     }
 
-    /// Sends what the socket takes of `out`.
+    /// Sends what the socket takes of `out` (and TLS records pending).
     fn flush(&mut self) {
+        match self.io.flush_pending() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => self.dead = true,
+        }
         while self.sent < self.out.len() && !self.dead {
-            match self.sock.write(&self.out[self.sent..]) {
+            match self.io.write(&self.out[self.sent..]) {
                 Ok(0) => self.dead = true,
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -221,6 +229,8 @@ struct EventLoop {
     idle_timeout: Option<Duration>,
     /// Connections open now.
     live: usize,
+    /// TLS, when the listener speaks only TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// `accept` failed (out of descriptors): try again at this time.
     accept_retry: Option<Instant>,
     conns: Vec<Option<Conn>>,
@@ -243,6 +253,8 @@ pub struct RespConfig {
     /// A connection that sends nothing for this long is closed (Redis's
     /// `timeout`); `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// Speak only TLS, with this configuration (`crate::tls`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// How long to wait before accepting again after `accept` failed (out of
@@ -355,6 +367,8 @@ impl EventLoop {
                 Ok((mut sock, peer)) => {
                     if self.max_connections > 0 && self.live >= self.max_connections {
                         // Best effort: the socket is new, its buffer empty.
+                        // (In plain text even on a TLS port: no handshake
+                        // is spent on a client that cannot stay.)
                         let _ = sock.write(b"-ERR max number of clients reached\r\n");
                         tracing::warn!(%peer, "RESP: max number of clients reached; connection refused");
                         continue;
@@ -373,8 +387,21 @@ impl EventLoop {
                         self.free.push(i);
                         continue;
                     }
+                    let io = match &self.tls {
+                        None => Transport::plain(sock),
+                        Some(config) => match Transport::tls(sock, Arc::clone(config)) {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::warn!(
+                                    "RESP: cannot start TLS for a connection ({e}); closing it"
+                                );
+                                self.free.push(i);
+                                continue;
+                            }
+                        },
+                    };
                     self.conns[i] = Some(Conn {
-                        sock,
+                        io,
                         inbuf: Vec::new(),
                         start: 0,
                         parser: CommandParser::new(),
@@ -479,8 +506,8 @@ impl EventLoop {
     fn close(&mut self, i: usize) {
         if let Some(mut c) = self.conns[i].take() {
             self.live -= 1;
-            let _ = self.poll.registry().deregister(&mut c.sock);
-            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            let _ = self.poll.registry().deregister(&mut c.io.sock);
+            c.io.close();
             self.free.push(i);
         }
     }
@@ -606,7 +633,7 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
             c.start = 0;
             shrink(&mut c.inbuf);
         }
-        let got = c.sock.read(scratch);
+        let got = c.io.read(scratch);
         reads += 1;
         match got {
             Ok(0) => {
@@ -620,7 +647,7 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
                 // A short read emptied the socket; new bytes raise a new
                 // edge (Linux signals every arrival), so skip the read that
                 // would only say WouldBlock: one syscall less per request.
-                if n < scratch.len() {
+                if n < scratch.len() && c.io.drained_by_short_read() {
                     c.may_read = false;
                 }
             }

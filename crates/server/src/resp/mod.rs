@@ -6,6 +6,7 @@
 //!
 //! - [`parser`]: the incremental command parser and its limits;
 //! - [`frame`]: encoding replies;
+//! - [`transport`]: plain TCP or TLS under one connection;
 //! - [`command`]: what each command does and answers;
 //! - [`event_loop`]: one thread that reads, executes, commits the turn's
 //!   writes with one fdatasync, and replies (Redis's model, so the write
@@ -28,6 +29,7 @@ pub mod event_loop;
 pub mod frame;
 pub mod parser;
 pub mod transaction;
+pub mod transport;
 
 pub use event_loop::{RespConfig, RespServer};
 pub use parser::{CommandParser, ProtocolError, RespLimits};

@@ -74,7 +74,8 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _)) = raw(
+            // 200; or 400, a TLS listener's answer to plain text.
+            if let Ok((200 | 400, _)) = raw(
                 port,
                 "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             ) {
