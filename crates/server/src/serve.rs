@@ -5,6 +5,7 @@ use anyhow::Context;
 use keel::storage::{BufferedStorage, FaultyStorage, FsStorage, Storage};
 use keel::{Db, Options};
 use keel_server::auth::AuthToken;
+use keel_server::config::{ConfigFile, ServerSection};
 use keel_server::guarded::GuardedListener;
 use keel_server::http::{router, AppState};
 use keel_server::resp::{RespConfig, RespServer};
@@ -106,9 +107,12 @@ fn init_logging() {
 /// Runs the server; returns when it has shut down cleanly.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
-    let mut opts = match &args.config {
-        Some(p) => Options::from_toml_file(p)?,
-        None => Options::default(),
+    let (mut opts, file) = match &args.config {
+        Some(p) => {
+            let c = ConfigFile::load(p)?;
+            (c.options, c.server)
+        }
+        None => (Options::default(), ServerSection::default()),
     };
     if let Some(s) = &args.sync {
         opts.sync = keel::parse_sync(s)?;
@@ -117,7 +121,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;
     let dir = args.working_dir.clone();
     let addr = listen_addr(&args.bind, args.port)?;
-    let auth = auth_token(&args)?;
+    let auth = auth_token(&args, &file)?;
     protected_mode(addr, auth.is_some(), args.insecure_no_auth)?;
     let grace = keel::parse_duration(&args.shutdown_timeout).context("--shutdown-timeout")?;
     let idle = keel::parse_duration(&args.idle_timeout).context("--idle-timeout")?;
@@ -125,7 +129,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: connection_limit(&args)?,
         idle_timeout: (!idle.is_zero()).then_some(idle),
     };
-    let tls = tls_configs(&args)?;
+    let tls = tls_configs(&args, &file)?;
     tracing::info!(
         "at most {} connections per listener, idle timeout {:?}",
         bounds.max_connections,
@@ -163,9 +167,17 @@ struct TlsConfigs {
     resp: Arc<rustls::ServerConfig>,
 }
 
-fn tls_configs(args: &ServeArgs) -> anyhow::Result<Option<TlsConfigs>> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
+/// From the flags, or else the config file's `[server]` table.
+fn tls_configs(args: &ServeArgs, file: &ServerSection) -> anyhow::Result<Option<TlsConfigs>> {
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => (c, k),
+        _ => match (&file.tls_cert, &file.tls_key) {
+            (Some(c), Some(k)) => (c, k),
+            (None, None) => return Ok(None),
+            _ => anyhow::bail!(
+                "the config file's [server] table gives only one of tls_cert and tls_key: give both, or neither"
+            ),
+        },
     };
     let http = keel_server::tls::server_config(cert, key, &[b"http/1.1"])?;
     let resp = keel_server::tls::server_config(cert, key, &[])?;
@@ -247,16 +259,24 @@ fn open_store(dir: &Path, opts: Options, storage: Arc<dyn Storage>) -> anyhow::R
     Ok(db)
 }
 
-/// The auth token, from `--auth-token-file` or else `KEEL_AUTH_TOKEN`.
-fn auth_token(args: &ServeArgs) -> anyhow::Result<Option<Arc<AuthToken>>> {
-    let (secret, from) = match (&args.auth_token_file, std::env::var("KEEL_AUTH_TOKEN")) {
-        (Some(p), _) => (
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading the auth token file {}", p.display()))?,
-            p.display().to_string(),
-        ),
-        (None, Ok(t)) if !t.is_empty() => (t, "KEEL_AUTH_TOKEN".to_string()),
-        _ => return Ok(None),
+/// The auth token, from `--auth-token-file`, else `KEEL_AUTH_TOKEN`, else
+/// the config file's `[server]` table.
+fn auth_token(args: &ServeArgs, file: &ServerSection) -> anyhow::Result<Option<Arc<AuthToken>>> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("reading the auth token file {}", p.display()))
+    };
+    let env = std::env::var("KEEL_AUTH_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let (secret, from) = match (&args.auth_token_file, env) {
+        (Some(p), _) => (read(p)?, p.display().to_string()),
+        (None, Some(t)) => (t, "KEEL_AUTH_TOKEN".to_string()),
+        (None, None) => match (&file.auth_token_file, &file.auth_token) {
+            (Some(p), _) => (read(p)?, p.display().to_string()),
+            (None, Some(t)) => (t.clone(), "the config file".to_string()),
+            (None, None) => return Ok(None),
+        },
     };
     let token = AuthToken::new(&secret).with_context(|| format!("the auth token in {from}"))?;
     tracing::info!("authentication required (token from {from})");

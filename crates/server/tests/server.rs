@@ -774,6 +774,30 @@ fn with_a_token_every_endpoint_but_health_needs_it() {
 }
 
 #[test]
+fn the_config_files_server_table_gives_the_token() {
+    // `[server] auth_token_file`, relative to the config file's directory;
+    // then `auth_token` itself, overridden by KEEL_AUTH_TOKEN.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("token"), "from-the-file\n").unwrap();
+    let cfg = config(t.path(), "[server]\nauth_token_file = \"token\"\n");
+    let mut s = Server::start(t.path(), &cfg, &[]);
+    assert_eq!(raw_request(s.port, "PUT /kv/k HTTP/1.1", b"v").0, 401);
+    let put = "PUT /kv/k HTTP/1.1\r\nAuthorization: Bearer from-the-file";
+    assert_eq!(raw_request(s.port, put, b"v").0, 200);
+    s.term();
+    let cfg = config(t.path(), "[server]\nauth_token = \"inline-token\"\n");
+    let s = Server::start(t.path(), &cfg, &[]);
+    let put = "PUT /kv/k HTTP/1.1\r\nAuthorization: Bearer inline-token";
+    assert_eq!(raw_request(s.port, put, b"w").0, 200);
+    drop(s);
+    let s = Server::start(t.path(), &cfg, &[("KEEL_AUTH_TOKEN", "env-token")]);
+    let put = "PUT /kv/k HTTP/1.1\r\nAuthorization: Bearer inline-token";
+    assert_eq!(raw_request(s.port, put, b"x").0, 401);
+    let put = "PUT /kv/k HTTP/1.1\r\nAuthorization: Bearer env-token";
+    assert_eq!(raw_request(s.port, put, b"x").0, 200);
+}
+
+#[test]
 fn a_non_loopback_listener_without_a_token_refuses_to_start() {
     let t = tempfile::tempdir().unwrap();
     let cfg = config(t.path(), "");
