@@ -7,6 +7,7 @@
 //! | `PUT /kv/{key}`, body = value | 200 `OK` once durable; empty body: 400 `value cannot be empty` |
 //! | `GET /kv/{key}` | 200 with the raw value; 404 `key not found` (`HEAD`: the same, no body) |
 //! | `/kv/{key}?anything` | 400: a key URL takes no query string (`?` in a key is `%3F`) |
+//! | a request target over 65,534 bytes | 414, empty body (hyper's limit, not configurable): longer keys go over `/batch` and RESP |
 //! | a write with a foreign `Origin` or a cross-site `Sec-Fetch-Site` | 403, nothing changed |
 //! | `DELETE /kv/{key}` | 200 `OK`, also when missing |
 //! | `/kv/` (PUT, GET, DELETE) | 400 `key cannot be empty` |
