@@ -13,6 +13,11 @@ fn http_request_seeds() {
 }
 
 #[test]
+fn http_head_seeds() {
+    replay("http_head", keel_server::fuzzing::http_head);
+}
+
+#[test]
 fn resp_stream_seeds() {
     replay("resp_stream", keel_server::fuzzing::resp_stream);
 }
