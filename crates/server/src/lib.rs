@@ -10,6 +10,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod guarded;
 pub mod http;
+pub mod http_server;
 pub mod metrics;
 pub mod refusal;
 pub mod resp;

@@ -8,9 +8,9 @@ use keel_server::auth::AuthToken;
 use keel_server::config::{ConfigFile, ServerSection};
 use keel_server::guarded::GuardedListener;
 use keel_server::http::{router, AppState};
+use keel_server::http_server::{self, HttpServeConfig};
 use keel_server::resp::{RespConfig, RespServer};
 use keel_server::tls::TlsListener;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// idle client, or one sending its request a byte at a time); `0s`: never.
     #[arg(long, default_value = "60s")]
     pub idle_timeout: String,
+    /// An HTTP request head must arrive whole within this, however its bytes
+    /// are spaced (a slowloris client); `0s`: no limit.
+    #[arg(long, default_value = "20s")]
+    pub header_timeout: String,
     /// Serve both listeners over TLS only, with this certificate chain (PEM:
     /// the server's certificate first). Needs --tls-key.
     #[arg(long, requires = "tls_key")]
@@ -125,9 +129,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     protected_mode(addr, auth.is_some(), args.insecure_no_auth)?;
     let grace = keel::parse_duration(&args.shutdown_timeout).context("--shutdown-timeout")?;
     let idle = keel::parse_duration(&args.idle_timeout).context("--idle-timeout")?;
+    let header = keel::parse_duration(&args.header_timeout).context("--header-timeout")?;
     let bounds = Bounds {
         max_connections: connection_limit(&args)?,
         idle_timeout: (!idle.is_zero()).then_some(idle),
+        header_timeout: (!header.is_zero()).then_some(header),
     };
     let tls = tls_configs(&args, &file)?;
     tracing::info!(
@@ -190,6 +196,7 @@ fn tls_configs(args: &ServeArgs, file: &ServerSection) -> anyhow::Result<Option<
 struct Bounds {
     max_connections: usize,
     idle_timeout: Option<std::time::Duration>,
+    header_timeout: Option<std::time::Duration>,
 }
 
 /// The storage under the store: real files, or the test hooks
@@ -345,37 +352,24 @@ fn serve_http(
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!("listening on {scheme}://{addr} (data in {})", dir.display());
-        let deadline = {
-            let rx = stop_rx.clone();
-            async move {
-                stopped(rx).await;
-                tokio::time::sleep(grace).await;
-            }
-        };
         let listener = GuardedListener::new(listener, bounds.max_connections, bounds.idle_timeout);
-        let graceful = stopped(stop_rx);
-        let serve = match tls {
-            None => axum::serve(listener, router(state))
-                .with_graceful_shutdown(graceful)
-                .into_future(),
-            Some(config) => {
+        let config = HttpServeConfig {
+            header_timeout: bounds.header_timeout,
+            grace,
+        };
+        let app = router(state);
+        match tls {
+            None => http_server::serve(listener, app, stopped(stop_rx), config).await,
+            Some(tls) => {
                 let handshake = bounds
                     .idle_timeout
                     .unwrap_or(keel_server::tls::DEFAULT_HANDSHAKE_TIMEOUT);
-                let listener = TlsListener::new(listener, config, handshake)
+                let listener = TlsListener::new(listener, tls, handshake)
                     .context("starting the TLS listener")?;
-                axum::serve(listener, router(state))
-                    .with_graceful_shutdown(graceful)
-                    .into_future()
-            }
-        };
-        tokio::select! {
-            served = serve => served.context("serving HTTP"),
-            () = deadline => {
-                tracing::warn!("shutdown: connections still open {grace:?} after the signal (half-sent requests); closing them");
-                Ok(())
+                http_server::serve(listener, app, stopped(stop_rx), config).await
             }
         }
+        Ok(())
     })
 }
 

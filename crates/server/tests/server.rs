@@ -854,3 +854,45 @@ fn a_declared_body_over_the_limit_is_refused_before_100_continue() {
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("1000 bytes"), "{head}");
 }
+
+#[test]
+fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
+    // A byte every 200 ms keeps the connection from ever being idle for the
+    // 60 s idle timeout; the 1 s header timeout ends it anyway.
+    use std::time::Instant;
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "");
+    let s = Server::start_with(t.path(), &cfg, &[], &["--header-timeout", "1s"]);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let started = Instant::now();
+    let closed_after = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still open after 20 s"
+        );
+        if c.write_all(b"a").is_err() {
+            break started.elapsed();
+        }
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            // Closed (0), or an error reply before the close.
+            Ok(_) => break started.elapsed(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break started.elapsed(),
+        }
+    };
+    assert!(
+        closed_after >= Duration::from_millis(800),
+        "closed after {closed_after:?}, before the timeout"
+    );
+    // An honest request on a new connection is served.
+    assert_eq!(raw_request(s.port, "GET /health HTTP/1.1", b"").0, 200);
+}

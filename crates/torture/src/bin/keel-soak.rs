@@ -2,7 +2,8 @@
 //! ones hold connections open, then kill -9, restart and check.
 //!
 //! - `--slowloris` HTTP connections each send a request head a byte at a
-//!   time (one byte every few seconds, so the idle timeout never fires);
+//!   time (one byte every few seconds, so the idle timeout never fires; the
+//!   header timeout cuts them off, and each is opened again at once);
 //! - `--idle-resp` RESP connections each send one PING, then nothing;
 //! - `--clients` honest clients (half HTTP PUT, half RESP SET, each on one
 //!   kept-alive connection) write unique keys for `--seconds`.
@@ -247,24 +248,40 @@ fn honest_client(id: usize, server: (u16, u16), stop: &AtomicBool, tally: &Mutex
     t.failed += mine.failed;
 }
 
+const SLOW_HEAD: &[u8] = b"PUT /kv/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drip: ";
+
+fn slow_connect(port: u16) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(SLOW_HEAD).ok()?;
+    Some(s)
+}
+
+/// What the slowloris connections met.
+struct Loris {
+    /// Cut off by the server (its header timeout) and opened again.
+    cut_off: u64,
+    /// Open at the end.
+    held: usize,
+}
+
 /// Opens the slowloris connections and drips a byte into each every few
-/// seconds until `stop`; how many were still open at the end.
-fn slowloris(port: u16, count: usize, stop: &AtomicBool, opened: &AtomicU64) -> usize {
-    const HEAD: &[u8] = b"PUT /kv/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drip: ";
-    let mut conns: Vec<(TcpStream, bool)> = Vec::with_capacity(count);
+/// seconds until `stop`; one the server closes is opened again at once,
+/// as a real slowloris does.
+fn slowloris(port: u16, count: usize, stop: &AtomicBool, opened: &AtomicU64) -> Loris {
+    let mut conns: Vec<Option<TcpStream>> = Vec::with_capacity(count);
     for _ in 0..count {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(mut s) => {
-                let alive = s.write_all(HEAD).is_ok();
-                conns.push((s, alive));
+        match slow_connect(port) {
+            Some(s) => {
+                conns.push(Some(s));
                 opened.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => {
-                eprintln!("keel-soak: slowloris connection refused: {e}");
+            None => {
+                eprintln!("keel-soak: a slowloris connection was refused");
                 break;
             }
         }
     }
+    let mut cut_off = 0;
     // Every connection gets a byte every DRIP_EVERY.
     const DRIP_EVERY: Duration = Duration::from_secs(5);
     let tick = Duration::from_millis(100);
@@ -274,19 +291,22 @@ fn slowloris(port: u16, count: usize, stop: &AtomicBool, opened: &AtomicU64) -> 
     while !stop.load(Ordering::Relaxed) && !conns.is_empty() {
         for _ in 0..per_tick {
             let len = conns.len();
-            let (s, alive) = &mut conns[next % len];
-            if *alive && s.write_all(b"a").is_err() {
-                *alive = false;
+            let slot = &mut conns[next % len];
+            if slot.as_mut().is_none_or(|s| s.write_all(b"a").is_err()) {
+                cut_off += 1;
+                *slot = slow_connect(port);
             }
             next += 1;
         }
         std::thread::sleep(tick);
     }
-    // A closed connection shows when written to (or read from).
-    conns
+    // A closed connection shows when written to.
+    let held = conns
         .iter_mut()
-        .filter(|(s, alive)| *alive && (&*s).write_all(b"a").is_ok())
-        .count()
+        .flatten()
+        .filter(|s| (&**s).write_all(b"a").is_ok())
+        .count();
+    Loris { cut_off, held }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -378,15 +398,17 @@ fn run(args: Args) -> anyhow::Result<bool> {
     for h in honest {
         h.join().expect("an honest client panicked");
     }
-    let held = loris.join().expect("the slowloris thread panicked");
+    let loris = loris.join().expect("the slowloris thread panicked");
     let (_, hwm) = rss_kib(pid);
     let mut t = std::mem::take(&mut *tally.lock().unwrap());
     println!("keel-soak: {}", summary("HTTP PUT", &mut t.http));
     println!("keel-soak: {}", summary("RESP SET", &mut t.resp));
     println!(
-        "keel-soak: {} writes acknowledged, {} not; slowloris connections still held at the end: {held}",
+        "keel-soak: {} writes acknowledged, {} not; slowloris connections cut off by the server (and reopened): {}, open at the end: {}",
         t.acked.len(),
-        t.failed
+        t.failed,
+        loris.cut_off,
+        loris.held
     );
     println!(
         "keel-soak: server RSS {} MiB before the honest clients, {} MiB at most while they wrote (sampled), peak {} MiB",
