@@ -121,6 +121,19 @@ impl StorageFile for FsFile {
         if len <= current {
             return Ok(());
         }
+        // Ask first: fallocate of more than is free can fill the file system
+        // block by block before it fails, starving everything else on it.
+        let stat = rustix::fs::fstatvfs(&self.0)?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if len - current > free {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "not enough free space to preallocate {} bytes ({free} available); free some space or lower segment_size",
+                    len - current
+                ),
+            ));
+        }
         match rustix::fs::fallocate(
             &self.0,
             rustix::fs::FallocateFlags::empty(),
@@ -144,5 +157,25 @@ impl StorageFile for FsFile {
 
     fn sync_all(&self) -> io::Result<()> {
         self.0.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preallocating_more_than_is_free_fails_before_taking_any_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let f = FsStorage::new().open(&path, OpenMode::CreateNew).unwrap();
+        let stat = rustix::fs::statvfs(dir.path()).unwrap();
+        let free = stat.f_bavail * stat.f_frsize;
+        let err = f.allocate(free + (1 << 30)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert!(err.to_string().contains("not enough free space"), "{err}");
+        assert_eq!(f.len().unwrap(), 0);
+        f.allocate(4096).unwrap();
+        assert_eq!(f.len().unwrap(), 4096);
     }
 }
