@@ -167,6 +167,11 @@ impl CommandParser {
                         line = &line[..line.len() - 1];
                     }
                     let args = split_inline(line)?;
+                    // The same bound as a multibulk's count, so a command
+                    // means the same whichever form it came in.
+                    if args.len() > limits.max_args {
+                        return Err(protocol("too many arguments in inline request"));
+                    }
                     self.consume(pos, end + 1);
                     self.reset();
                     if !args.is_empty() {
@@ -496,6 +501,11 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(all(input).1, Err(protocol(want)), "{input:?}");
         }
+        let many = format!("{}\r\n", "a ".repeat(9));
+        assert_eq!(
+            all(many.as_bytes()).1,
+            Err(protocol("too many arguments in inline request"))
+        );
         let long = vec![b'1'; MAX_LINE + 2];
         let mut header = b"*".to_vec();
         header.extend_from_slice(&long);
