@@ -40,6 +40,7 @@ pub mod options;
 mod poison;
 mod range;
 pub mod recovery;
+pub mod table;
 
 pub use db::{CheckpointOutcome, Db, DbBuilder, Deferred, Stats, WriteBatch};
 pub use error::{Error, Result};

@@ -21,3 +21,8 @@ fn checkpoint_decoding_seeds() {
 fn engine_ops_seeds() {
     replay("engine_ops", keel::fuzzing::engine_ops);
 }
+
+#[test]
+fn table_decoding_seeds() {
+    replay("table_decoding", keel::fuzzing::table_decoding);
+}

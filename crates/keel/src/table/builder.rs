@@ -1,0 +1,136 @@
+//! [`TableBuilder`]: writes a table from entries in key order, streaming
+//! data blocks to the file as they fill; the filter, properties, index and
+//! footer follow at [`TableBuilder::finish`].
+//!
+//! The builder writes; it does not sync or name the file. A caller makes
+//! the table durable with the durable-replace sequence (temp file,
+//! fdatasync, rename, directory fsync: `keel_storage::write_atomic`), so a
+//! table under its final name is always whole.
+
+use super::block::{BlockBuilder, Stored};
+use super::bloom;
+use super::footer::{trailer, Footer, Handle, Properties, COMPRESSION_NONE};
+use keel_storage::StorageFile;
+use std::io;
+
+/// Target payload size of a data block: a lookup reads one block, a scan
+/// reads them in turn; 8 KiB is in the 4-16 KiB range RocksDB and LevelDB
+/// use, big enough that a block's trailer and index entry cost little.
+pub const DATA_BLOCK_SIZE: usize = 8 << 10;
+/// Entries between restart points in a data block: a seek scans at most
+/// this many entries after its binary search.
+pub const RESTART_INTERVAL: usize = 16;
+
+/// Writes one table.
+pub struct TableBuilder<'a> {
+    file: &'a dyn StorageFile,
+    offset: u64,
+    block: BlockBuilder,
+    index: BlockBuilder,
+    hashes: Vec<u32>,
+    props: Properties,
+    last_key: Option<Vec<u8>>,
+}
+
+impl<'a> TableBuilder<'a> {
+    /// A builder writing to `file` from offset 0.
+    pub fn new(file: &'a dyn StorageFile) -> TableBuilder<'a> {
+        TableBuilder {
+            file,
+            offset: 0,
+            block: BlockBuilder::new(RESTART_INTERVAL),
+            index: BlockBuilder::new(1),
+            hashes: Vec::new(),
+            props: Properties::default(),
+            last_key: None,
+        }
+    }
+
+    /// Adds an entry written at `lsn`. Keys must be non-empty and strictly
+    /// increasing; anything else is a bug in the caller, refused with
+    /// `InvalidInput` rather than written.
+    pub fn add(&mut self, key: &[u8], value: Stored<'_>, lsn: u64) -> io::Result<()> {
+        if key.is_empty() || self.last_key.as_deref().is_some_and(|last| last >= key) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "table entries must have non-empty, strictly increasing keys",
+            ));
+        }
+        if self.props.entries == 0 {
+            self.props.smallest = key.to_vec();
+            self.props.min_lsn = lsn;
+        }
+        self.props.min_lsn = self.props.min_lsn.min(lsn);
+        self.props.max_lsn = self.props.max_lsn.max(lsn);
+        self.props.entries += 1;
+        if value == Stored::Tombstone {
+            self.props.tombstones += 1;
+        }
+        self.hashes.push(bloom::key_hash(key));
+        self.block.add(key, value);
+        self.last_key = Some(key.to_vec());
+        if self.block.size_estimate() >= DATA_BLOCK_SIZE {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    /// Entries added so far.
+    pub fn entries(&self) -> u64 {
+        self.props.entries
+    }
+
+    /// Bytes written so far plus the data block being filled.
+    pub fn size_estimate(&self) -> u64 {
+        self.offset + self.block.size_estimate() as u64
+    }
+
+    /// Writes a payload and its trailer at the current offset.
+    fn write_block(&mut self, payload: &[u8]) -> io::Result<Handle> {
+        let handle = Handle {
+            offset: self.offset,
+            len: u32::try_from(payload.len()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "a table block over 4 GiB")
+            })?,
+        };
+        let mut out = Vec::with_capacity(payload.len() + super::footer::TRAILER_LEN);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&trailer(payload, COMPRESSION_NONE));
+        self.file.write_at(&out, self.offset)?;
+        self.offset += out.len() as u64;
+        Ok(handle)
+    }
+
+    fn flush_block(&mut self) -> io::Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let last = self.block.last_key().to_vec();
+        let payload = self.block.finish();
+        let handle = self.write_block(&payload)?;
+        self.index.add(&last, Stored::Put(&handle.encode()));
+        self.props.data_blocks += 1;
+        Ok(())
+    }
+
+    /// Writes the last data block, the filter, properties, index and footer;
+    /// the table's properties and its length in bytes.
+    pub fn finish(mut self) -> io::Result<(Properties, u64)> {
+        self.flush_block()?;
+        if let Some(last) = self.last_key.take() {
+            self.props.largest = last;
+        }
+        let filter = self.write_block(&bloom::build(&self.hashes))?;
+        let props = self.write_block(&self.props.encode())?;
+        let index_payload = self.index.finish();
+        let index = self.write_block(&index_payload)?;
+        let footer = Footer {
+            filter,
+            props,
+            index,
+        };
+        self.file.write_at(&footer.encode(), self.offset)?;
+        self.offset += super::footer::FOOTER_LEN as u64;
+        Ok((self.props, self.offset))
+    }
+}

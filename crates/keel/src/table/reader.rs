@@ -1,0 +1,279 @@
+//! [`Table`]: an open table file. Opening reads and checks the footer, the
+//! properties, the filter and the index (kept in memory); data blocks are
+//! read, and their checksums checked, when a lookup or a scan needs them.
+//! Every error names the file and the block; damage is never read as a
+//! wrong value or a missing key.
+
+use super::block::{Block, Stored};
+use super::bloom::{self, Bloom};
+use super::footer::{check_block, Footer, Handle, Properties, FOOTER_LEN};
+use super::TableError;
+use keel_storage::StorageFile;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a table says about a key it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// The key's value.
+    Put(Vec<u8>),
+    /// The key was deleted (older tables' entries for it are hidden).
+    Tombstone,
+}
+
+impl From<Stored<'_>> for Entry {
+    fn from(s: Stored<'_>) -> Entry {
+        match s {
+            Stored::Put(v) => Entry::Put(v.to_vec()),
+            Stored::Tombstone => Entry::Tombstone,
+        }
+    }
+}
+
+/// An open table.
+pub struct Table {
+    file: Arc<dyn StorageFile>,
+    path: PathBuf,
+    footer: Footer,
+    props: Properties,
+    filter: Bloom,
+    /// Each data block's last key and where it is, in key order.
+    index: Vec<(Vec<u8>, Handle)>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("path", &self.path)
+            .field("props", &self.props)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Table {
+    /// Opens the table in `file` (named `path` in errors) and checks
+    /// everything but the data blocks ([`verify`](Self::verify) reads
+    /// those too).
+    pub fn open(file: Arc<dyn StorageFile>, path: &Path) -> Result<Table, TableError> {
+        let io = |source| TableError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let damaged = |at: &str, why: &str| TableError::damaged(path, at, why);
+        let len = file.len().map_err(io)?;
+        if len < FOOTER_LEN as u64 {
+            return Err(damaged("the footer", "the file is shorter than a footer"));
+        }
+        let mut fb = [0u8; FOOTER_LEN];
+        file.read_exact_at(&mut fb, len - FOOTER_LEN as u64)
+            .map_err(io)?;
+        let footer = Footer::decode(&fb, len).map_err(|why| damaged("the footer", why))?;
+        let mut table = Table {
+            file,
+            path: path.to_path_buf(),
+            footer,
+            props: Properties::default(),
+            filter: Bloom::new(vec![0, 1]).expect("a valid empty filter"),
+            index: Vec::new(),
+        };
+        let props = table.read_payload(footer.props, "the properties block")?;
+        table.props =
+            Properties::decode(&props).map_err(|why| damaged("the properties block", why))?;
+        let filter = table.read_payload(footer.filter, "the filter block")?;
+        table.filter =
+            Bloom::new(filter).ok_or_else(|| damaged("the filter block", "malformed filter"))?;
+        table.index = table.read_index()?;
+        Ok(table)
+    }
+
+    /// The index entries, checked: keys increasing, blocks one after the
+    /// other from offset 0 up to the filter, as many as the properties say.
+    fn read_index(&self) -> Result<Vec<(Vec<u8>, Handle)>, TableError> {
+        let at = "the index block";
+        let block = Block::new(self.read_payload(self.footer.index, at)?)
+            .map_err(|e| self.damaged(at, e.0))?;
+        let mut index: Vec<(Vec<u8>, Handle)> = Vec::new();
+        let mut next = 0u64;
+        for entry in block.iter() {
+            let (key, value) = entry.map_err(|e| self.damaged(at, e.0))?;
+            let handle = match value {
+                Stored::Put(v) => Handle::decode(v),
+                Stored::Tombstone => None,
+            }
+            .ok_or_else(|| self.damaged(at, "an entry is not a block handle"))?;
+            if handle.offset != next || index.last().is_some_and(|(k, _)| *k >= key) {
+                return Err(self.damaged(at, "blocks out of order"));
+            }
+            next = handle.end();
+            index.push((key, handle));
+        }
+        let p = &self.props;
+        let consistent = next == self.footer.filter.offset
+            && index.len() as u64 == p.data_blocks
+            && (p.entries == 0) == index.is_empty()
+            && index.last().is_none_or(|(k, _)| *k == p.largest);
+        if !consistent {
+            return Err(self.damaged(at, "it disagrees with the properties or the footer"));
+        }
+        Ok(index)
+    }
+
+    fn damaged(&self, at: &str, why: &str) -> TableError {
+        TableError::damaged(&self.path, at, why)
+    }
+
+    /// Reads a block's payload and checks its trailer.
+    fn read_payload(&self, h: Handle, at: &str) -> Result<Vec<u8>, TableError> {
+        let mut buf = vec![0u8; h.len as usize + super::footer::TRAILER_LEN];
+        self.file
+            .read_exact_at(&mut buf, h.offset)
+            .map_err(|source| TableError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        check_block(buf).map_err(|why| self.damaged(at, why))
+    }
+
+    fn data_block(&self, i: usize) -> Result<Block, TableError> {
+        let h = self.index[i].1;
+        let at = format!("the data block at offset {}", h.offset);
+        let payload = self.read_payload(h, &at)?;
+        Block::new(payload).map_err(|e| self.damaged(&at, e.0))
+    }
+
+    /// The table's properties (entry counts, LSN and key range).
+    pub fn properties(&self) -> &Properties {
+        &self.props
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the table holds for `key`: `None` if it holds nothing (the
+    /// key's fate is in older tables).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>, TableError> {
+        if self.index.is_empty()
+            || key < self.props.smallest.as_slice()
+            || key > self.props.largest.as_slice()
+            || !self.filter.may_contain(bloom::key_hash(key))
+        {
+            return Ok(None);
+        }
+        // The first block whose last key is >= key is the only one that
+        // can hold it.
+        let i = self
+            .index
+            .partition_point(|(last, _)| last.as_slice() < key);
+        if i == self.index.len() {
+            return Ok(None);
+        }
+        let block = self.data_block(i)?;
+        let at = || format!("the data block at offset {}", self.index[i].1.offset);
+        let mut it = block.seek(key).map_err(|e| self.damaged(&at(), e.0))?;
+        match it.next() {
+            Some(Ok((k, v))) if k == key => Ok(Some(v.into())),
+            Some(Err(e)) => Err(self.damaged(&at(), e.0)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Entries with keys `>= from` (all with `&[]`), in key order.
+    pub fn iter_from(&self, from: &[u8]) -> TableIter<'_> {
+        let block = self
+            .index
+            .partition_point(|(last, _)| last.as_slice() < from);
+        TableIter {
+            table: self,
+            next_block: block,
+            from: from.to_vec(),
+            entries: Vec::new().into_iter(),
+            failed: false,
+        }
+    }
+
+    /// Reads every data block and checks what opening could not: each
+    /// block's checksum and entries, keys strictly increasing across
+    /// blocks, each block ending at its index key, every key in the filter,
+    /// and the counts in the properties.
+    pub fn verify(&self) -> Result<(), TableError> {
+        let mut last: Option<Vec<u8>> = None;
+        let (mut entries, mut tombstones) = (0u64, 0u64);
+        for (i, (index_key, h)) in self.index.iter().enumerate() {
+            let at = format!("the data block at offset {}", h.offset);
+            let block = self.data_block(i)?;
+            let mut n = 0;
+            for e in block.iter() {
+                let (k, v) = e.map_err(|e| self.damaged(&at, e.0))?;
+                if k.is_empty() || last.as_ref().is_some_and(|l| *l >= k) {
+                    return Err(self.damaged(&at, "keys out of order"));
+                }
+                if !self.filter.may_contain(bloom::key_hash(&k)) {
+                    return Err(self.damaged("the filter block", "a key is missing from it"));
+                }
+                if entries == 0 && k != self.props.smallest {
+                    return Err(self.damaged(&at, "the first key is not the smallest"));
+                }
+                entries += 1;
+                tombstones += u64::from(v == Stored::Tombstone);
+                n += 1;
+                last = Some(k);
+            }
+            if n == 0 || last.as_ref() != Some(index_key) {
+                return Err(self.damaged(&at, "the block does not end at its index key"));
+            }
+        }
+        if entries != self.props.entries || tombstones != self.props.tombstones {
+            return Err(self.damaged(
+                "the properties block",
+                "its entry counts disagree with the data blocks",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A table's entries in key order, a data block at a time.
+pub struct TableIter<'a> {
+    table: &'a Table,
+    next_block: usize,
+    from: Vec<u8>,
+    entries: std::vec::IntoIter<(Vec<u8>, Entry)>,
+    failed: bool,
+}
+
+impl Iterator for TableIter<'_> {
+    type Item = Result<(Vec<u8>, Entry), TableError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.entries.next() {
+                return Some(Ok(e));
+            }
+            if self.failed || self.next_block >= self.table.index.len() {
+                return None;
+            }
+            let i = self.next_block;
+            self.next_block += 1;
+            let decoded = self.table.data_block(i).and_then(|block| {
+                let at = || format!("the data block at offset {}", self.table.index[i].1.offset);
+                let it = block
+                    .seek(&self.from)
+                    .map_err(|e| self.table.damaged(&at(), e.0))?;
+                it.map(|r| {
+                    r.map(|(k, v)| (k, Entry::from(v)))
+                        .map_err(|e| self.table.damaged(&at(), e.0))
+                })
+                .collect::<Result<Vec<_>, _>>()
+            });
+            match decoded {
+                Ok(v) => self.entries = v.into_iter(),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
