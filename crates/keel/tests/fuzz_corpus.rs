@@ -26,3 +26,8 @@ fn engine_ops_seeds() {
 fn table_decoding_seeds() {
     replay("table_decoding", keel::fuzzing::table_decoding);
 }
+
+#[test]
+fn manifest_decoding_seeds() {
+    replay("manifest_decoding", keel::fuzzing::manifest_decoding);
+}
