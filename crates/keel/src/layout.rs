@@ -9,6 +9,9 @@
 //! DIR/wal/prealloc-<N>.tmp                  a segment prepared ahead of use
 //! DIR/wal/<segment>.cut-at-<OFFSET>         bytes recovery or repair cut, saved
 //! DIR/wal/<segment>.dropped                 a segment set aside by repair
+//! DIR/manifest/<LSN:020>.wal                the manifest's own log (issue 12)
+//! DIR/tables/<N:020>.sst                    table number N (issue 12)
+//! DIR/tables/<N:020>.sst.tmp                a table being written
 //! ```
 //!
 //! The names inside `wal/` belong to the log, which knows nothing of keys;
@@ -24,6 +27,11 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = "LOCK";
 /// The log directory's name.
 pub const LOG_DIR: &str = "wal";
+/// The manifest's directory (a keel-wal log of edits).
+pub const MANIFEST_DIR: &str = "manifest";
+/// The tables' directory.
+pub const TABLES_DIR: &str = "tables";
+const TABLE_SUFFIX: &str = ".sst";
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
 const CHECKPOINT_SUFFIX: &str = ".ckpt";
 
@@ -43,6 +51,10 @@ pub enum FileKind {
     /// Bytes cut from a segment and saved (`*.cut-at-N`), or a segment set
     /// aside (`*.dropped`): never read by keel, kept for the operator.
     SetAside,
+    /// Table number N.
+    Table(u64),
+    /// A table being written (removed at open).
+    TableTemp,
 }
 
 impl FileKind {
@@ -54,7 +66,13 @@ impl FileKind {
         if let Some(lsn) = parse_checkpoint_name(name) {
             return Some(FileKind::Checkpoint(lsn));
         }
+        if let Some(n) = parse_table_name(name) {
+            return Some(FileKind::Table(n));
+        }
         if let Some(base) = name.strip_suffix(TEMP_SUFFIX) {
+            if parse_table_name(base).is_some() {
+                return Some(FileKind::TableTemp);
+            }
             if base.starts_with(CHECKPOINT_PREFIX) && base.ends_with(CHECKPOINT_SUFFIX) {
                 return Some(FileKind::CheckpointTemp);
             }
@@ -71,6 +89,19 @@ impl FileKind {
                 .is_some_and(|(_, off)| off.bytes().all(|b| b.is_ascii_digit()));
         set_aside.then_some(FileKind::SetAside)
     }
+}
+
+/// The file name of table `number`.
+pub fn table_file_name(number: u64) -> String {
+    format!("{number:020}{TABLE_SUFFIX}")
+}
+
+/// The number of the table named `name`, if it is one.
+pub fn parse_table_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(TABLE_SUFFIX)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 /// The file name of the checkpoint at `lsn`.
@@ -200,7 +231,21 @@ mod tests {
             FileKind::parse(&format!("{seg}.dropped")),
             Some(FileKind::SetAside)
         );
-        for other in ["checkpoint-1.ckpt", "notes.txt", "1.wal", "x.cut-at-y"] {
+        assert_eq!(
+            FileKind::parse(&table_file_name(42)),
+            Some(FileKind::Table(42))
+        );
+        assert_eq!(
+            FileKind::parse(&format!("{}.tmp", table_file_name(42))),
+            Some(FileKind::TableTemp)
+        );
+        for other in [
+            "checkpoint-1.ckpt",
+            "notes.txt",
+            "1.wal",
+            "x.cut-at-y",
+            "1.sst",
+        ] {
             assert_eq!(FileKind::parse(other), None, "{other}");
         }
         assert!(checkpoint_file_name(9) < checkpoint_file_name(10));

@@ -35,6 +35,7 @@ pub mod inspect;
 pub mod key;
 mod keyspace;
 pub mod layout;
+pub mod lsm;
 pub mod manifest;
 pub mod op;
 pub mod options;

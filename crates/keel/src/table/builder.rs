@@ -58,7 +58,9 @@ impl<'a> TableBuilder<'a> {
         }
         if self.props.entries == 0 {
             self.props.smallest = key.to_vec();
-            self.props.min_lsn = lsn;
+            if self.props.max_lsn == 0 {
+                self.props.min_lsn = lsn;
+            }
         }
         self.props.min_lsn = self.props.min_lsn.min(lsn);
         self.props.max_lsn = self.props.max_lsn.max(lsn);
@@ -73,6 +75,17 @@ impl<'a> TableBuilder<'a> {
             self.flush_block()?;
         }
         Ok(())
+    }
+
+    /// Widens the LSN range the properties record to include `lo..=hi`
+    /// (a compaction's outputs take their inputs' range: entries in tables
+    /// carry no LSN of their own).
+    pub fn extend_lsn_range(&mut self, lo: u64, hi: u64) {
+        if self.props.entries == 0 && self.props.max_lsn == 0 {
+            self.props.min_lsn = lo;
+        }
+        self.props.min_lsn = self.props.min_lsn.min(lo);
+        self.props.max_lsn = self.props.max_lsn.max(hi);
     }
 
     /// Entries added so far.

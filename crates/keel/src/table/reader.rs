@@ -180,17 +180,14 @@ impl Table {
     }
 
     /// Entries with keys `>= from` (all with `&[]`), in key order.
-    pub fn iter_from(&self, from: &[u8]) -> TableIter<'_> {
-        let block = self
-            .index
-            .partition_point(|(last, _)| last.as_slice() < from);
-        TableIter {
-            table: self,
-            next_block: block,
-            from: from.to_vec(),
-            entries: Vec::new().into_iter(),
-            failed: false,
-        }
+    pub fn iter_from(&self, from: &[u8]) -> TableIter<&Table> {
+        TableIter::new(self, from)
+    }
+
+    /// [`iter_from`](Self::iter_from) holding the table by `Arc`, for
+    /// iterators that outlive the caller's borrow (a pinned version).
+    pub fn iter_arc(self: &Arc<Self>, from: &[u8]) -> TableIter<Arc<Table>> {
+        TableIter::new(Arc::clone(self), from)
     }
 
     /// Reads every data block and checks what opening could not: each
@@ -234,16 +231,32 @@ impl Table {
     }
 }
 
-/// A table's entries in key order, a data block at a time.
-pub struct TableIter<'a> {
-    table: &'a Table,
+/// A table's entries in key order, a data block at a time; `T` holds the
+/// table (`&Table` or `Arc<Table>`).
+pub struct TableIter<T> {
+    table: T,
     next_block: usize,
     from: Vec<u8>,
     entries: std::vec::IntoIter<(Vec<u8>, Entry)>,
     failed: bool,
 }
 
-impl Iterator for TableIter<'_> {
+impl<T: std::ops::Deref<Target = Table>> TableIter<T> {
+    fn new(table: T, from: &[u8]) -> TableIter<T> {
+        let next_block = table
+            .index
+            .partition_point(|(last, _)| last.as_slice() < from);
+        TableIter {
+            table,
+            next_block,
+            from: from.to_vec(),
+            entries: Vec::new().into_iter(),
+            failed: false,
+        }
+    }
+}
+
+impl<T: std::ops::Deref<Target = Table>> Iterator for TableIter<T> {
     type Item = Result<(Vec<u8>, Entry), TableError>;
 
     fn next(&mut self) -> Option<Self::Item> {

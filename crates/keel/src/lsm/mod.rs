@@ -1,0 +1,479 @@
+//! The table half of the LSM tree (issue 12): the live tables under a
+//! manifest, flushes of sorted data into level 0, and leveled compaction.
+//! The engine does not use it yet; it is built and proven here first.
+//!
+//! Crash safety, step by step (docs/DESIGN.md, rule 4):
+//! - **flush**: the table is written whole and durable under its final name
+//!   (durable-replace helper), then one manifest edit adds it and moves the
+//!   log start past what it holds. A crash before the edit leaves an orphan
+//!   table, removed at the next open; after it, the table is live.
+//! - **compaction**: outputs are written durable, then one edit adds them
+//!   and removes the inputs; the inputs' files are deleted only after that
+//!   edit is durable and no pinned [`Version`] reads them. A crash at any
+//!   point leaves the old tables or the new ones live, never a mix; files
+//!   no manifest record names are removed at open, after the manifest is
+//!   replayed, never before.
+//!
+//! Compaction policy: leveled, as LevelDB and RocksDB do. L0 is compacted
+//! into L1 once it holds [`TreeOptions::l0_trigger`] tables; level `n >= 1`
+//! is compacted into `n + 1` once it holds more than
+//! `level1_bytes * ratio^(n-1)`, one table (round-robin by key) and the
+//! tables of the next level it overlaps at a time. Outputs are split at
+//! [`TreeOptions::table_bytes`]. Tombstones are dropped only when no deeper
+//! level holds tables.
+
+mod merge;
+mod version;
+
+pub use merge::{Item, MergeIter, Source};
+pub use version::{LevelIter, LiveTable, Version};
+
+use crate::layout::{parse_table_name, table_file_name, MANIFEST_DIR, TABLES_DIR};
+use crate::manifest::{Manifest, ManifestError, TableMeta, VersionEdit, LEVELS};
+use crate::table::{write_table, Entry, Stored, Table, TableBuilder, TableError};
+use keel_storage::{IoError, OpenMode, Storage, TEMP_SUFFIX};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Shape of the tree.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeOptions {
+    /// L0 tables that trigger a compaction into L1 (each L0 table is a
+    /// lookup's extra probe, so few: LevelDB uses 4).
+    pub l0_trigger: usize,
+    /// Bytes L1 may hold before it is compacted into L2.
+    pub level1_bytes: u64,
+    /// Each level may hold this many times the one above it.
+    pub ratio: u64,
+    /// Compaction outputs are split at about this size.
+    pub table_bytes: u64,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        TreeOptions {
+            l0_trigger: 4,
+            level1_bytes: 64 << 20,
+            ratio: 10,
+            table_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Why a tree operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LsmError {
+    /// The manifest failed or is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A table could not be read.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The manifest names a table whose file is missing.
+    #[error("the manifest names table {number} but {} is missing; the store cannot be opened without it", path.display())]
+    MissingTable {
+        /// Its number.
+        number: u64,
+        /// Where it should be.
+        path: PathBuf,
+    },
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// Level compacted from.
+    pub level: u8,
+    /// Input tables and their bytes.
+    pub inputs: usize,
+    /// See `inputs`.
+    pub bytes_read: u64,
+    /// Output tables and their bytes.
+    pub outputs: usize,
+    /// See `outputs`.
+    pub bytes_written: u64,
+    /// Entries dropped (shadowed by newer ones, or tombstones at the bottom).
+    pub dropped: u64,
+}
+
+/// A chosen compaction: tables of `level` and the tables of `level + 1`
+/// they overlap.
+#[derive(Debug, Clone)]
+pub struct Compaction {
+    /// The level compacted from.
+    pub level: u8,
+    /// Its tables compacted.
+    pub inputs: Vec<Arc<LiveTable>>,
+    /// The overlapping tables of the next level.
+    pub next: Vec<Arc<LiveTable>>,
+}
+
+/// The live tables of a store, under its manifest.
+pub struct Tree {
+    storage: Arc<dyn Storage>,
+    tables_dir: PathBuf,
+    manifest: Manifest,
+    options: TreeOptions,
+    current: Arc<Version>,
+    /// Tables no longer live, deleted once no version holds them.
+    obsolete: Vec<Arc<LiveTable>>,
+    /// Per level, the key after which the next round-robin compaction
+    /// starts.
+    compact_after: Vec<Vec<u8>>,
+}
+
+impl Tree {
+    /// Opens the tree under `root` (`root/manifest`, `root/tables`): replays
+    /// the manifest, opens every live table, then removes files no manifest
+    /// record names (orphans of interrupted flushes and compactions).
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        root: &Path,
+        options: TreeOptions,
+    ) -> Result<Tree, LsmError> {
+        let manifest = Manifest::open(Arc::clone(&storage), &root.join(MANIFEST_DIR))?;
+        let tables_dir = root.join(TABLES_DIR);
+        storage
+            .create_dir_all(&tables_dir)
+            .map_err(|e| IoError::new("creating the tables directory", &tables_dir, e))?;
+        let mut levels = vec![Vec::new(); LEVELS];
+        for (level, tables) in manifest.state().levels.iter().enumerate() {
+            for meta in tables {
+                let path = tables_dir.join(table_file_name(meta.number));
+                let file = match storage.open(&path, OpenMode::Read) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(LsmError::MissingTable {
+                            number: meta.number,
+                            path,
+                        })
+                    }
+                    Err(e) => return Err(IoError::new("opening a table", &path, e).into()),
+                };
+                let table = Arc::new(Table::open(file, &path)?);
+                levels[level].push(Arc::new(LiveTable {
+                    meta: meta.clone(),
+                    table,
+                }));
+            }
+        }
+        let tree = Tree {
+            storage,
+            tables_dir,
+            manifest,
+            options,
+            current: Arc::new(Version { levels }),
+            obsolete: Vec::new(),
+            compact_after: vec![Vec::new(); LEVELS],
+        };
+        tree.remove_orphans()?;
+        Ok(tree)
+    }
+
+    /// Removes table files (and temp files) no live table owns. Only after
+    /// the manifest is replayed: before, a live table could look orphaned.
+    fn remove_orphans(&self) -> Result<(), LsmError> {
+        let dir = &self.tables_dir;
+        let names = self
+            .storage
+            .list(dir)
+            .map_err(|e| IoError::new("listing the tables directory", dir, e))?;
+        let live: std::collections::HashSet<u64> =
+            self.manifest.state().live().map(|t| t.number).collect();
+        let mut removed = 0;
+        for name in names {
+            let orphan = match parse_table_name(&name) {
+                Some(n) => !live.contains(&n),
+                None => name.ends_with(TEMP_SUFFIX),
+            };
+            if orphan {
+                let path = dir.join(&name);
+                self.storage
+                    .remove(&path)
+                    .map_err(|e| IoError::new("removing an orphaned table", &path, e))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            // The removals are durable only once the directory is.
+            self.storage
+                .sync_dir(dir)
+                .map_err(|e| IoError::new("syncing the tables directory", dir, e))?;
+            tracing::info!("removed {removed} table files no manifest record names (interrupted flush or compaction)");
+        }
+        Ok(())
+    }
+
+    /// The current version (pin it to read a consistent set of tables).
+    pub fn version(&self) -> Arc<Version> {
+        Arc::clone(&self.current)
+    }
+
+    /// Where the log must start: records below are in tables.
+    pub fn log_start(&self) -> u64 {
+        self.manifest.state().log_start
+    }
+
+    fn table_path(&self, number: u64) -> PathBuf {
+        self.tables_dir.join(table_file_name(number))
+    }
+
+    fn open_table(&self, meta: TableMeta) -> Result<Arc<LiveTable>, LsmError> {
+        let path = self.table_path(meta.number);
+        let file = self
+            .storage
+            .open(&path, OpenMode::Read)
+            .map_err(|e| IoError::new("opening a table", &path, e))?;
+        Ok(Arc::new(LiveTable {
+            table: Arc::new(Table::open(file, &path)?),
+            meta,
+        }))
+    }
+
+    /// Writes sorted `entries` (key, value or tombstone, LSN) as a new L0
+    /// table, then records it, with the log start moved to `log_start`,
+    /// in one manifest edit. With no entries, only the log start moves.
+    pub fn flush<'e>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'e [u8], Stored<'e>, u64)>,
+        log_start: u64,
+    ) -> Result<Option<TableMeta>, LsmError> {
+        let number = self.manifest.state().next_table;
+        let path = self.table_path(number);
+        let mut entries = entries.into_iter().peekable();
+        let mut edit = VersionEdit {
+            log_start: Some(log_start),
+            ..VersionEdit::default()
+        };
+        let mut added = None;
+        if entries.peek().is_some() {
+            let (props, size) = write_table(&*self.storage, &path, entries)?;
+            let meta = TableMeta::new(0, number, size, &props);
+            edit.next_table = Some(number + 1);
+            edit.added.push(meta.clone());
+            added = Some(meta);
+        }
+        // A crash before this edit leaves an orphan, removed at open.
+        self.manifest.apply(&edit)?;
+        if let Some(meta) = &added {
+            let live = self.open_table(meta.clone())?;
+            let mut v = (*self.current).clone();
+            v.levels[0].insert(0, live);
+            self.current = Arc::new(v);
+        }
+        Ok(added)
+    }
+
+    fn level_bytes(&self, level: usize) -> u64 {
+        self.current.level(level).iter().map(|t| t.meta.size).sum()
+    }
+
+    fn level_target(&self, level: usize) -> u64 {
+        let o = &self.options;
+        o.level1_bytes
+            .saturating_mul(o.ratio.saturating_pow(level.saturating_sub(1) as u32))
+    }
+
+    /// The compaction most needed now, if any: L0 past its trigger first,
+    /// then the level most over its target.
+    pub fn pick_compaction(&self) -> Option<Compaction> {
+        let v = &self.current;
+        let level = if v.level(0).len() >= self.options.l0_trigger {
+            0
+        } else {
+            (1..LEVELS - 1)
+                .filter(|&l| self.level_bytes(l) > self.level_target(l))
+                .max_by(|&a, &b| {
+                    let over = |l: usize| self.level_bytes(l) as f64 / self.level_target(l) as f64;
+                    over(a).total_cmp(&over(b))
+                })?
+        };
+        let inputs: Vec<Arc<LiveTable>> = if level == 0 {
+            v.level(0).to_vec()
+        } else {
+            // Round robin: the first table after the last one compacted.
+            let tables = v.level(level);
+            let after = &self.compact_after[level];
+            let t = tables
+                .iter()
+                .find(|t| t.meta.smallest > *after)
+                .or(tables.first())?;
+            vec![Arc::clone(t)]
+        };
+        let lo = inputs.iter().map(|t| &t.meta.smallest).min()?.clone();
+        let hi = inputs.iter().map(|t| &t.meta.largest).max()?.clone();
+        let next = v
+            .level(level + 1)
+            .iter()
+            .filter(|t| t.meta.smallest <= hi && lo <= t.meta.largest)
+            .cloned()
+            .collect();
+        Some(Compaction {
+            level: level as u8,
+            inputs,
+            next,
+        })
+    }
+
+    /// Runs `c`: merges its tables into new tables at the next level,
+    /// records them and the inputs' removal in one edit, then deletes the
+    /// inputs' files no version holds any more.
+    pub fn compact(&mut self, c: &Compaction) -> Result<CompactionStats, LsmError> {
+        let out_level = c.level as usize + 1;
+        let mut sources: Vec<Source<'static>> = Vec::new();
+        if c.level == 0 {
+            for t in &c.inputs {
+                sources.push(Box::new(t.table.iter_arc(&[])));
+            }
+        } else {
+            sources.push(Box::new(LevelIter::new(c.inputs.clone(), &[])));
+        }
+        sources.push(Box::new(LevelIter::new(c.next.clone(), &[])));
+        let bottom = (out_level + 1..LEVELS).all(|l| self.current.level(l).is_empty());
+        let all_inputs = || c.inputs.iter().chain(&c.next);
+        let mut stats = CompactionStats {
+            level: c.level,
+            inputs: all_inputs().count(),
+            bytes_read: all_inputs().map(|t| t.meta.size).sum(),
+            ..CompactionStats::default()
+        };
+        let entries_in: u64 = all_inputs().map(|t| t.meta.entries).sum();
+        let lsns = (
+            all_inputs().map(|t| t.meta.min_lsn).min().unwrap_or(0),
+            all_inputs().map(|t| t.meta.max_lsn).max().unwrap_or(0),
+        );
+        let (outputs, kept) =
+            self.write_outputs(MergeIter::new(sources), out_level as u8, bottom, lsns)?;
+        stats.outputs = outputs.len();
+        stats.bytes_written = outputs.iter().map(|m| m.size).sum();
+        stats.dropped = entries_in - kept;
+        let edit = VersionEdit {
+            next_table: Some(self.next_number_after(&outputs)),
+            removed: all_inputs()
+                .map(|t| (t.meta.level, t.meta.number))
+                .collect(),
+            added: outputs.clone(),
+            ..VersionEdit::default()
+        };
+        // A crash before this edit leaves the outputs as orphans; after it,
+        // the inputs.
+        self.manifest.apply(&edit)?;
+        let mut v = (*self.current).clone();
+        for t in all_inputs() {
+            v.levels[t.meta.level as usize].retain(|x| x.meta.number != t.meta.number);
+            self.obsolete.push(Arc::clone(t));
+        }
+        for meta in outputs {
+            v.levels[out_level].push(self.open_table(meta)?);
+        }
+        v.levels[out_level].sort_by(|a, b| a.meta.smallest.cmp(&b.meta.smallest));
+        self.current = Arc::new(v);
+        if let Some(last) = c.inputs.iter().map(|t| &t.meta.largest).max() {
+            self.compact_after[c.level as usize] = last.clone();
+        }
+        self.delete_obsolete()?;
+        Ok(stats)
+    }
+
+    fn next_number_after(&self, outputs: &[TableMeta]) -> u64 {
+        outputs
+            .iter()
+            .map(|m| m.number + 1)
+            .max()
+            .unwrap_or(self.manifest.state().next_table)
+    }
+
+    /// Writes the merged entries as tables of about `table_bytes` at
+    /// `level` (dropping tombstones at the bottom); their records and the
+    /// number of entries kept.
+    fn write_outputs(
+        &self,
+        merged: MergeIter<'static>,
+        level: u8,
+        bottom: bool,
+        (lsn_lo, lsn_hi): (u64, u64),
+    ) -> Result<(Vec<TableMeta>, u64), LsmError> {
+        let mut outputs = Vec::new();
+        let mut kept = 0u64;
+        let mut number = self.manifest.state().next_table;
+        let mut merged = merged.peekable();
+        while merged.peek().is_some() {
+            let path = self.table_path(number);
+            let mut failed: Option<TableError> = None;
+            let mut props_size = None;
+            let mut wrote = 0u64;
+            keel_storage::write_atomic(&*self.storage, &path, |file, _| {
+                let mut b = TableBuilder::new(file);
+                b.extend_lsn_range(lsn_lo, lsn_hi);
+                while b.size_estimate() < self.options.table_bytes {
+                    let Some(item) = merged.next() else { break };
+                    let (k, e) = match item {
+                        Ok(x) => x,
+                        Err(e) => {
+                            failed = Some(e);
+                            return Err(std::io::Error::other("an input table is damaged"));
+                        }
+                    };
+                    match e {
+                        Entry::Put(v) => b.add(&k, Stored::Put(&v), lsn_lo)?,
+                        Entry::Tombstone if !bottom => b.add(&k, Stored::Tombstone, lsn_lo)?,
+                        Entry::Tombstone => continue,
+                    }
+                    wrote += 1;
+                }
+                props_size = Some(b.finish()?);
+                Ok(())
+            })
+            .map_err(|e| match failed.take() {
+                Some(t) => LsmError::Table(t),
+                None => LsmError::Io(e),
+            })?;
+            let (props, size) = props_size.expect("set when the write succeeded");
+            if props.entries == 0 {
+                // Only tombstones, all dropped: no table.
+                let _ = self.storage.remove(&path);
+                continue;
+            }
+            kept += wrote;
+            outputs.push(TableMeta::new(level, number, size, &props));
+            number += 1;
+        }
+        Ok((outputs, kept))
+    }
+
+    /// Deletes the files of obsolete tables that no version holds any more
+    /// (only the tree's own list refers to them).
+    pub fn delete_obsolete(&mut self) -> Result<usize, LsmError> {
+        let (free, pinned): (Vec<_>, Vec<_>) = std::mem::take(&mut self.obsolete)
+            .into_iter()
+            .partition(|t| Arc::strong_count(t) == 1);
+        self.obsolete = pinned;
+        for t in &free {
+            let path = self.table_path(t.meta.number);
+            self.storage
+                .remove(&path)
+                .map_err(|e| IoError::new("removing a compacted table", &path, e))?;
+        }
+        if !free.is_empty() {
+            self.storage
+                .sync_dir(&self.tables_dir)
+                .map_err(|e| IoError::new("syncing the tables directory", &self.tables_dir, e))?;
+        }
+        Ok(free.len())
+    }
+
+    /// Every key's newest entry, for tests and tools: the whole tree as a
+    /// map (tombstones included).
+    pub fn contents(&self) -> Result<BTreeMap<Vec<u8>, Entry>, LsmError> {
+        Ok(self.current.iter_from(&[]).collect::<Result<_, _>>()?)
+    }
+
+    /// Syncs and closes the manifest.
+    pub fn close(self) -> Result<(), LsmError> {
+        Ok(self.manifest.close()?)
+    }
+}

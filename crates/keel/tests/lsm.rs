@@ -1,0 +1,234 @@
+//! The LSM tree's tables under a manifest (issue 12), on simulated storage:
+//! flushes and leveled compactions against a model, then power loss at
+//! every kind of storage operation of a flush, a compaction and the
+//! recovery after it. `KEEL_LSM_SEEDS=N` runs more crash seeds.
+
+use keel::lsm::{Tree, TreeOptions};
+use keel::table::{Entry, Stored};
+use keel_storage::rng::SplitMix64;
+use keel_storage::{CrashMode, Fault, FaultKind, FaultOp, SimStorage, Storage};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+type Model = BTreeMap<Vec<u8>, Entry>;
+
+/// A small tree: tables of about 1 KiB, so a few hundred keys span levels.
+fn small() -> TreeOptions {
+    TreeOptions {
+        l0_trigger: 3,
+        level1_bytes: 2 << 10,
+        ratio: 3,
+        table_bytes: 1 << 10,
+    }
+}
+
+/// A random memtable to flush: `n` sorted writes over a key space of 400.
+fn memtable(rng: &mut SplitMix64, n: u64) -> Model {
+    let mut m = Model::new();
+    for _ in 0..n {
+        let k = format!("key{:04}", rng.below(400)).into_bytes();
+        let e = if rng.below(5) == 0 {
+            Entry::Tombstone
+        } else {
+            Entry::Put(format!("v{}", rng.next_u64()).into_bytes())
+        };
+        m.insert(k, e);
+    }
+    m
+}
+
+fn flush(tree: &mut Tree, mem: &Model, lsn: u64) -> Result<(), keel::lsm::LsmError> {
+    let entries = mem.iter().map(|(k, e)| {
+        let v = match e {
+            Entry::Put(v) => Stored::Put(v.as_slice()),
+            Entry::Tombstone => Stored::Tombstone,
+        };
+        (k.as_slice(), v, lsn)
+    });
+    tree.flush(entries, lsn + 1).map(|_| ())
+}
+
+/// What reads see: the newest entry, a tombstone meaning absent.
+fn visible(m: &Model) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    m.iter()
+        .filter_map(|(k, e)| match e {
+            Entry::Put(v) => Some((k.clone(), v.clone())),
+            Entry::Tombstone => None,
+        })
+        .collect()
+}
+
+fn tree_visible(tree: &Tree) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    visible(&tree.contents().unwrap())
+}
+
+#[test]
+fn flushes_and_compactions_agree_with_a_model() {
+    let s: Arc<dyn Storage> = Arc::new(SimStorage::new(3));
+    let root = Path::new("/db");
+    let mut tree = Tree::open(Arc::clone(&s), root, small()).unwrap();
+    let mut rng = SplitMix64::new(11);
+    let mut model = Model::new();
+    let mut compactions = 0;
+    let mut deepest = 0;
+    for round in 0..60u64 {
+        let n = 20 + rng.below(60);
+        let mem = memtable(&mut rng, n);
+        flush(&mut tree, &mem, round + 1).unwrap();
+        model.extend(mem);
+        // A reader pinned before the compactions keeps its tables.
+        let pinned = tree.version();
+        let before = visible(&pinned.iter_from(&[]).collect::<Result<Model, _>>().unwrap());
+        while let Some(c) = tree.pick_compaction() {
+            let st = tree.compact(&c).unwrap();
+            assert!(st.outputs <= st.inputs + 64);
+            compactions += 1;
+            deepest = deepest.max(st.level + 1);
+        }
+        let after = visible(&pinned.iter_from(&[]).collect::<Result<Model, _>>().unwrap());
+        assert_eq!(before, after, "a pinned version changed under compaction");
+        drop(pinned);
+        tree.delete_obsolete().unwrap();
+        assert_eq!(tree_visible(&tree), visible(&model), "round {round}");
+        for _ in 0..20 {
+            let k = format!("key{:04}", rng.below(420)).into_bytes();
+            // Absent and a tombstone read the same (the bottom level drops
+            // tombstones).
+            let put = |e: Option<Entry>| match e {
+                Some(Entry::Put(v)) => Some(v),
+                _ => None,
+            };
+            let want = put(model.get(&k).cloned());
+            assert_eq!(put(tree.version().get(&k).unwrap()), want, "get {k:?}");
+        }
+        let v = tree.version();
+        for level in 1..v.levels.len() {
+            let t = v.level(level);
+            assert!(
+                t.windows(2).all(|w| w[0].meta.largest < w[1].meta.smallest),
+                "level {level} overlaps"
+            );
+        }
+    }
+    assert!(
+        compactions > 10 && deepest >= 3,
+        "{compactions} compactions, deepest level {deepest}"
+    );
+    // Reopen: the same tables, the same answers.
+    tree.close().unwrap();
+    let tree = Tree::open(Arc::clone(&s), root, small()).unwrap();
+    assert_eq!(tree_visible(&tree), visible(&model));
+    println!("{compactions} compactions, down to level {deepest}: the tree agrees with the model");
+}
+
+/// Every `.sst` file in the tables directory is live, and each verifies.
+fn check_files(s: &SimStorage, tree: &Tree) {
+    let v = tree.version();
+    let live: Vec<u64> = v.levels.iter().flatten().map(|t| t.meta.number).collect();
+    for name in s.list(Path::new("/db/tables")).unwrap() {
+        let n = keel::layout::parse_table_name(&name)
+            .unwrap_or_else(|| panic!("a leftover file {name} in tables/"));
+        assert!(live.contains(&n), "orphan table {name} left after open");
+    }
+    for t in v.levels.iter().flatten() {
+        t.table.verify().unwrap();
+    }
+}
+
+#[test]
+fn power_loss_during_flush_compaction_or_recovery_keeps_the_old_or_the_new_tables() {
+    let seeds: u64 = std::env::var("KEEL_LSM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1200);
+    let modes = [
+        CrashMode::DropUnsynced,
+        CrashMode::Prefix,
+        CrashMode::Torn,
+        CrashMode::Reorder,
+    ];
+    let (mut in_flush, mut in_compaction, mut in_recovery, mut none) = (0, 0, 0, 0);
+    for seed in 0..seeds {
+        let sim = SimStorage::new(seed);
+        let s: Arc<dyn Storage> = Arc::new(sim.clone());
+        let root = Path::new("/db");
+        let mut rng = SplitMix64::new(seed ^ 0x5eed);
+        let mut tree = Tree::open(Arc::clone(&s), root, small()).unwrap();
+        let mut acked = Model::new();
+        // Build some history first, without faults.
+        for round in 0..(rng.below(8)) {
+            let mem = memtable(&mut rng, 30);
+            flush(&mut tree, &mem, round + 1).unwrap();
+            acked.extend(mem);
+            while let Some(c) = tree.pick_compaction() {
+                tree.compact(&c).unwrap();
+            }
+        }
+        // Then the machine dies at the Nth storage operation from now.
+        sim.inject(Fault {
+            op: FaultOp::Any,
+            nth: 1 + rng.below(40),
+            persistent: false,
+            kind: FaultKind::Crash,
+        });
+        let mut in_flight: Option<Model> = None;
+        let mut crashed_in = None;
+        for round in 100..110 {
+            let mem = memtable(&mut rng, 30);
+            let mut next = acked.clone();
+            next.extend(mem.clone());
+            if flush(&mut tree, &mem, round).is_err() {
+                in_flight = Some(next);
+                crashed_in = Some("flush");
+                break;
+            }
+            acked = next;
+            let mut failed = false;
+            while let Some(c) = tree.pick_compaction() {
+                if tree.compact(&c).is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed {
+                crashed_in = Some("compaction");
+                break;
+            }
+        }
+        drop(tree);
+        match crashed_in {
+            Some("flush") => in_flush += 1,
+            Some(_) => in_compaction += 1,
+            None => none += 1,
+        }
+        let mut after = sim.crash_with(modes[(seed % 4) as usize]);
+        // A third of the seeds crash again while recovering.
+        if seed % 3 == 0 {
+            after.inject(Fault {
+                op: FaultOp::Any,
+                nth: 1 + rng.below(6),
+                persistent: false,
+                kind: FaultKind::Crash,
+            });
+            let s2: Arc<dyn Storage> = Arc::new(after.clone());
+            if Tree::open(s2, root, small()).is_err() {
+                in_recovery += 1;
+            }
+            after = after.crash_with(modes[((seed / 4) % 4) as usize]);
+        }
+        let s3: Arc<dyn Storage> = Arc::new(after.clone());
+        let tree = Tree::open(s3, root, small())
+            .unwrap_or_else(|e| panic!("seed {seed}: reopening failed: {e}"));
+        let got = tree_visible(&tree);
+        assert!(
+            got == visible(&acked) || in_flight.as_ref().is_some_and(|m| got == visible(m)),
+            "seed {seed} (crash in {crashed_in:?}): the tables hold neither the acknowledged state nor the one in flight"
+        );
+        check_files(&after, &tree);
+    }
+    println!(
+        "{seeds} seeds: power loss during {in_flush} flushes and {in_compaction} compactions ({none} ran to the end), {in_recovery} also during recovery; every one reopened to the acknowledged tables or the flush in flight, with no orphan and every table verified"
+    );
+    assert!(in_flush > seeds / 10 && in_compaction > seeds / 10);
+}
