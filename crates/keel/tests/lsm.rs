@@ -20,6 +20,7 @@ fn small() -> TreeOptions {
         level1_bytes: 2 << 10,
         ratio: 3,
         table_bytes: 1 << 10,
+        cache_bytes: 0,
     }
 }
 
@@ -67,7 +68,12 @@ fn tree_visible(tree: &Tree) -> BTreeMap<Vec<u8>, Vec<u8>> {
 fn flushes_and_compactions_agree_with_a_model() {
     let s: Arc<dyn Storage> = Arc::new(SimStorage::new(3));
     let root = Path::new("/db");
-    let mut tree = Tree::open(Arc::clone(&s), root, small()).unwrap();
+    // A cache smaller than the data, so blocks are evicted and read again.
+    let cached = TreeOptions {
+        cache_bytes: 64 << 10,
+        ..small()
+    };
+    let mut tree = Tree::open(Arc::clone(&s), root, cached).unwrap();
     let mut rng = SplitMix64::new(11);
     let mut model = Model::new();
     let mut compactions = 0;
@@ -115,11 +121,16 @@ fn flushes_and_compactions_agree_with_a_model() {
         compactions > 10 && deepest >= 3,
         "{compactions} compactions, deepest level {deepest}"
     );
+    let cache = tree.cache_stats().unwrap();
+    assert!(
+        cache.hits > 0 && cache.misses > 0 && cache.bytes <= cache.capacity,
+        "{cache:?}"
+    );
     // Reopen: the same tables, the same answers.
     tree.close().unwrap();
     let tree = Tree::open(Arc::clone(&s), root, small()).unwrap();
     assert_eq!(tree_visible(&tree), visible(&model));
-    println!("{compactions} compactions, down to level {deepest}: the tree agrees with the model");
+    println!("{compactions} compactions, down to level {deepest}: the tree agrees with the model; block cache {cache:?}");
 }
 
 /// Every `.sst` file in the tables directory is live, and each verifies.

@@ -30,7 +30,9 @@ pub use version::{LevelIter, LiveTable, Version};
 
 use crate::layout::{parse_table_name, table_file_name, MANIFEST_DIR, TABLES_DIR};
 use crate::manifest::{Manifest, ManifestError, TableMeta, VersionEdit, LEVELS};
-use crate::table::{write_table, Entry, Stored, Table, TableBuilder, TableError};
+use crate::table::{
+    write_table, BlockCache, CacheStats, Entry, Stored, Table, TableBuilder, TableError,
+};
 use keel_storage::{IoError, OpenMode, Storage, TEMP_SUFFIX};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,8 @@ pub struct TreeOptions {
     pub ratio: u64,
     /// Compaction outputs are split at about this size.
     pub table_bytes: u64,
+    /// Bytes of data blocks cached across tables (0: no cache).
+    pub cache_bytes: u64,
 }
 
 impl Default for TreeOptions {
@@ -57,6 +61,7 @@ impl Default for TreeOptions {
             level1_bytes: 64 << 20,
             ratio: 10,
             table_bytes: 8 << 20,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -124,6 +129,8 @@ pub struct Tree {
     /// Per level, the key after which the next round-robin compaction
     /// starts.
     compact_after: Vec<Vec<u8>>,
+    /// Data blocks shared by every table.
+    cache: Option<Arc<BlockCache>>,
 }
 
 impl Tree {
@@ -140,6 +147,7 @@ impl Tree {
         storage
             .create_dir_all(&tables_dir)
             .map_err(|e| IoError::new("creating the tables directory", &tables_dir, e))?;
+        let cache = (options.cache_bytes > 0).then(|| BlockCache::new(options.cache_bytes));
         let mut levels = vec![Vec::new(); LEVELS];
         for (level, tables) in manifest.state().levels.iter().enumerate() {
             for meta in tables {
@@ -154,7 +162,7 @@ impl Tree {
                     }
                     Err(e) => return Err(IoError::new("opening a table", &path, e).into()),
                 };
-                let table = Arc::new(Table::open(file, &path)?);
+                let table = Arc::new(Table::open_cached(file, &path, cache.clone())?);
                 levels[level].push(Arc::new(LiveTable {
                     meta: meta.clone(),
                     table,
@@ -169,6 +177,7 @@ impl Tree {
             current: Arc::new(Version { levels }),
             obsolete: Vec::new(),
             compact_after: vec![Vec::new(); LEVELS],
+            cache,
         };
         tree.remove_orphans()?;
         Ok(tree)
@@ -229,7 +238,7 @@ impl Tree {
             .open(&path, OpenMode::Read)
             .map_err(|e| IoError::new("opening a table", &path, e))?;
         Ok(Arc::new(LiveTable {
-            table: Arc::new(Table::open(file, &path)?),
+            table: Arc::new(Table::open_cached(file, &path, self.cache.clone())?),
             meta,
         }))
     }
@@ -464,6 +473,11 @@ impl Tree {
                 .map_err(|e| IoError::new("syncing the tables directory", &self.tables_dir, e))?;
         }
         Ok(free.len())
+    }
+
+    /// The block cache's counters (`None` without a cache).
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
     }
 
     /// Every key's newest entry, for tests and tools: the whole tree as a

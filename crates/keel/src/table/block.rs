@@ -234,6 +234,11 @@ impl Block {
         Ok(raw.suffix)
     }
 
+    /// Bytes of the payload.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
     /// An iterator from the first entry.
     pub fn iter(&self) -> BlockIter<'_> {
         BlockIter {

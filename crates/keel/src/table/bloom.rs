@@ -61,6 +61,11 @@ impl Bloom {
         Some(Bloom { bits: payload, k })
     }
 
+    /// Bytes of the filter.
+    pub fn bytes(&self) -> usize {
+        self.bits.len()
+    }
+
     /// Whether the key with hash `h` may be in the table (false: it is not).
     pub fn may_contain(&self, h: u32) -> bool {
         let m = (self.bits.len() * 8) as u32;

@@ -19,11 +19,13 @@
 mod block;
 mod bloom;
 mod builder;
+mod cache;
 mod footer;
 mod reader;
 
 pub use block::Stored;
 pub use builder::{TableBuilder, DATA_BLOCK_SIZE, RESTART_INTERVAL};
+pub use cache::{BlockCache, CacheStats};
 pub use footer::{Properties, FOOTER_LEN};
 pub use reader::{Entry, Table, TableIter};
 
@@ -221,6 +223,30 @@ mod tests {
             good.len(),
             good.len()
         );
+    }
+
+    #[test]
+    fn a_cached_table_reads_a_block_once_and_answers_the_same() {
+        let mut m = Model::new();
+        for i in 0..2_000u32 {
+            m.insert(format!("k{i:05}").into_bytes(), Some(vec![b'v'; 40]));
+        }
+        let (s, path) = write(&m);
+        let cache = BlockCache::new(1 << 20);
+        let file = s.open(&path, OpenMode::Read).unwrap();
+        let t = Table::open_cached(file, &path, Some(Arc::clone(&cache))).unwrap();
+        assert_eq!(t.get(b"k00010").unwrap(), Some(Entry::Put(vec![b'v'; 40])));
+        assert_eq!(t.get(b"k00011").unwrap(), Some(Entry::Put(vec![b'v'; 40])));
+        let st = cache.stats();
+        assert_eq!((st.hits, st.misses), (1, 1), "same block: one read");
+        assert_eq!(as_model(&t), m);
+        assert!(t.pinned_bytes() > 0);
+        // A second table has its own keys in the shared cache.
+        let file = s.open(&path, OpenMode::Read).unwrap();
+        let t2 = Table::open_cached(file, &path, Some(Arc::clone(&cache))).unwrap();
+        let before = cache.stats().misses;
+        t2.get(b"k00010").unwrap();
+        assert_eq!(cache.stats().misses, before + 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::block::{Block, Stored};
 use super::bloom::{self, Bloom};
 use super::footer::{check_block, Footer, Handle, Properties, FOOTER_LEN};
-use super::TableError;
+use super::{BlockCache, TableError};
 use keel_storage::StorageFile;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +39,8 @@ pub struct Table {
     filter: Bloom,
     /// Each data block's last key and where it is, in key order.
     index: Vec<(Vec<u8>, Handle)>,
+    /// The shared block cache and this table's key space in it.
+    cache: Option<(Arc<BlockCache>, u64)>,
 }
 
 impl std::fmt::Debug for Table {
@@ -55,6 +57,15 @@ impl Table {
     /// everything but the data blocks ([`verify`](Self::verify) reads
     /// those too).
     pub fn open(file: Arc<dyn StorageFile>, path: &Path) -> Result<Table, TableError> {
+        Table::open_cached(file, path, None)
+    }
+
+    /// [`open`](Self::open), its data blocks read through `cache`.
+    pub fn open_cached(
+        file: Arc<dyn StorageFile>,
+        path: &Path,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table, TableError> {
         let io = |source| TableError::Io {
             path: path.to_path_buf(),
             source,
@@ -75,6 +86,10 @@ impl Table {
             props: Properties::default(),
             filter: Bloom::new(vec![0, 1]).expect("a valid empty filter"),
             index: Vec::new(),
+            cache: cache.map(|c| {
+                let id = c.table_id();
+                (c, id)
+            }),
         };
         let props = table.read_payload(footer.props, "the properties block")?;
         table.props =
@@ -134,11 +149,31 @@ impl Table {
         check_block(buf).map_err(|why| self.damaged(at, why))
     }
 
-    fn data_block(&self, i: usize) -> Result<Block, TableError> {
+    fn data_block(&self, i: usize) -> Result<Arc<Block>, TableError> {
         let h = self.index[i].1;
+        if let Some((cache, id)) = &self.cache {
+            if let Some(b) = cache.get(*id, h.offset) {
+                return Ok(b);
+            }
+        }
         let at = format!("the data block at offset {}", h.offset);
         let payload = self.read_payload(h, &at)?;
-        Block::new(payload).map_err(|e| self.damaged(&at, e.0))
+        let block = Arc::new(Block::new(payload).map_err(|e| self.damaged(&at, e.0))?);
+        if let Some((cache, id)) = &self.cache {
+            cache.insert(*id, h.offset, Arc::clone(&block));
+        }
+        Ok(block)
+    }
+
+    /// Bytes this open table keeps in memory outside the block cache (its
+    /// index and filter).
+    pub fn pinned_bytes(&self) -> usize {
+        self.filter.bytes()
+            + self
+                .index
+                .iter()
+                .map(|(k, _)| k.len() + 12 + 24)
+                .sum::<usize>()
     }
 
     /// The table's properties (entry counts, LSN and key range).
