@@ -9,7 +9,7 @@
 
 use super::block::{BlockBuilder, Stored};
 use super::bloom;
-use super::footer::{trailer, Footer, Handle, Properties, COMPRESSION_NONE};
+use super::footer::{trailer, Compression, Footer, Handle, Properties, COMPRESSION_NONE};
 use keel_storage::StorageFile;
 use std::io;
 
@@ -30,11 +30,22 @@ pub struct TableBuilder<'a> {
     hashes: Vec<u32>,
     props: Properties,
     last_key: Option<Vec<u8>>,
+    compression: Compression,
 }
 
 impl<'a> TableBuilder<'a> {
-    /// A builder writing to `file` from offset 0.
+    /// A builder writing to `file` from offset 0, data blocks compressed
+    /// with the default ([`Compression::Lz4`]).
     pub fn new(file: &'a dyn StorageFile) -> TableBuilder<'a> {
+        TableBuilder::with_compression(file, Compression::default())
+    }
+
+    /// A builder compressing data blocks with `compression` (the other
+    /// blocks are always stored as is).
+    pub fn with_compression(
+        file: &'a dyn StorageFile,
+        compression: Compression,
+    ) -> TableBuilder<'a> {
         TableBuilder {
             file,
             offset: 0,
@@ -43,6 +54,7 @@ impl<'a> TableBuilder<'a> {
             hashes: Vec::new(),
             props: Properties::default(),
             last_key: None,
+            compression,
         }
     }
 
@@ -98,8 +110,14 @@ impl<'a> TableBuilder<'a> {
         self.offset + self.block.size_estimate() as u64
     }
 
-    /// Writes a payload and its trailer at the current offset.
+    /// Writes a payload stored as is, and its trailer.
     fn write_block(&mut self, payload: &[u8]) -> io::Result<Handle> {
+        self.write_stored(payload, COMPRESSION_NONE)
+    }
+
+    /// Writes stored bytes with compression byte `byte`, and the trailer,
+    /// at the current offset.
+    fn write_stored(&mut self, payload: &[u8], byte: u8) -> io::Result<Handle> {
         let handle = Handle {
             offset: self.offset,
             len: u32::try_from(payload.len()).map_err(|_| {
@@ -108,7 +126,7 @@ impl<'a> TableBuilder<'a> {
         };
         let mut out = Vec::with_capacity(payload.len() + super::footer::TRAILER_LEN);
         out.extend_from_slice(payload);
-        out.extend_from_slice(&trailer(payload, COMPRESSION_NONE));
+        out.extend_from_slice(&trailer(payload, byte));
         self.file.write_at(&out, self.offset)?;
         self.offset += out.len() as u64;
         Ok(handle)
@@ -120,7 +138,8 @@ impl<'a> TableBuilder<'a> {
         }
         let last = self.block.last_key().to_vec();
         let payload = self.block.finish();
-        let handle = self.write_block(&payload)?;
+        let (stored, byte) = self.compression.compress(&payload);
+        let handle = self.write_stored(&stored, byte)?;
         self.index.add(&last, Stored::Put(&handle.encode()));
         self.props.data_blocks += 1;
         Ok(())

@@ -26,7 +26,7 @@ mod reader;
 pub use block::Stored;
 pub use builder::{TableBuilder, DATA_BLOCK_SIZE, RESTART_INTERVAL};
 pub use cache::{BlockCache, CacheStats};
-pub use footer::{Properties, FOOTER_LEN};
+pub use footer::{Compression, Properties, FOOTER_LEN};
 pub use reader::{Entry, Table, TableIter};
 
 use keel_storage::{IoError, Storage};
