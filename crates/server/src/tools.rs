@@ -105,6 +105,28 @@ fn dump_line(event: &DumpEvent<'_>, json: bool) -> Option<String> {
                 (Err(e), false) => format!("LSN {lsn:>8}  {seg} @{offset:<10} not a keel operation ({e}), {len} bytes"),
             }
         }
+        DumpEvent::Table { path, props } => match (props, json) {
+            (Ok(p), true) => serde_json::json!({"type": "table", "path": path, "entries": p.entries, "tombstones": p.tombstones, "data_blocks": p.data_blocks, "min_lsn": p.min_lsn, "max_lsn": p.max_lsn}).to_string(),
+            (Ok(p), false) => format!("table {}: {} entries ({} tombstones) in {} blocks, LSN {}..={}", path.display(), p.entries, p.tombstones, p.data_blocks, p.min_lsn, p.max_lsn),
+            (Err(why), true) => serde_json::json!({"type": "table", "path": path, "error": why.to_string()}).to_string(),
+            (Err(why), false) => format!("table {}: UNREADABLE ({why})", path.display()),
+        },
+        DumpEvent::TableEntry { key, entry } => {
+            let k = keel::op::preview(key);
+            match (entry, json) {
+                (keel::table::Entry::Put(v), true) => serde_json::json!({"type": "entry", "key": String::from_utf8_lossy(key), "value_len": v.len()}).to_string(),
+                (keel::table::Entry::Put(v), false) => format!("PUT    {k} = {} ({} bytes)", keel::op::preview(v), v.len()),
+                (keel::table::Entry::Tombstone, true) => serde_json::json!({"type": "entry", "key": String::from_utf8_lossy(key), "tombstone": true}).to_string(),
+                (keel::table::Entry::Tombstone, false) => format!("DELETE {k}"),
+            }
+        }
+        DumpEvent::TableDamage { path, why } => {
+            if json {
+                serde_json::json!({"type": "damage", "path": path, "what": why.to_string()}).to_string()
+            } else {
+                format!("DAMAGE   {why} ({})", path.display())
+            }
+        }
         DumpEvent::Damage { segment, damage } => {
             let (offset, lsn, what) = damage_text(damage);
             let seg = name(segment);
@@ -179,6 +201,17 @@ pub fn verify(path: &Path) -> anyhow::Result<ExitCode> {
         if let Ok(h) = header {
             let (lsn, n) = (h.lsn, h.count);
             println!("checkpoint {}: sound (LSN {lsn}, {n} entries)", p.display());
+        }
+    }
+    for (p, props) in &report.tables {
+        if let Some(t) = props {
+            println!(
+                "table {}: sound ({} entries, {} tombstones, {} blocks, every checksum verified)",
+                p.display(),
+                t.entries,
+                t.tombstones,
+                t.data_blocks
+            );
         }
     }
     if let Some(log) = &report.log {

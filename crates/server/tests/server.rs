@@ -896,3 +896,48 @@ fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
     // An honest request on a new connection is served.
     assert_eq!(raw_request(s.port, "GET /health HTTP/1.1", b"").0, 200);
 }
+
+#[test]
+fn dump_and_verify_read_a_table_file_and_name_its_damage() {
+    use keel::table::{write_table, Stored};
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join(keel::layout::table_file_name(7));
+    let fs = keel::storage::FsStorage::new();
+    let keys: Vec<String> = (0..300).map(|i| format!("key{i:04}")).collect();
+    let entries = keys.iter().enumerate().map(|(i, k)| {
+        let v = if i % 10 == 0 {
+            Stored::Tombstone
+        } else {
+            Stored::Put(b"a value that repeats, a value that repeats")
+        };
+        (k.as_bytes(), v, 5)
+    });
+    write_table(&fs, &path, entries).unwrap();
+    let run = |tool: &str| Command::new(BIN).arg(tool).arg(&path).output().unwrap();
+    let v = run("verify");
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "{out}");
+    assert!(
+        out.contains("300 entries, 30 tombstones") && out.contains("sound"),
+        "{out}"
+    );
+    let d = run("dump");
+    let out = String::from_utf8_lossy(&d.stdout);
+    assert!(out.contains("DELETE key0010"), "{out}");
+    assert!(out.contains("PUT    key0011 = a value"), "{out}");
+    assert_eq!(out.lines().count(), 301);
+    // One flipped bit in the first data block.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let v = run("verify");
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("DAMAGED") && out.contains("data block at offset 0"),
+        "{out}"
+    );
+    let d = run("dump");
+    let out = String::from_utf8_lossy(&d.stdout);
+    assert!(out.contains("DAMAGE"), "{out}");
+}

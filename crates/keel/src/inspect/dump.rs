@@ -51,6 +51,27 @@ pub enum DumpEvent<'a> {
         /// The operation it holds, or why it is not one.
         op: std::result::Result<Op, DecodeError>,
     },
+    /// A table file and its properties, or why it cannot be read.
+    Table {
+        /// The file.
+        path: &'a Path,
+        /// Its properties.
+        props: std::result::Result<crate::table::Properties, crate::table::TableError>,
+    },
+    /// An entry of a table, in key order.
+    TableEntry {
+        /// Its key.
+        key: Vec<u8>,
+        /// Its value or tombstone.
+        entry: crate::table::Entry,
+    },
+    /// Damage in a table: the entries after it are not listed.
+    TableDamage {
+        /// The file.
+        path: &'a Path,
+        /// What and where.
+        why: crate::table::TableError,
+    },
     /// Damage in a segment.
     Damage {
         /// The segment.
@@ -79,6 +100,9 @@ pub fn dump(
     from: u64,
     visit: &mut dyn FnMut(DumpEvent<'_>) -> ControlFlow<()>,
 ) -> Result<bool> {
+    if let Target::Table(path) = target {
+        return dump_table(storage, path, visit);
+    }
     for path in checkpoints(storage, target)? {
         let event = DumpEvent::Checkpoint {
             path: &path,
@@ -91,7 +115,7 @@ pub fn dump(
     }
     let segments = match (target, target.log_dir()) {
         (Target::Segment(p), _) => vec![p.clone()],
-        (Target::Checkpoint(_), _) | (_, None) => Vec::new(),
+        (Target::Checkpoint(_) | Target::Table(_), _) | (_, None) => Vec::new(),
         (_, Some(dir)) if storage.list(&dir).is_err() => Vec::new(),
         (_, Some(dir)) => segment_files(storage, &dir)?,
     };
@@ -163,6 +187,44 @@ fn dump_segment(
     Ok(ControlFlow::Continue(damaged))
 }
 
+/// A table's properties and entries; whether it is damaged.
+fn dump_table(
+    storage: &dyn Storage,
+    path: &Path,
+    visit: &mut dyn FnMut(DumpEvent<'_>) -> ControlFlow<()>,
+) -> Result<bool> {
+    let file = storage
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("opening", path, e))?;
+    let table = match crate::table::Table::open(file, path) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = visit(DumpEvent::Table {
+                path,
+                props: Err(e),
+            });
+            return Ok(true);
+        }
+    };
+    let props = Ok(table.properties().clone());
+    if visit(DumpEvent::Table { path, props }).is_break() {
+        return Ok(false);
+    }
+    for item in table.iter_from(&[]) {
+        let event = match item {
+            Ok((key, entry)) => DumpEvent::TableEntry { key, entry },
+            Err(why) => {
+                let _ = visit(DumpEvent::TableDamage { path, why });
+                return Ok(true);
+            }
+        };
+        if visit(event).is_break() {
+            return Ok(false);
+        }
+    }
+    Ok(false)
+}
+
 /// The checkpoint files a target holds, oldest first.
 fn checkpoints(storage: &dyn Storage, target: &Target) -> Result<Vec<PathBuf>> {
     Ok(match target {
@@ -172,7 +234,7 @@ fn checkpoints(storage: &dyn Storage, target: &Target) -> Result<Vec<PathBuf>> {
             found.into_iter().map(|(_, p)| p).collect()
         }
         Target::Checkpoint(p) => vec![p.clone()],
-        Target::LogDir(_) | Target::Segment(_) => Vec::new(),
+        Target::LogDir(_) | Target::Segment(_) | Target::Table(_) => Vec::new(),
     })
 }
 

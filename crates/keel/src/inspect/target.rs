@@ -16,6 +16,8 @@ pub enum Target {
     Segment(PathBuf),
     /// One checkpoint file.
     Checkpoint(PathBuf),
+    /// One table file (issue 12).
+    Table(PathBuf),
 }
 
 impl Target {
@@ -65,6 +67,7 @@ impl Target {
         match FileKind::parse(name) {
             Some(FileKind::Segment(_)) => Ok(Target::Segment(path.to_path_buf())),
             Some(FileKind::Checkpoint(_)) => Ok(Target::Checkpoint(path.to_path_buf())),
+            Some(FileKind::Table(_)) => Ok(Target::Table(path.to_path_buf())),
             _ => Err(Error::NotAKeelFile {
                 path: path.to_path_buf(),
             }),
@@ -77,7 +80,7 @@ impl Target {
             Target::DataDir(d) => Some(d.log_dir()),
             Target::LogDir(d) => Some(d.clone()),
             Target::Segment(p) => p.parent().map(Path::to_path_buf),
-            Target::Checkpoint(_) => None,
+            Target::Checkpoint(_) | Target::Table(_) => None,
         }
     }
 
@@ -90,7 +93,7 @@ impl Target {
                 .parent()
                 .map(DataDir::new)
                 .filter(|d| storage.exists(&d.lock_file()).unwrap_or(false)),
-            Target::Segment(_) | Target::Checkpoint(_) => None,
+            Target::Segment(_) | Target::Checkpoint(_) | Target::Table(_) => None,
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct VerifyReport {
     /// The log, when it could be read through (even if damaged below the
     /// newest checkpoint).
     pub log: Option<LogSummary>,
+    /// Each table checked, with its properties when every block verified.
+    pub tables: Vec<(PathBuf, Option<crate::table::Properties>)>,
     /// Everything wrong, each with what it means for an open.
     pub problems: Vec<Problem>,
 }
@@ -92,6 +94,8 @@ pub enum Problem {
     /// The store would not open: the log does not continue the newest sound
     /// checkpoint (records are missing).
     WillNotOpen(Error),
+    /// A table does not verify (nothing in a damaged block can be trusted).
+    TableDamaged(crate::table::TableError),
 }
 
 impl fmt::Display for Problem {
@@ -129,6 +133,7 @@ impl fmt::Display for Problem {
                 dir.display()
             ),
             Problem::WillNotOpen(e) => write!(f, "the store will not open: {e}"),
+            Problem::TableDamaged(e) => write!(f, "DAMAGED: {e}"),
         }
     }
 }
@@ -138,6 +143,7 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         checkpoints: Vec::new(),
         log: None,
+        tables: Vec::new(),
         problems: Vec::new(),
     };
     let mut base_lsn = 0;
@@ -152,6 +158,24 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
             base_lsn = choice.base_lsn();
             passed_over.clone_from(&choice.damaged);
             report.checkpoints = checked_checkpoints(storage, d, choice)?;
+        }
+        Target::Table(p) => {
+            let checked = storage
+                .open(p, keel_storage::OpenMode::Read)
+                .map_err(|e| Error::io("opening", p, e))
+                .map(|file| {
+                    crate::table::Table::open(file, p).and_then(|t| {
+                        t.verify()?;
+                        Ok(t.properties().clone())
+                    })
+                })?;
+            match checked {
+                Ok(props) => report.tables.push((p.clone(), Some(props))),
+                Err(e) => {
+                    report.tables.push((p.clone(), None));
+                    report.problems.push(Problem::TableDamaged(e));
+                }
+            }
         }
         Target::LogDir(_) | Target::Segment(_) => {}
     }
