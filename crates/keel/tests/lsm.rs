@@ -21,6 +21,7 @@ fn small() -> TreeOptions {
         ratio: 3,
         table_bytes: 1 << 10,
         cache_bytes: 0,
+        compaction_bytes_per_sec: None,
     }
 }
 

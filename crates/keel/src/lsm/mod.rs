@@ -52,6 +52,9 @@ pub struct TreeOptions {
     pub table_bytes: u64,
     /// Bytes of data blocks cached across tables (0: no cache).
     pub cache_bytes: u64,
+    /// Pace compaction writes to this rate (and sync them every 64 KiB)
+    /// so the log's fdatasyncs keep their latency; `None`: unpaced.
+    pub compaction_bytes_per_sec: Option<u64>,
 }
 
 impl Default for TreeOptions {
@@ -62,6 +65,7 @@ impl Default for TreeOptions {
             ratio: 10,
             table_bytes: 8 << 20,
             cache_bytes: 64 << 20,
+            compaction_bytes_per_sec: Some(32 << 20),
         }
     }
 }
@@ -416,7 +420,7 @@ impl Tree {
             let mut props_size = None;
             let mut wrote = 0u64;
             keel_storage::write_atomic(&*self.storage, &path, |file, _| {
-                let mut b = TableBuilder::new(file);
+                let mut b = TableBuilder::new(file).paced(self.options.compaction_bytes_per_sec);
                 b.extend_lsn_range(lsn_lo, lsn_hi);
                 while b.size_estimate() < self.options.table_bytes {
                     let Some(item) = merged.next() else { break };

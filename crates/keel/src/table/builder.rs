@@ -21,6 +21,11 @@ pub const DATA_BLOCK_SIZE: usize = 8 << 10;
 /// this many entries after its binary search.
 pub const RESTART_INTERVAL: usize = 16;
 
+/// Bytes written between the fdatasyncs of a paced build: the checkpoint
+/// lesson (docs/BENCHMARKS.md) is that a large burst synced at the end
+/// stalls the log's small fdatasyncs behind it.
+pub const PACED_SYNC_BYTES: u64 = 64 << 10;
+
 /// Writes one table.
 pub struct TableBuilder<'a> {
     file: &'a dyn StorageFile,
@@ -31,6 +36,9 @@ pub struct TableBuilder<'a> {
     props: Properties,
     last_key: Option<Vec<u8>>,
     compression: Compression,
+    /// Paced build: the rate (`None`: unpaced), when it began, and the
+    /// offset last synced.
+    pacing: Option<(Option<u64>, std::time::Instant, u64)>,
 }
 
 impl<'a> TableBuilder<'a> {
@@ -55,7 +63,38 @@ impl<'a> TableBuilder<'a> {
             props: Properties::default(),
             last_key: None,
             compression,
+            pacing: None,
         }
+    }
+
+    /// Paces the build for background work (flush, compaction): fdatasync
+    /// every [`PACED_SYNC_BYTES`], and with `bytes_per_sec`, sleep (on the
+    /// caller's thread) so the writing never runs faster than that.
+    pub fn paced(mut self, bytes_per_sec: Option<u64>) -> TableBuilder<'a> {
+        self.pacing = Some((
+            bytes_per_sec.filter(|r| *r > 0),
+            std::time::Instant::now(),
+            0,
+        ));
+        self
+    }
+
+    fn pace(&mut self) -> io::Result<()> {
+        let Some((rate, started, synced)) = &mut self.pacing else {
+            return Ok(());
+        };
+        if self.offset - *synced >= PACED_SYNC_BYTES {
+            // Small, regular syncs keep the disk's queue short for the log.
+            self.file.sync_data()?;
+            *synced = self.offset;
+        }
+        if let Some(rate) = rate {
+            let due = std::time::Duration::from_secs_f64(self.offset as f64 / *rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(())
     }
 
     /// Adds an entry written at `lsn`. Keys must be non-empty and strictly
@@ -142,7 +181,7 @@ impl<'a> TableBuilder<'a> {
         let handle = self.write_stored(&stored, byte)?;
         self.index.add(&last, Stored::Put(&handle.encode()));
         self.props.data_blocks += 1;
-        Ok(())
+        self.pace()
     }
 
     /// Writes the last data block, the filter, properties, index and footer;

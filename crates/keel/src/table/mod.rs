@@ -24,7 +24,7 @@ mod footer;
 mod reader;
 
 pub use block::Stored;
-pub use builder::{TableBuilder, DATA_BLOCK_SIZE, RESTART_INTERVAL};
+pub use builder::{TableBuilder, DATA_BLOCK_SIZE, PACED_SYNC_BYTES, RESTART_INTERVAL};
 pub use cache::{BlockCache, CacheStats};
 pub use footer::{Compression, Properties, FOOTER_LEN};
 pub use reader::{Entry, Table, TableIter};
@@ -247,6 +247,38 @@ mod tests {
         let before = cache.stats().misses;
         t2.get(b"k00010").unwrap();
         assert_eq!(cache.stats().misses, before + 1);
+    }
+
+    #[test]
+    fn a_paced_build_syncs_as_it_goes_and_keeps_to_its_rate() {
+        let s = SimStorage::new(1);
+        s.create_dir_all(Path::new("/t")).unwrap();
+        let build = |name: &str, rate: Option<u64>| {
+            let f = s
+                .open(&Path::new("/t").join(name), OpenMode::CreateNew)
+                .unwrap();
+            let syncs = s.sync_count();
+            let started = std::time::Instant::now();
+            let mut b = TableBuilder::with_compression(&*f, Compression::None).paced(rate);
+            for i in 0..20_000u32 {
+                b.add(format!("{i:08}").as_bytes(), Stored::Put(&[7u8; 40]), 1)
+                    .unwrap();
+            }
+            let (_, len) = b.finish().unwrap();
+            (len, s.sync_count() - syncs, started.elapsed())
+        };
+        let (len, syncs, _) = build("fast", None);
+        // A sync at the first block boundary past each 64 KiB.
+        assert!(
+            syncs >= len / (PACED_SYNC_BYTES + 2 * DATA_BLOCK_SIZE as u64),
+            "{syncs} syncs for {len} bytes"
+        );
+        // About 1 MiB at 8 MiB/s: the data blocks (over 80% of the file;
+        // the filter and index follow unpaced) take at least that long, as
+        // sleeping is never shorter.
+        let (len, _, took) = build("slow", Some(8 << 20));
+        let floor = std::time::Duration::from_secs_f64(0.8 * len as f64 / (8 << 20) as f64);
+        assert!(took >= floor, "{len} bytes in {took:?}, under {floor:?}");
     }
 
     #[test]
