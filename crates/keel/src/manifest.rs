@@ -87,6 +87,37 @@ pub struct VersionEdit {
     pub added: Vec<TableMeta>,
 }
 
+impl std::fmt::Display for VersionEdit {
+    /// One line: `snapshot; log start N; next table N; -L0/3; +L1/8 (keys a..m, 3 entries, 100 bytes)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.snapshot {
+            parts.push("snapshot".to_string());
+        }
+        if let Some(l) = self.log_start {
+            parts.push(format!("log start {l}"));
+        }
+        if let Some(n) = self.next_table {
+            parts.push(format!("next table {n}"));
+        }
+        for (level, number) in &self.removed {
+            parts.push(format!("-L{level}/{number}"));
+        }
+        for t in &self.added {
+            parts.push(format!(
+                "+L{}/{} (keys {}..{}, {} entries, {} bytes)",
+                t.level,
+                t.number,
+                crate::op::preview(&t.smallest),
+                crate::op::preview(&t.largest),
+                t.entries,
+                t.size
+            ));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 const TAG_SNAPSHOT: u8 = 1;
 const TAG_LOG_START: u8 = 2;
 const TAG_NEXT_TABLE: u8 = 3;

@@ -105,6 +105,12 @@ fn dump_line(event: &DumpEvent<'_>, json: bool) -> Option<String> {
                 (Err(e), false) => format!("LSN {lsn:>8}  {seg} @{offset:<10} not a keel operation ({e}), {len} bytes"),
             }
         }
+        DumpEvent::Edit { lsn, edit } => match (edit, json) {
+            (Ok(e), true) => serde_json::json!({"type": "edit", "lsn": lsn, "edit": e.to_string()}).to_string(),
+            (Ok(e), false) => format!("LSN {lsn:>8}  {e}"),
+            (Err(why), true) => serde_json::json!({"type": "edit", "lsn": lsn, "error": why.to_string()}).to_string(),
+            (Err(why), false) => format!("LSN {lsn:>8}  not a manifest edit ({why})"),
+        },
         DumpEvent::Table { path, props } => match (props, json) {
             (Ok(p), true) => serde_json::json!({"type": "table", "path": path, "entries": p.entries, "tombstones": p.tombstones, "data_blocks": p.data_blocks, "min_lsn": p.min_lsn, "max_lsn": p.max_lsn}).to_string(),
             (Ok(p), false) => format!("table {}: {} entries ({} tombstones) in {} blocks, LSN {}..={}", path.display(), p.entries, p.tombstones, p.data_blocks, p.min_lsn, p.max_lsn),
@@ -213,6 +219,22 @@ pub fn verify(path: &Path) -> anyhow::Result<ExitCode> {
                 t.data_blocks
             );
         }
+    }
+    if let Some((dir, state)) = &report.manifest {
+        let per_level: Vec<String> = state
+            .levels
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(l, t)| format!("L{l}: {}", t.len()))
+            .collect();
+        println!(
+            "manifest {}: every edit verified and applied; log start {}, next table {}, live tables [{}]",
+            dir.display(),
+            state.log_start,
+            state.next_table,
+            per_level.join(", ")
+        );
     }
     if let Some(log) = &report.log {
         let r = &log.report;

@@ -51,6 +51,13 @@ pub enum DumpEvent<'a> {
         /// The operation it holds, or why it is not one.
         op: std::result::Result<Op, DecodeError>,
     },
+    /// A manifest record: an edit of the live tables.
+    Edit {
+        /// Its LSN in the manifest's log.
+        lsn: u64,
+        /// The edit, or why it is not one.
+        edit: std::result::Result<crate::manifest::VersionEdit, crate::manifest::EditError>,
+    },
     /// A table file and its properties, or why it cannot be read.
     Table {
         /// The file.
@@ -115,6 +122,7 @@ pub fn dump(
     }
     let segments = match (target, target.log_dir()) {
         (Target::Segment(p), _) => vec![p.clone()],
+        (Target::Manifest(dir), _) => segment_files(storage, dir)?,
         (Target::Checkpoint(_) | Target::Table(_), _) | (_, None) => Vec::new(),
         (_, Some(dir)) if storage.list(&dir).is_err() => Vec::new(),
         (_, Some(dir)) => segment_files(storage, &dir)?,
@@ -131,7 +139,8 @@ pub fn dump(
         {
             return Ok(damaged);
         }
-        match dump_segment(storage, seg, from, visit)? {
+        let edits = matches!(target, Target::Manifest(_));
+        match dump_segment(storage, seg, from, edits, visit)? {
             ControlFlow::Break(()) => return Ok(damaged),
             ControlFlow::Continue(d) => damaged |= d,
         }
@@ -144,6 +153,7 @@ fn dump_segment(
     storage: &dyn Storage,
     seg: &Path,
     from: u64,
+    edits: bool,
     visit: &mut dyn FnMut(DumpEvent<'_>) -> ControlFlow<()>,
 ) -> Result<ControlFlow<(), bool>> {
     let mut stopped = false;
@@ -156,12 +166,19 @@ fn dump_segment(
             if lsn < from || stopped {
                 return;
             }
-            let event = DumpEvent::Record {
-                lsn,
-                segment: seg,
-                offset,
-                len: payload.len(),
-                op: Op::decode(payload),
+            let event = if edits {
+                DumpEvent::Edit {
+                    lsn,
+                    edit: crate::manifest::VersionEdit::decode(payload),
+                }
+            } else {
+                DumpEvent::Record {
+                    lsn,
+                    segment: seg,
+                    offset,
+                    len: payload.len(),
+                    op: Op::decode(payload),
+                }
             };
             stopped = visit(event).is_break();
         },
@@ -234,7 +251,9 @@ fn checkpoints(storage: &dyn Storage, target: &Target) -> Result<Vec<PathBuf>> {
             found.into_iter().map(|(_, p)| p).collect()
         }
         Target::Checkpoint(p) => vec![p.clone()],
-        Target::LogDir(_) | Target::Segment(_) | Target::Table(_) => Vec::new(),
+        Target::LogDir(_) | Target::Segment(_) | Target::Table(_) | Target::Manifest(_) => {
+            Vec::new()
+        }
     })
 }
 

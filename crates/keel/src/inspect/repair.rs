@@ -30,7 +30,9 @@ impl Repair {
     pub fn prepare(storage: Arc<dyn Storage>, target: &Target) -> Result<Repair> {
         let log_dir = match target {
             Target::DataDir(_) | Target::LogDir(_) => target.log_dir(),
-            Target::Segment(_) | Target::Checkpoint(_) | Target::Table(_) => None,
+            Target::Segment(_) | Target::Checkpoint(_) | Target::Table(_) | Target::Manifest(_) => {
+                None
+            }
         };
         let Some(log_dir) = log_dir else {
             return Err(Error::RepairNeedsDirectory);

@@ -1,7 +1,7 @@
 //! [`Target`]: what a path given to a tool names.
 
 use crate::error::{Error, Result};
-use crate::layout::{DataDir, FileKind};
+use crate::layout::{DataDir, FileKind, MANIFEST_DIR};
 use keel_storage::Storage;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,8 @@ pub enum Target {
     Checkpoint(PathBuf),
     /// One table file (issue 12).
     Table(PathBuf),
+    /// A manifest directory (issue 12): a log whose records are edits.
+    Manifest(PathBuf),
 }
 
 impl Target {
@@ -39,7 +41,12 @@ impl Target {
             .iter()
             .any(|k| matches!(k, FileKind::Segment(_) | FileKind::PreparedSegment))
         {
-            return Ok(Target::LogDir(path.to_path_buf()));
+            let manifest = path.file_name().and_then(|n| n.to_str()) == Some(MANIFEST_DIR);
+            return Ok(if manifest {
+                Target::Manifest(path.to_path_buf())
+            } else {
+                Target::LogDir(path.to_path_buf())
+            });
         }
         if kinds
             .iter()
@@ -80,7 +87,7 @@ impl Target {
             Target::DataDir(d) => Some(d.log_dir()),
             Target::LogDir(d) => Some(d.clone()),
             Target::Segment(p) => p.parent().map(Path::to_path_buf),
-            Target::Checkpoint(_) | Target::Table(_) => None,
+            Target::Checkpoint(_) | Target::Table(_) | Target::Manifest(_) => None,
         }
     }
 
@@ -93,7 +100,9 @@ impl Target {
                 .parent()
                 .map(DataDir::new)
                 .filter(|d| storage.exists(&d.lock_file()).unwrap_or(false)),
-            Target::Segment(_) | Target::Checkpoint(_) | Target::Table(_) => None,
+            Target::Segment(_) | Target::Checkpoint(_) | Target::Table(_) | Target::Manifest(_) => {
+                None
+            }
         }
     }
 }

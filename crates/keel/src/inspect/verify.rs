@@ -27,6 +27,8 @@ pub struct VerifyReport {
     pub log: Option<LogSummary>,
     /// Each table checked, with its properties when every block verified.
     pub tables: Vec<(PathBuf, Option<crate::table::Properties>)>,
+    /// The manifest checked: its directory and the state its edits make.
+    pub manifest: Option<(PathBuf, crate::manifest::VersionState)>,
     /// Everything wrong, each with what it means for an open.
     pub problems: Vec<Problem>,
 }
@@ -96,6 +98,13 @@ pub enum Problem {
     WillNotOpen(Error),
     /// A table does not verify (nothing in a damaged block can be trusted).
     TableDamaged(crate::table::TableError),
+    /// The manifest's log is damaged, or an edit does not apply.
+    ManifestInvalid {
+        /// The manifest directory.
+        dir: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -134,6 +143,9 @@ impl fmt::Display for Problem {
             ),
             Problem::WillNotOpen(e) => write!(f, "the store will not open: {e}"),
             Problem::TableDamaged(e) => write!(f, "DAMAGED: {e}"),
+            Problem::ManifestInvalid { dir, why } => {
+                write!(f, "manifest {}: DAMAGED: {why}", dir.display())
+            }
         }
     }
 }
@@ -144,6 +156,7 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
         checkpoints: Vec::new(),
         log: None,
         tables: Vec::new(),
+        manifest: None,
         problems: Vec::new(),
     };
     let mut base_lsn = 0;
@@ -177,6 +190,7 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
                 }
             }
         }
+        Target::Manifest(dir) => verify_manifest(storage, dir, &mut report)?,
         Target::LogDir(_) | Target::Segment(_) => {}
     }
     for (path, header) in &report.checkpoints {
@@ -306,5 +320,58 @@ fn verify_log(
         }
     }
     report.log = Some(LogSummary { dir, report: log });
+    Ok(())
+}
+
+/// Reads a manifest's log (every checksum, in absolute-consistency mode) and
+/// replays its edits from the last snapshot as an open would.
+fn verify_manifest(storage: &dyn Storage, dir: &Path, report: &mut VerifyReport) -> Result<()> {
+    let opts = WalOptions {
+        recovery: RecoveryMode::AbsoluteConsistency,
+        max_record_size: ANY_RECORD_SIZE,
+        ..WalOptions::default()
+    };
+    let mut records = Vec::new();
+    let read = Wal::read_dir(storage, dir, &opts, 1, |lsn, payload| {
+        records.push((lsn, crate::manifest::VersionEdit::decode(payload)));
+    });
+    let problem = |why: String| Problem::ManifestInvalid {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    match read {
+        Ok(_) => {}
+        Err(WalError::TornTailRefused(d)) | Err(WalError::Corrupt(d)) => {
+            report.problems.push(problem(d.to_string()));
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let start = records
+        .iter()
+        .rposition(|(_, e)| e.as_ref().is_ok_and(|e| e.snapshot));
+    let mut state = crate::manifest::VersionState::default();
+    for (lsn, edit) in &records[start.unwrap_or(0)..] {
+        let applied = edit
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|e| state.apply(e).map_err(|e| e.to_string()));
+        match applied {
+            Ok(next) => state = next,
+            Err(why) => {
+                report
+                    .problems
+                    .push(problem(format!("the record at LSN {lsn}: {why}")));
+                return Ok(());
+            }
+        }
+    }
+    if start.is_none() && !records.is_empty() {
+        report.problems.push(problem(
+            "no snapshot record: the manifest's start is missing".into(),
+        ));
+        return Ok(());
+    }
+    report.manifest = Some((dir.to_path_buf(), state));
     Ok(())
 }
