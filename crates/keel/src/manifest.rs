@@ -12,6 +12,9 @@
 //! - Every edit is checked against the state before it is written (a table
 //!   removed must be live, a table added must be new, tables of a level
 //!   above 0 must not overlap); a log that breaks these is refused at open.
+//! - Every edit is followed by an empty record written after the edit's
+//!   fdatasync: its `durable_lsn` proves the edit durable, so damage to an
+//!   edit is corruption (the open refuses) rather than a torn tail (cut).
 //! - When the log of edits has grown by [`REWRITE_AFTER`] bytes, a snapshot
 //!   edit (the whole state) is appended and the segments before it are
 //!   deleted. Replay starts at the last snapshot, so the log may begin with
@@ -431,6 +434,12 @@ impl Manifest {
         let bytes = edit.encode();
         // Durable before the caller acts on it (SyncPolicy::Always).
         let lsn = self.wal.append(&bytes)?;
+        // Then an empty record (an edit that changes nothing), written after
+        // that fdatasync, so its durable_lsn proves the edit was synced: a
+        // damaged edit is then corruption, refused at open, never a torn
+        // tail quietly cut, which would undo an edit the caller has acted
+        // on (deleted the log below its log start, or a table it removed).
+        self.wal.append(&[])?;
         if edit.snapshot {
             self.since_snapshot = 0;
         }
@@ -492,6 +501,49 @@ mod tests {
         assert!(
             VersionEdit::decode(&[TAG_REMOVED, 0, 1, 0, 0, 0, 0, 0, 0, 0, TAG_SNAPSHOT]).is_err()
         );
+    }
+
+    #[test]
+    fn damage_to_any_edit_is_refused_never_cut() {
+        // Flip every byte of a small manifest's records, one at a time: the
+        // open either refuses or finds every edit (damage to the trailing
+        // empty record is a torn tail, and cutting it changes nothing).
+        let s = Arc::new(SimStorage::new(5));
+        let dir = Path::new("/m");
+        let mut m = Manifest::open(s.clone(), dir).unwrap();
+        let mut rng = SplitMix64::new(5);
+        for _ in 0..4 {
+            let e = random_edit(m.state(), &mut rng);
+            m.apply(&e).unwrap();
+        }
+        let want = m.state().clone();
+        let written = m.wal.next_lsn();
+        m.close().unwrap();
+        let names = s.list(dir).unwrap();
+        let segs: Vec<&String> = names.iter().filter(|n| n.ends_with(".wal")).collect();
+        assert_eq!(segs.len(), 1, "{names:?}");
+        let seg = dir.join(segs[0]);
+        let good = s.read_file(&seg).unwrap();
+        // Records end where the preallocated zeros begin.
+        let end = good.iter().rposition(|&b| b != 0).unwrap() + 1;
+        let (mut refused, mut same) = (0, 0);
+        for at in 48..end {
+            let copy = Arc::new(SimStorage::new(1));
+            copy.create_dir_all(dir).unwrap();
+            copy.open(&seg, keel_storage::OpenMode::CreateNew).unwrap();
+            copy.sync_dir(dir).unwrap();
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x40;
+            copy.write_file_durably(&seg, &bytes).unwrap();
+            match Manifest::open(copy, dir) {
+                Err(_) => refused += 1,
+                Ok(m) => {
+                    assert_eq!(*m.state(), want, "byte {at}: an edit was lost");
+                    same += 1;
+                }
+            }
+        }
+        assert!(written > 8 && refused > 0 && same > 0, "{refused} {same}");
     }
 
     #[test]
