@@ -117,6 +117,9 @@ impl std::fmt::Display for VersionEdit {
                 t.size
             ));
         }
+        if parts.is_empty() {
+            return f.write_str("no change (proves the edit before it durable)");
+        }
         f.write_str(&parts.join("; "))
     }
 }
