@@ -125,6 +125,8 @@ fn report(name: &str, secs: f64, ops: u64, bytes: u64, extra: &str) {
     );
 }
 
+/// One arm per db_bench workload, in one place so the workloads can be
+/// compared with db_bench's own at a glance.
 fn main() -> anyhow::Result<()> {
     let f = parse()?;
     let _ = std::fs::remove_dir_all(&f.db);

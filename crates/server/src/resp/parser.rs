@@ -117,6 +117,10 @@ impl CommandParser {
     /// drop `buf[..*pos]` between calls (and must keep the rest).
     /// `unauthenticated`: the client has yet to `AUTH` on a listener that
     /// requires it, so Redis's tighter limits apply.
+    ///
+    /// One match over the parser's states, kept whole on purpose: each arm
+    /// is one step of the protocol (header, inline line, bulk header, bulk
+    /// body), and reading them in order is reading RESP.
     pub fn next(
         &mut self,
         buf: &[u8],

@@ -417,31 +417,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         hwm / 1024
     );
     drop(idle);
-    let mut server = server;
-    server.child.kill()?;
-    server.child.wait()?;
-    let mut restarted = start(&bin, &dir, "restart")?;
-    let mut c = RespConn::connect(restarted.resp)
-        .map_err(|_| anyhow::anyhow!("cannot connect after the restart"))?;
-    let mut missing = 0u64;
-    for (key, value) in &t.acked {
-        match c.call(&[b"GET", key.as_bytes()]) {
-            Ok(Reply::Bulk(Some(v))) if v == *value => {}
-            other => {
-                if missing < 5 {
-                    eprintln!("keel-soak: acknowledged {key} reads back as {other:?}");
-                }
-                missing += 1;
-            }
-        }
-    }
-    restarted.child.kill()?;
-    restarted.child.wait()?;
-    println!(
-        "keel-soak: after kill -9 and restart: {} of {} acknowledged writes present",
-        t.acked.len() as u64 - missing,
-        t.acked.len()
-    );
+    let missing = kill_restart_and_check(server, &bin, &dir, &t.acked)?;
     let mut ok = true;
     if missing > 0 {
         eprintln!("keel-soak: FAILED: {missing} acknowledged writes lost");
@@ -464,6 +440,41 @@ fn run(args: Args) -> anyhow::Result<bool> {
         ok = false;
     }
     Ok(ok)
+}
+
+/// SIGKILLs the server, starts it again on the same data and reads back
+/// every acknowledged write; how many are missing.
+fn kill_restart_and_check(
+    mut server: Server,
+    bin: &Path,
+    dir: &Path,
+    acked: &[(String, Vec<u8>)],
+) -> anyhow::Result<u64> {
+    server.child.kill()?;
+    server.child.wait()?;
+    let mut restarted = start(bin, dir, "restart")?;
+    let mut c = RespConn::connect(restarted.resp)
+        .map_err(|_| anyhow::anyhow!("cannot connect after the restart"))?;
+    let mut missing = 0u64;
+    for (key, value) in acked {
+        match c.call(&[b"GET", key.as_bytes()]) {
+            Ok(Reply::Bulk(Some(v))) if v == *value => {}
+            other => {
+                if missing < 5 {
+                    eprintln!("keel-soak: acknowledged {key} reads back as {other:?}");
+                }
+                missing += 1;
+            }
+        }
+    }
+    restarted.child.kill()?;
+    restarted.child.wait()?;
+    println!(
+        "keel-soak: after kill -9 and restart: {} of {} acknowledged writes present",
+        acked.len() as u64 - missing,
+        acked.len()
+    );
+    Ok(missing)
 }
 
 fn main() -> ExitCode {
