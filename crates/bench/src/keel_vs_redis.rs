@@ -10,7 +10,8 @@
 //! with `--quick`), and prints median ops/s and p50/p99 latency, the
 //! keel/Redis ratio as the median (and range) of the ratios of runs made
 //! back to back, and the load average beside each block. It writes an SVG plot of SET
-//! throughput against clients to docs/bench/keel-vs-redis.svg.
+//! throughput against clients to docs/bench/keel-vs-redis.svg (a `--quick`
+//! run's plot goes to target/keel-vs-redis-quick.svg instead).
 //!
 //! Needs redis-server and redis-benchmark (Debian packages redis-server and
 //! redis-tools) and `cargo build --release -p keel-server`. Run:
@@ -266,7 +267,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let svg = plot(&results, repeats);
-    let out = root.join("docs/bench/keel-vs-redis.svg");
+    // The committed plot is the full run's; a quick run's goes to target/.
+    let out = if quick {
+        root.join("target/keel-vs-redis-quick.svg")
+    } else {
+        root.join("docs/bench/keel-vs-redis.svg")
+    };
     std::fs::write(&out, svg)?;
     println!("\nplot: {}", out.display());
     let _ = std::fs::remove_dir_all(&scratch);

@@ -2,7 +2,8 @@
 //! ends, apply the recovery mode, and hand each record to the caller.
 //!
 //! Order of work, and why:
-//! 1. Leftover prepared files are removed (they never hold records).
+//! 1. Leftover prepared files, and temp files of interrupted saves of cut
+//!    bytes, are removed (neither holds anything a segment does not).
 //! 2. The last segment is fdatasynced before anything read from it is acted
 //!    on: a killed process's writes may still be only in the page cache, and
 //!    new records must never become durable ahead of older ones.
@@ -72,7 +73,8 @@ pub struct RecoveryReport {
     /// caller's checkpoint already holds): reported and stepped over, since
     /// recovery does not need them.
     pub covered_damage: Vec<Damage>,
-    /// Leftover prepared segment files removed.
+    /// Leftover files removed: prepared segments, and temp files of saves of
+    /// cut bytes that a crash interrupted.
     pub prepared_removed: usize,
     /// How long recovery took.
     pub duration: Duration,
@@ -548,7 +550,7 @@ fn remove_prepared(
     for p in prepared {
         storage
             .remove(p)
-            .map_err(|e| WalError::io("removing a leftover prepared segment", p, e))?;
+            .map_err(|e| WalError::io("removing a leftover temp file", p, e))?;
     }
     if !prepared.is_empty() || dir_changed {
         // Removals and set-asides are durable only once the directory is.

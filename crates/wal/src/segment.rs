@@ -39,10 +39,23 @@ fn is_prepared_name(name: &str) -> bool {
     name.starts_with(PREPARED_PREFIX) && name.ends_with(PREPARED_SUFFIX)
 }
 
+/// The temp file of a save of cut bytes that never finished
+/// (`<segment>.cut-at-<N>.tmp`): the cut it was saving for never happened
+/// (bytes are saved durably before the segment is truncated), so it holds
+/// nothing the segment does not.
+fn is_interrupted_save(name: &str) -> bool {
+    name.strip_suffix(keel_storage::TEMP_SUFFIX)
+        .and_then(|base| base.rsplit_once(".cut-at-"))
+        .is_some_and(|(seg, at)| {
+            parse_segment_name(seg).is_some() && at.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
 /// Segment files (first LSN, path), sorted by first LSN.
 pub(crate) type SegmentList = Vec<(u64, PathBuf)>;
 
-/// Segment files in `dir`, sorted by first LSN, and leftover prepared files.
+/// Segment files in `dir`, sorted by first LSN, and leftovers to remove at
+/// open: prepared files, and temp files of interrupted saves of cut bytes.
 pub(crate) fn list_segments(
     storage: &dyn Storage,
     dir: &Path,
@@ -55,7 +68,7 @@ pub(crate) fn list_segments(
     for name in names {
         if let Some(lsn) = parse_segment_name(&name) {
             segments.push((lsn, dir.join(name)));
-        } else if is_prepared_name(&name) {
+        } else if is_prepared_name(&name) || is_interrupted_save(&name) {
             prepared.push(dir.join(name));
         }
     }
@@ -287,5 +300,36 @@ mod tests {
         assert_eq!(parse_segment_name("1.wal"), None);
         assert_eq!(parse_segment_name("0000000000000000000x.wal"), None);
         assert!(segment_file_name(9) < segment_file_name(10));
+    }
+
+    #[test]
+    fn leftovers_of_interrupted_work_are_listed_for_removal_and_nothing_else() {
+        let s = keel_storage::SimStorage::new(1);
+        let dir = Path::new("/log");
+        s.create_dir_all(dir).unwrap();
+        let seg = segment_file_name(1);
+        for name in [
+            seg.clone(),
+            "prealloc-3.tmp".to_string(),
+            format!("{seg}.cut-at-4096.tmp"),
+            format!("{seg}.cut-at-4096"),
+            format!("{seg}.dropped"),
+            "notes.tmp".to_string(),
+        ] {
+            s.open(&dir.join(name), keel_storage::OpenMode::CreateNew)
+                .unwrap();
+        }
+        let (segs, leftovers) = list_segments(&s, dir).unwrap();
+        assert_eq!(segs, vec![(1, dir.join(&seg))]);
+        let mut names: Vec<String> = leftovers
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        // Saved cut bytes and set-aside segments stay for the operator.
+        assert_eq!(
+            names,
+            [format!("{seg}.cut-at-4096.tmp"), "prealloc-3.tmp".into()]
+        );
     }
 }
