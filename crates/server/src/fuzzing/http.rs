@@ -4,53 +4,16 @@
 //! every answer a valid status, and a PUT answered 200 is read back byte for
 //! byte.
 
-use crate::http::{router, AppState};
+use super::harness::Harness;
+use crate::http::router;
 use axum::body::Body;
 use axum::http::{Method, Request};
-use keel::{Db, Options};
-use keel_storage::{SimStorage, Storage};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use tower::ServiceExt;
-
-struct Harness {
-    rt: tokio::runtime::Runtime,
-    state: AppState,
-}
 
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
-    H.get_or_init(|| {
-        let s = SimStorage::new(1);
-        s.create_dir_all(std::path::Path::new("/fuzz"))
-            .expect("sim dir");
-        let opts = {
-            let mut o = Options::default();
-            o.max_key_len = 256;
-            o.max_value_len = 4096;
-            o.max_batch_bytes = 1 << 16;
-            o.segment_size = 1 << 16;
-            o
-        };
-        let (db, _) = Db::builder("/fuzz")
-            .options(crate::refusal::server_options(opts))
-            .storage(Arc::new(s))
-            .open()
-            .expect("open");
-        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle();
-        Harness {
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime"),
-            state: AppState {
-                db: Arc::new(db),
-                metrics,
-                auth: None,
-            },
-        }
-    })
+    H.get_or_init(|| Harness::new(None))
 }
 
 /// First byte: method; then the path up to the first newline; then the body.

@@ -13,57 +13,20 @@
 //! - nothing changes in the store unless the bytes carry the token: no
 //!   header trick gets a write past authentication.
 
-use crate::auth::AuthToken;
-use crate::http::{router, AppState};
+use super::harness::Harness;
+use crate::http::router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use keel::{Db, Options};
-use keel_storage::{SimStorage, Storage};
-use std::sync::{Arc, OnceLock};
+use keel::Db;
+use std::sync::OnceLock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The token the harness's server requires.
 pub const FUZZ_TOKEN: &str = "fuzz-token-7c1d";
 
-struct Harness {
-    rt: tokio::runtime::Runtime,
-    state: AppState,
-}
-
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
-    H.get_or_init(|| {
-        let s = SimStorage::new(1);
-        s.create_dir_all(std::path::Path::new("/fuzz"))
-            .expect("sim dir");
-        let opts = {
-            let mut o = Options::default();
-            o.max_key_len = 256;
-            o.max_value_len = 4096;
-            o.max_batch_bytes = 1 << 16;
-            o.segment_size = 1 << 16;
-            o
-        };
-        let (db, _) = Db::builder("/fuzz")
-            .options(crate::refusal::server_options(opts))
-            .storage(Arc::new(s))
-            .open()
-            .expect("open");
-        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle();
-        Harness {
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime"),
-            state: AppState {
-                db: Arc::new(db),
-                metrics,
-                auth: Some(Arc::new(AuthToken::new(FUZZ_TOKEN).expect("token"))),
-            },
-        }
-    })
+    H.get_or_init(|| Harness::new(Some(FUZZ_TOKEN)))
 }
 
 fn contents(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {

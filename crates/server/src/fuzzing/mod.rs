@@ -3,6 +3,7 @@
 //! request bytes through hyper and the router, and RESP
 //! byte streams through the parser and the commands.
 
+mod harness;
 mod http;
 mod http_head;
 mod resp;
