@@ -397,7 +397,7 @@ mod tests {
     fn setup() -> (SimStorage, DataDir) {
         let s = SimStorage::new(1);
         let dir = DataDir::new("/db");
-        s.create_dir_all(dir.root()).unwrap();
+        keel_storage::create_dir_durable(&s, dir.root()).unwrap();
         (s, dir)
     }
 

@@ -238,9 +238,7 @@ impl<'a> DbBuilder<'a> {
             .storage
             .unwrap_or_else(|| Arc::new(keel_storage::FsStorage::new()));
         let dir = DataDir::new(self.dir);
-        storage
-            .create_dir_all(dir.root())
-            .map_err(|e| Error::io("creating the data directory", dir.root(), e))?;
+        keel_storage::create_dir_durable(&*storage, dir.root())?;
         let lock = dir.lock(&*storage, "keel")?;
         let progress = self.progress.unwrap_or_else(|| Box::new(|_| {}));
         let r = recovery::recover(&storage, &dir, &self.options, &*progress)?;

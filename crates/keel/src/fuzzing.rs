@@ -29,7 +29,7 @@ pub fn checkpoint_decoding(data: &[u8]) {
     };
     let s = SimStorage::new(0);
     let dir = crate::layout::DataDir::new("/fuzz");
-    s.create_dir_all(dir.root()).expect("sim dir");
+    keel_storage::create_dir_durable(&s, dir.root()).expect("sim dir");
     let path = dir.checkpoint(header.lsn);
     checkpoint::write(&s, &path, header.lsn, &tree, None).expect("sim write");
     let (h2, t2) = checkpoint::read(&s, &path, 1024, 1 << 16).expect("re-read");
@@ -69,8 +69,7 @@ pub fn table_decoding(data: &[u8]) {
     use keel_storage::OpenMode;
     let s = SimStorage::new(0);
     let path = std::path::Path::new("/fuzz/t.sst");
-    s.create_dir_all(std::path::Path::new("/fuzz"))
-        .expect("sim dir");
+    keel_storage::create_dir_durable(&s, std::path::Path::new("/fuzz")).expect("sim dir");
     let f = s.open(path, OpenMode::CreateNew).expect("sim create");
     f.write_at(data, 0).expect("sim write");
     let Ok(table) = Table::open(f, path) else {
@@ -109,7 +108,7 @@ pub fn table_decoding(data: &[u8]) {
 pub fn engine_ops(data: &[u8]) {
     let s0 = SimStorage::new(data.len() as u64);
     let dir = PathBuf::from("/fuzz");
-    s0.create_dir_all(&dir).expect("sim dir");
+    keel_storage::create_dir_durable(&s0, &dir).expect("sim dir");
     let opts = Options {
         segment_size: 4096,
         checkpoint_log_bytes: Some(2048),

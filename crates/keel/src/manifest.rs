@@ -532,7 +532,7 @@ mod tests {
         let (mut refused, mut same) = (0, 0);
         for at in 48..end {
             let copy = Arc::new(SimStorage::new(1));
-            copy.create_dir_all(dir).unwrap();
+            keel_storage::create_dir_durable(&*copy, dir).unwrap();
             copy.open(&seg, keel_storage::OpenMode::CreateNew).unwrap();
             copy.sync_dir(dir).unwrap();
             let mut bytes = good.clone();

@@ -4,7 +4,7 @@
 //! when the commit's fdatasync fails.
 
 use keel::{Db, Deferred, Options, WriteBatch};
-use keel_storage::{CrashMode, Fault, FaultKind, FaultOp, SimStorage, Storage};
+use keel_storage::{CrashMode, Fault, FaultKind, FaultOp, SimStorage};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,7 +105,7 @@ fn deferred_writes_are_invisible_until_committed_and_survive_power_loss_once_com
     let mut uncommitted_kept = 0;
     for seed in 1..=seeds {
         let s = SimStorage::new(seed);
-        s.create_dir_all(&dir()).unwrap();
+        keel_storage::create_dir_durable(&s, &dir()).unwrap();
         let (db, _) = Db::builder(dir())
             .options(opts())
             .storage(Arc::new(s.clone()))
@@ -172,7 +172,7 @@ fn deferred_writes_are_invisible_until_committed_and_survive_power_loss_once_com
 #[test]
 fn a_failed_fdatasync_in_commit_fails_every_pending_write_and_stops_the_store() {
     let s = SimStorage::new(7);
-    s.create_dir_all(&dir()).unwrap();
+    keel_storage::create_dir_durable(&s, &dir()).unwrap();
     let (db, _) = Db::builder(dir())
         .options(opts())
         .storage(Arc::new(s.clone()))

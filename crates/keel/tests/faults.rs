@@ -51,7 +51,7 @@ fn workload(db: &Db, acked: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> keel::Re
 fn every_fault_at_every_operation_fails_stop_and_recovers() {
     let total_ops = {
         let s = SimStorage::new(0);
-        s.create_dir_all(&dir()).unwrap();
+        keel_storage::create_dir_durable(&s, &dir()).unwrap();
         let (db, _) = Db::builder(dir())
             .options(opts())
             .storage(Arc::new(s.clone()))
@@ -68,7 +68,7 @@ fn every_fault_at_every_operation_fails_stop_and_recovers() {
         for kind in [FaultKind::Eio, FaultKind::Enospc, FaultKind::ShortWrite] {
             for persistent in [false, true] {
                 let s = SimStorage::new(nth);
-                s.create_dir_all(&dir()).unwrap();
+                keel_storage::create_dir_durable(&s, &dir()).unwrap();
                 let (db, _) = Db::builder(dir())
                     .options(opts())
                     .storage(Arc::new(s.clone()))

@@ -90,6 +90,47 @@ pub fn publish_temp(
         .map_err(|e| IoError::new("syncing the directory", &dir, e))
 }
 
+/// Creates the directory `path` (and any missing parents) so that it
+/// survives power loss: a new directory is an entry in its parent, durable
+/// only once the parent is synced (docs/DESIGN.md, rule 2). Every directory
+/// this call creates gets its parent synced; so does `path`'s own parent
+/// when `path` already existed, because a process killed between an
+/// earlier create and its sync leaves a directory that exists but is not
+/// yet durable.
+pub fn create_dir_durable(storage: &dyn Storage, path: &Path) -> Result<(), IoError> {
+    let mut missing = Vec::new();
+    for dir in path.ancestors() {
+        if dir.as_os_str().is_empty() {
+            break;
+        }
+        let exists = storage
+            .exists(dir)
+            .map_err(|e| IoError::new("checking for a directory", dir, e))?;
+        if exists {
+            break;
+        }
+        missing.push(dir.to_path_buf());
+    }
+    if missing.is_empty() {
+        missing.push(path.to_path_buf());
+    } else {
+        storage
+            .create_dir_all(path)
+            .map_err(|e| IoError::new("creating a directory", path, e))?;
+    }
+    // Outermost first: each new entry is made durable in a parent that is
+    // itself already durable.
+    for dir in missing.iter().rev() {
+        let parent = parent_dir(dir);
+        // The new directory's entry lives in its parent: without this sync
+        // a power loss can take the directory, and every file in it, away.
+        storage
+            .sync_dir(&parent)
+            .map_err(|e| IoError::new("syncing the directory", &parent, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,7 +138,7 @@ mod tests {
 
     fn disk() -> SimStorage {
         let s = SimStorage::new(11);
-        s.create_dir_all(Path::new("/d")).unwrap();
+        create_dir_durable(&s, Path::new("/d")).unwrap();
         s
     }
 
@@ -118,7 +159,7 @@ mod tests {
     fn a_crash_before_the_directory_sync_leaves_old_or_new_never_torn() {
         for seed in 0..200 {
             let s = SimStorage::new(seed);
-            s.create_dir_all(Path::new("/d")).unwrap();
+            create_dir_durable(&s, Path::new("/d")).unwrap();
             let p = Path::new("/d/f");
             write_atomic(&s, p, |f, _| f.write_at(b"old", 0)).unwrap();
             s.inject(Fault {
@@ -154,5 +195,35 @@ mod tests {
         drop(stale);
         write_atomic(&s, p, |f, _| f.write_at(b"ok", 0)).unwrap();
         assert_eq!(s.read_file(p).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn a_directory_survives_power_loss_only_when_created_durably() {
+        // create_dir_all alone: the directory, and the synced file in it,
+        // are gone after power loss.
+        let s = SimStorage::new(3);
+        s.create_dir_all(Path::new("/a/b")).unwrap();
+        write_atomic(&s, Path::new("/a/b/f"), |f, _| f.write_at(b"x", 0)).unwrap();
+        let after = s.crash_with(CrashMode::DropUnsynced);
+        assert!(!after.exists(Path::new("/a")).unwrap());
+        assert!(!after.exists(Path::new("/a/b/f")).unwrap());
+
+        let s = SimStorage::new(3);
+        create_dir_durable(&s, Path::new("/a/b")).unwrap();
+        write_atomic(&s, Path::new("/a/b/f"), |f, _| f.write_at(b"x", 0)).unwrap();
+        let after = s.crash_with(CrashMode::DropUnsynced);
+        assert_eq!(after.read_file(Path::new("/a/b/f")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn an_existing_but_unsynced_directory_is_made_durable() {
+        // A process killed between mkdir and the parent's sync: the next
+        // open finds the directory and must still sync its parent.
+        let s = SimStorage::new(4);
+        create_dir_durable(&s, Path::new("/a")).unwrap();
+        s.create_dir_all(Path::new("/a/b")).unwrap();
+        create_dir_durable(&s, Path::new("/a/b")).unwrap();
+        let after = s.crash_with(CrashMode::DropUnsynced);
+        assert!(after.exists(Path::new("/a/b")).unwrap());
     }
 }

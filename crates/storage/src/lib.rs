@@ -15,14 +15,15 @@
 //! otherwise): a create, rename or remove is durable only after `sync_dir` of the
 //! directory that holds the name, and written bytes are durable only after
 //! `sync_data`/`sync_all` of the file returned `Ok`. [`write_atomic`] and
-//! [`publish_temp`] are the one place that writes a whole file that way.
+//! [`publish_temp`] are the one place that writes a whole file that way;
+//! [`create_dir_durable`] the one place that creates a directory.
 //!
 //! ```
-//! use keel_storage::{write_atomic, SimStorage, Storage, CrashMode};
+//! use keel_storage::{create_dir_durable, write_atomic, SimStorage, CrashMode};
 //! use std::path::Path;
 //!
 //! let disk = SimStorage::new(7);
-//! disk.create_dir_all(Path::new("/d")).unwrap();
+//! create_dir_durable(&disk, Path::new("/d")).unwrap();
 //! write_atomic(&disk, Path::new("/d/vote"), |file, _| file.write_at(b"term 3", 0)).unwrap();
 //! // Power loss right after: the file is there whole.
 //! let after = disk.crash_with(CrashMode::DropUnsynced);
@@ -39,7 +40,7 @@ mod fs;
 pub mod rng;
 mod sim;
 
-pub use atomic::{publish_temp, temp_path, write_atomic, TEMP_SUFFIX};
+pub use atomic::{create_dir_durable, publish_temp, temp_path, write_atomic, TEMP_SUFFIX};
 pub use buffered::BufferedStorage;
 pub use error::IoError;
 pub use faulty::{FaultSpecError, FaultyStorage};

@@ -127,18 +127,28 @@ enum DirOp {
         to: PathBuf,
         inode: u64,
     },
+    /// A directory created: like a file's name, an entry in its parent,
+    /// durable only once the parent is synced.
+    MkDir {
+        path: PathBuf,
+    },
 }
 
 impl DirOp {
     fn dir(&self) -> PathBuf {
         match self {
-            DirOp::Link { path, .. } | DirOp::Unlink { path } => super::parent_dir(path),
+            DirOp::Link { path, .. } | DirOp::Unlink { path } | DirOp::MkDir { path } => {
+                super::parent_dir(path)
+            }
             DirOp::Rename { to, .. } => super::parent_dir(to),
         }
     }
 
-    fn apply(self, names: &mut BTreeMap<PathBuf, u64>) {
+    fn apply(self, names: &mut BTreeMap<PathBuf, u64>, dirs: &mut BTreeSet<PathBuf>) {
         match self {
+            DirOp::MkDir { path } => {
+                dirs.insert(path);
+            }
             DirOp::Link { path, inode } => {
                 names.insert(path, inode);
             }
@@ -203,6 +213,9 @@ struct State {
     durable_names: BTreeMap<PathBuf, u64>,
     dir_log: Vec<DirOp>,
     dirs: BTreeSet<PathBuf>,
+    /// The directories that survive a crash (created, and their parent
+    /// synced since).
+    durable_dirs: BTreeSet<PathBuf>,
     faults: FaultPlan,
     capacity: Option<u64>,
     ops: u64,
@@ -222,6 +235,11 @@ struct SimFile {
     state: Arc<Mutex<State>>,
     inode: u64,
     writable: bool,
+}
+
+/// The directories that always exist: the root and the working directory.
+fn is_root(dir: &Path) -> bool {
+    dir == Path::new(".") || dir == Path::new("/")
 }
 
 fn frozen_err() -> io::Error {
@@ -279,7 +297,7 @@ impl State {
     }
 
     fn dir_exists(&self, dir: &Path) -> bool {
-        dir == Path::new(".") || dir == Path::new("/") || self.dirs.contains(dir)
+        is_root(dir) || self.dirs.contains(dir)
     }
 
     /// The durable content of a file after a crash, given the mode.
@@ -347,6 +365,7 @@ impl SimStorage {
                 durable_names: BTreeMap::new(),
                 dir_log: Vec::new(),
                 dirs: BTreeSet::new(),
+                durable_dirs: BTreeSet::new(),
                 faults: FaultPlan::default(),
                 capacity: None,
                 ops: 0,
@@ -403,6 +422,7 @@ impl SimStorage {
         let mut st = self.lock();
         st.frozen = true;
         let mut names = st.durable_names.clone();
+        let mut dirs = st.durable_dirs.clone();
         let keep_dir_ops = match mode {
             CrashMode::KeepAll => st.dir_log.len(),
             CrashMode::DropUnsynced => 0,
@@ -412,8 +432,21 @@ impl SimStorage {
             }
         };
         for op in st.dir_log[..keep_dir_ops].iter().cloned() {
-            op.apply(&mut names);
+            op.apply(&mut names, &mut dirs);
         }
+        // A directory whose own entry was lost takes its contents with it.
+        // Sorted order visits a parent before its children.
+        let mut kept_dirs = BTreeSet::new();
+        for d in dirs {
+            if is_root(&super::parent_dir(&d)) || kept_dirs.contains(&super::parent_dir(&d)) {
+                kept_dirs.insert(d);
+            }
+        }
+        let dirs = kept_dirs;
+        names.retain(|p, _| {
+            let parent = super::parent_dir(p);
+            is_root(&parent) || dirs.contains(&parent)
+        });
         let mut inodes = HashMap::new();
         let live: BTreeSet<u64> = names.values().copied().collect();
         for inode in live {
@@ -437,7 +470,8 @@ impl SimStorage {
                 names: names.clone(),
                 durable_names: names,
                 dir_log: Vec::new(),
-                dirs: st.dirs.clone(),
+                dirs: dirs.clone(),
+                durable_dirs: dirs,
                 faults: FaultPlan::default(),
                 capacity: st.capacity,
                 ops: 0,
@@ -512,10 +546,15 @@ impl Storage for SimStorage {
         if st.frozen {
             return Err(frozen_err());
         }
-        for anc in path.ancestors() {
-            if !anc.as_os_str().is_empty() {
-                st.dirs.insert(anc.to_path_buf());
-            }
+        let mut created: Vec<PathBuf> = path
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty() && !is_root(a) && !st.dirs.contains(*a))
+            .map(Path::to_path_buf)
+            .collect();
+        created.reverse();
+        for d in created {
+            st.dirs.insert(d.clone());
+            st.dir_log.push(DirOp::MkDir { path: d });
         }
         Ok(())
     }
@@ -575,8 +614,9 @@ impl Storage for SimStorage {
         let log = std::mem::take(&mut st.dir_log);
         let (now, later): (Vec<DirOp>, Vec<DirOp>) =
             log.into_iter().partition(|op| op.dir() == dir);
+        let st = &mut *st;
         for op in now {
-            op.apply(&mut st.durable_names);
+            op.apply(&mut st.durable_names, &mut st.durable_dirs);
         }
         st.dir_log = later;
         Ok(())
@@ -746,7 +786,7 @@ mod tests {
 
     fn setup(seed: u64) -> SimStorage {
         let s = SimStorage::new(seed);
-        s.create_dir_all(&dir()).unwrap();
+        crate::create_dir_durable(&s, &dir()).unwrap();
         s
     }
 

@@ -51,7 +51,7 @@ pub fn record_decoding(data: &[u8]) {
 pub fn segment_reading(data: &[u8]) {
     let s = SimStorage::new(0);
     let dir = PathBuf::from("/fuzz");
-    s.create_dir_all(&dir).expect("sim dir");
+    keel_storage::create_dir_durable(&s, &dir).expect("sim dir");
     let path = dir.join(crate::segment::segment_file_name(1));
     let f = s.open(&path, OpenMode::CreateNew).expect("sim create");
     f.write_at(data, 0).expect("sim write");

@@ -306,7 +306,7 @@ mod tests {
     fn leftovers_of_interrupted_work_are_listed_for_removal_and_nothing_else() {
         let s = keel_storage::SimStorage::new(1);
         let dir = Path::new("/log");
-        s.create_dir_all(dir).unwrap();
+        keel_storage::create_dir_durable(&s, dir).unwrap();
         let seg = segment_file_name(1);
         for name in [
             seg.clone(),

@@ -174,9 +174,8 @@ impl Wal {
     ) -> Result<(Wal, RecoveryReport)> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        storage
-            .create_dir_all(&dir)
-            .map_err(|e| WalError::io("creating the log directory", &dir, e))?;
+        // Durably: a log whose directory a power loss can take away is no log.
+        keel_storage::create_dir_durable(&*storage, &dir)?;
         let recovered = recover(&*storage, &dir, &opts, replay_from, false, &mut replay)?;
         let report = recovered.report.clone();
         let inner = Arc::new(Inner::resume(storage, dir, opts, recovered));

@@ -120,7 +120,7 @@ mod tests {
     fn names_what_it_finds_and_refuses_the_rest() {
         let s = SimStorage::new(1);
         for d in ["/store/wal", "/etc", "/log", "/empty"] {
-            s.create_dir_all(Path::new(d)).unwrap();
+            keel_storage::create_dir_durable(&s, Path::new(d)).unwrap();
         }
         touch(&s, "/etc/passwd");
         touch(&s, "/log/00000000000000000001.wal");

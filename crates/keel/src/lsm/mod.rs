@@ -148,9 +148,7 @@ impl Tree {
     ) -> Result<Tree, LsmError> {
         let manifest = Manifest::open(Arc::clone(&storage), &root.join(MANIFEST_DIR))?;
         let tables_dir = root.join(TABLES_DIR);
-        storage
-            .create_dir_all(&tables_dir)
-            .map_err(|e| IoError::new("creating the tables directory", &tables_dir, e))?;
+        keel_storage::create_dir_durable(&*storage, &tables_dir)?;
         let cache = (options.cache_bytes > 0).then(|| BlockCache::new(options.cache_bytes));
         let mut levels = vec![Vec::new(); LEVELS];
         for (level, tables) in manifest.state().levels.iter().enumerate() {

@@ -97,7 +97,7 @@ mod tests {
 
     fn write(model: &Model) -> (Arc<SimStorage>, PathBuf) {
         let s = Arc::new(SimStorage::new(7));
-        s.create_dir_all(Path::new("/t")).unwrap();
+        keel_storage::create_dir_durable(&*s, Path::new("/t")).unwrap();
         let path = PathBuf::from("/t/1.sst");
         let entries = model.iter().enumerate().map(|(i, (k, v))| {
             let v = v.as_deref().map_or(Stored::Tombstone, Stored::Put);
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn a_paced_build_syncs_as_it_goes_and_keeps_to_its_rate() {
         let s = SimStorage::new(1);
-        s.create_dir_all(Path::new("/t")).unwrap();
+        keel_storage::create_dir_durable(&s, Path::new("/t")).unwrap();
         let build = |name: &str, rate: Option<u64>| {
             let f = s
                 .open(&Path::new("/t").join(name), OpenMode::CreateNew)
@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn keys_must_be_non_empty_and_increasing() {
         let s = SimStorage::new(1);
-        s.create_dir_all(Path::new("/t")).unwrap();
+        keel_storage::create_dir_durable(&s, Path::new("/t")).unwrap();
         let f = s.open(Path::new("/t/x"), OpenMode::CreateNew).unwrap();
         let mut b = TableBuilder::new(&*f);
         assert!(b.add(b"", Stored::Put(b"v"), 1).is_err());

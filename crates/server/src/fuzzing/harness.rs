@@ -5,7 +5,7 @@
 use crate::auth::AuthToken;
 use crate::http::AppState;
 use keel::{Db, Options};
-use keel_storage::{SimStorage, Storage};
+use keel_storage::SimStorage;
 use std::sync::Arc;
 
 /// A runtime and the router's state over a fresh simulated store.
@@ -18,8 +18,7 @@ impl Harness {
     /// A harness whose server requires `token`, if given.
     pub(crate) fn new(token: Option<&str>) -> Harness {
         let s = SimStorage::new(1);
-        s.create_dir_all(std::path::Path::new("/fuzz"))
-            .expect("sim dir");
+        keel_storage::create_dir_durable(&s, std::path::Path::new("/fuzz")).expect("sim dir");
         let opts = {
             let mut o = Options::default();
             o.max_key_len = 256;

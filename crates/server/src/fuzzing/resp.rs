@@ -22,7 +22,7 @@ use crate::resp::frame::{encode_command, reply_len};
 use crate::resp::parser::parse_split;
 use crate::resp::RespLimits;
 use keel::{Db, Options};
-use keel_storage::{SimStorage, Storage};
+use keel_storage::SimStorage;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -68,8 +68,7 @@ pub fn resp_stream(data: &[u8]) {
     );
     let (commands, _) = whole;
     let s = SimStorage::new(1);
-    s.create_dir_all(std::path::Path::new("/fuzz"))
-        .expect("sim dir");
+    keel_storage::create_dir_durable(&s, std::path::Path::new("/fuzz")).expect("sim dir");
     let opts = {
         let mut o = Options::default();
         o.max_key_len = 64;

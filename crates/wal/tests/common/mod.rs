@@ -12,7 +12,7 @@ pub fn dir() -> PathBuf {
 
 pub fn sim(seed: u64) -> SimStorage {
     let s = SimStorage::new(seed);
-    s.create_dir_all(&dir()).unwrap();
+    keel_storage::create_dir_durable(&s, &dir()).unwrap();
     s
 }
 
