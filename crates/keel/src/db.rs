@@ -19,12 +19,17 @@
 //! the checkpoint before it (P) and the log after P are kept, so a damaged
 //! newest checkpoint is survivable; everything older is deleted.
 //!
+//! With `Options::memtable_size` set, the state is kept on tables instead
+//! ([`crate::on_tables`]): the same write path applies to a memtable, reads
+//! merge it with frozen memtables and tables, and a checkpoint is a flush.
+//!
 //! Directory layout: [`crate::layout`]. Recovery: [`crate::recovery`].
 
 use crate::checkpoint::{self, Key};
 use crate::error::{Error, Result};
 use crate::keyspace::Keyspace;
 use crate::layout::DataDir;
+use crate::on_tables::{OnTables, TablesStats};
 use crate::op::{BatchOp, Op};
 use crate::options::Options;
 use crate::poison::Poison;
@@ -75,6 +80,9 @@ pub struct Stats {
     pub recovery: RecoveryReport,
     /// Whether writes have stopped after a failure (reads go on).
     pub stopped: bool,
+    /// On tables (`Options::memtable_size`): levels, memtables, flushes,
+    /// compactions, stalls and the block cache.
+    pub tables: Option<TablesStats>,
 }
 
 /// What a [`Db::checkpoint`] did.
@@ -150,6 +158,8 @@ struct Shared {
     trigger: (Mutex<bool>, Condvar),
     closing: AtomicBool,
     recovery: RecoveryReport,
+    /// Set when the state is kept on tables (then `state` stays empty).
+    tables: Option<OnTables>,
     /// Takes every lock above; a poisoned one stops writes (crate::poison).
     poison: Poison,
     _lock: LockGuard,
@@ -241,7 +251,24 @@ impl<'a> DbBuilder<'a> {
         keel_storage::create_dir_durable(&*storage, dir.root())?;
         let lock = dir.lock(&*storage, "keel")?;
         let progress = self.progress.unwrap_or_else(|| Box::new(|_| {}));
-        let r = recovery::recover(&storage, &dir, &self.options, &*progress)?;
+        let (r, tables) = match self.options.memtable_size {
+            Some(size) => {
+                let o = OnTables::open(&storage, &dir, &self.options, size, &*progress)?;
+                let r = recovery::Recovered {
+                    wal: o.wal,
+                    keys: Keyspace::default(),
+                    report: o.report,
+                    newest: None,
+                    older: None,
+                    log_bytes: o.log_bytes,
+                };
+                (r, Some(o.tables))
+            }
+            None => (
+                recovery::recover(&storage, &dir, &self.options, &*progress)?,
+                None,
+            ),
+        };
         let shared = Arc::new(Shared {
             storage,
             dir,
@@ -264,6 +291,7 @@ impl<'a> DbBuilder<'a> {
             trigger: (Mutex::new(false), Condvar::new()),
             closing: AtomicBool::new(false),
             recovery: r.report.clone(),
+            tables,
             poison: Poison::default(),
             opts: self.options,
             _lock: lock,
@@ -418,6 +446,9 @@ impl Db {
 
     /// The value of `key`, if any.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        if let Some(t) = &self.shared.tables {
+            return Ok(t.view(&self.shared.poison).get(key.as_ref())?);
+        }
         let st = self.shared.read_state();
         Ok(st.keys.get(key.as_ref()).map(|v| v.to_vec()))
     }
@@ -439,17 +470,31 @@ impl Db {
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Range {
         let bound = |b: Bound<&K>| b.map(|k| Key::from(k.as_ref()));
         let (start, end) = (bound(range.start_bound()), bound(range.end_bound()));
+        if let Some(t) = &self.shared.tables {
+            let (from, skip) = match &start {
+                Bound::Included(k) => (k.to_vec(), None),
+                Bound::Excluded(k) => (k.to_vec(), Some(k.to_vec())),
+                Bound::Unbounded => (Vec::new(), None),
+            };
+            let merged = t.view(&self.shared.poison).iter_from(&from);
+            return Range::merged(merged, skip, end, None);
+        }
         Range::new(self.snapshot(), start, end)
     }
 
     /// Every entry whose key starts with `prefix`, in key order, as now.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Range {
-        Range::with_prefix(self.snapshot(), prefix.as_ref())
+        let prefix = prefix.as_ref();
+        if let Some(t) = &self.shared.tables {
+            let merged = t.view(&self.shared.poison).iter_from(prefix);
+            return Range::merged(merged, None, Bound::Unbounded, Some(prefix.to_vec()));
+        }
+        Range::with_prefix(self.snapshot(), prefix)
     }
 
     /// Every entry, in key order, as now.
     pub fn iter(&self) -> Range {
-        Range::new(self.snapshot(), Bound::Unbounded, Bound::Unbounded)
+        self.range::<&[u8], _>(..)
     }
 
     /// An O(1) snapshot of the state.
@@ -465,6 +510,14 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = prefix.as_ref();
+        if self.shared.tables.is_some() {
+            let mut r = self.prefix(prefix);
+            let entries: Vec<_> = r.by_ref().take(limit).collect();
+            return match r.take_error() {
+                Some(e) => Err(Error::Table(e)),
+                None => Ok(entries),
+            };
+        }
         let start = Key::from(prefix);
         let st = self.shared.read_state();
         Ok(st
@@ -479,6 +532,9 @@ impl Db {
 
     /// Number of keys.
     pub fn len(&self) -> usize {
+        if let Some(t) = &self.shared.tables {
+            return t.len(&self.shared.poison);
+        }
         self.shared.read_state().keys.len()
     }
 
@@ -495,10 +551,15 @@ impl Db {
     /// Counters and positions.
     pub fn stats(&self) -> Stats {
         let sh = &self.shared;
-        let (keys, applied_lsn) = {
-            let st = sh.read_state();
-            (st.keys.len(), st.applied_lsn)
+        let (keys, applied_lsn) = match &sh.tables {
+            Some(t) => (t.len(&sh.poison), t.applied_lsn(&sh.poison)),
+            None => {
+                let st = sh.read_state();
+                (st.keys.len(), st.applied_lsn)
+            }
         };
+        let tables = sh.tables.as_ref().map(|t| t.stats(&sh.poison));
+        let log_start = sh.tables.as_ref().map(|t| t.log_start(&sh.poison));
         let ck = sh.poison.lock(&sh.checkpoints, "checkpoints");
         Stats {
             keys,
@@ -507,13 +568,17 @@ impl Db {
             wal: sh.wal.stats(),
             log_segments: sh.wal.segment_paths().len(),
             log_bytes_since_checkpoint: sh.log_bytes_since_checkpoint.load(Ordering::Relaxed),
-            checkpoint_lsn: ck.newest.as_ref().map(|c| c.0),
+            checkpoint_lsn: match log_start {
+                Some(s) => Some(s - 1).filter(|l| *l > 0),
+                None => ck.newest.as_ref().map(|c| c.0),
+            },
             checkpoint_time: ck.time,
             checkpoints_written: ck.written,
             checkpoints_failed: ck.failed,
             last_checkpoint_error: ck.last_error.clone(),
             recovery: sh.recovery.clone(),
-            stopped: sh.wal.stopped().is_some(),
+            stopped: sh.wal.stopped().is_some() || sh.poison.check().is_err(),
+            tables,
         }
     }
 
@@ -625,6 +690,7 @@ impl Shared {
     /// Appends `op` and applies it (with every earlier queued op) in LSN order.
     fn submit(&self, op: Op) -> Result<u64> {
         self.poison.check()?;
+        self.wait_for_room()?;
         let payload = op.encode();
         let lsn = self.wal.append_with(&payload, |lsn| {
             self.poison.lock(&self.queue, "queue").insert(lsn, op);
@@ -637,6 +703,7 @@ impl Shared {
 
     fn submit_deferred(&self, op: Op) -> Result<Deferred> {
         self.poison.check()?;
+        self.wait_for_room()?;
         let payload = op.encode();
         let lsn = self.wal.enqueue_with(&payload, |lsn| {
             self.poison.lock(&self.queue, "queue").insert(lsn, op);
@@ -648,6 +715,9 @@ impl Shared {
 
     async fn submit_async(&self, op: Op) -> Result<u64> {
         self.poison.check()?;
+        // A stall blocks this thread (at most while flushes catch up): the
+        // engine has no async runtime to yield to.
+        self.wait_for_room()?;
         let payload = op.encode();
         let lsn = self
             .wal
@@ -661,6 +731,25 @@ impl Shared {
         Ok(lsn)
     }
 
+    /// On tables: waits while flushes or compactions are behind (see
+    /// `crate::on_tables`).
+    fn wait_for_room(&self) -> Result<()> {
+        match &self.tables {
+            Some(t) => t.wait_for_room(&self.poison),
+            None => Ok(()),
+        }
+    }
+
+    /// Wakes the background thread.
+    fn wake_background(&self) {
+        let (m, cv) = &self.trigger;
+        let mut due = self.poison.lock(m, "checkpoint trigger");
+        if !*due {
+            *due = true;
+            cv.notify_one();
+        }
+    }
+
     /// Record `lsn` is acknowledged, so is every record before it: apply all
     /// queued operations up to it, in order.
     fn after_append(&self, lsn: u64, bytes: usize) {
@@ -671,6 +760,24 @@ impl Shared {
     /// Applies every queued operation up to `lsn`, in order. Call only once
     /// `lsn` is acknowledged.
     fn apply_through(&self, lsn: u64) {
+        if let Some(t) = &self.tables {
+            let froze = {
+                let mut queue = self.poison.lock(&self.queue, "queue");
+                let mut ready = Vec::new();
+                while let Some(entry) = queue.first_entry() {
+                    if *entry.key() > lsn {
+                        break;
+                    }
+                    ready.push(entry.remove_entry());
+                }
+                // Still under the queue lock: applied in LSN order.
+                !ready.is_empty() && t.apply(&self.poison, ready.into_iter())
+            };
+            if froze {
+                self.wake_background();
+            }
+            return;
+        }
         {
             let mut queue = self.poison.lock(&self.queue, "queue");
             if queue.first_key_value().is_some_and(|(l, _)| *l <= lsn) {
@@ -696,12 +803,7 @@ impl Shared {
             + bytes as u64
             + RECORD_OVERHEAD;
         if self.opts.checkpoint_log_bytes.is_some_and(|t| since >= t) {
-            let (m, cv) = &self.trigger;
-            let mut due = self.poison.lock(m, "checkpoint trigger");
-            if !*due {
-                *due = true;
-                cv.notify_one();
-            }
+            self.wake_background();
         }
     }
 
@@ -742,7 +844,7 @@ impl Shared {
                 *due = false;
                 drop(due);
                 if self.wal.stopped().is_none() && self.poison.check().is_ok() {
-                    retry = match self.checkpoint() {
+                    retry = match self.background_work(timed_out) {
                         Ok(_) => None,
                         Err(e) => {
                             let wait = retry.map_or(CHECKPOINT_RETRY_MIN, |(_, d)| {
@@ -783,7 +885,62 @@ impl Shared {
         Ok((segments_removed, checkpoints_removed))
     }
 
+    /// What the background thread does when woken: a checkpoint; on
+    /// tables, the flushes and compactions due, with a flush of the live
+    /// memtable too when the log or time trigger fired.
+    fn background_work(&self, timed_out: bool) -> Result<CheckpointOutcome> {
+        if self.tables.is_none() {
+            return self.checkpoint();
+        }
+        let log_bytes = self.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+        let force = timed_out
+            || self
+                .opts
+                .checkpoint_log_bytes
+                .is_some_and(|t| log_bytes >= t);
+        self.flush_tables(force)
+    }
+
+    /// On tables: flushes (all frozen memtables, and the live one if
+    /// `force`) and compacts.
+    fn flush_tables(&self, force: bool) -> Result<CheckpointOutcome> {
+        let Some(t) = &self.tables else {
+            unreachable!("called only on tables")
+        };
+        let _one_at_a_time = self.poison.lock(&self.checkpoint_running, "checkpoint");
+        let bytes_before = self.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+        let outcome = match t.flush(&self.wal, &self.poison, force) {
+            Ok(o) => o,
+            Err(e) => {
+                let mut ck = self.poison.lock(&self.checkpoints, "checkpoints");
+                ck.failed += 1;
+                ck.last_error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        if force {
+            // Everything logged before the freeze is in tables now.
+            self.log_bytes_since_checkpoint
+                .fetch_sub(bytes_before, Ordering::Relaxed);
+            let mut ck = self.poison.lock(&self.checkpoints, "checkpoints");
+            ck.time = Some(SystemTime::now());
+            ck.written += u64::from(outcome.written);
+            ck.last_error = None;
+        }
+        if outcome.written {
+            tracing::info!(
+                lsn = outcome.lsn,
+                segments_removed = outcome.segments_removed,
+                "memtable flushed"
+            );
+        }
+        Ok(outcome)
+    }
+
     fn checkpoint(&self) -> Result<CheckpointOutcome> {
+        if self.tables.is_some() {
+            return self.flush_tables(true);
+        }
         let _one_at_a_time = self.poison.lock(&self.checkpoint_running, "checkpoint");
         // O(1): the persistent map shares structure with the live one.
         let (tree, lsn) = {

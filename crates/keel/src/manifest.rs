@@ -84,6 +84,9 @@ pub struct VersionEdit {
     pub log_start: Option<u64>,
     /// The next table number to hand out.
     pub next_table: Option<u64>,
+    /// Keys live in the store as of `log_start` (the engine keeps an exact
+    /// count; recovery resumes it from here and replays the log).
+    pub live_keys: Option<u64>,
     /// Tables no longer live: (level, number).
     pub removed: Vec<(u8, u64)>,
     /// Tables now live.
@@ -102,6 +105,9 @@ impl std::fmt::Display for VersionEdit {
         }
         if let Some(n) = self.next_table {
             parts.push(format!("next table {n}"));
+        }
+        if let Some(n) = self.live_keys {
+            parts.push(format!("{n} live keys"));
         }
         for (level, number) in &self.removed {
             parts.push(format!("-L{level}/{number}"));
@@ -129,6 +135,7 @@ const TAG_LOG_START: u8 = 2;
 const TAG_NEXT_TABLE: u8 = 3;
 const TAG_REMOVED: u8 = 4;
 const TAG_ADDED: u8 = 5;
+const TAG_LIVE_KEYS: u8 = 6;
 
 /// Why a manifest record cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,6 +185,10 @@ impl VersionEdit {
             b.push(TAG_NEXT_TABLE);
             b.extend_from_slice(&n.to_le_bytes());
         }
+        if let Some(n) = self.live_keys {
+            b.push(TAG_LIVE_KEYS);
+            b.extend_from_slice(&n.to_le_bytes());
+        }
         for (level, number) in &self.removed {
             b.push(TAG_REMOVED);
             b.push(*level);
@@ -206,6 +217,7 @@ impl VersionEdit {
                 TAG_SNAPSHOT if !e.snapshot && r.pos == 1 => e.snapshot = true,
                 TAG_LOG_START if e.log_start.is_none() => e.log_start = Some(r.u64()?),
                 TAG_NEXT_TABLE if e.next_table.is_none() => e.next_table = Some(r.u64()?),
+                TAG_LIVE_KEYS if e.live_keys.is_none() => e.live_keys = Some(r.u64()?),
                 TAG_REMOVED => e.removed.push((r.u8()?, r.u64()?)),
                 TAG_ADDED => e.added.push(TableMeta {
                     level: r.u8()?,
@@ -233,6 +245,8 @@ pub struct VersionState {
     pub log_start: u64,
     /// The next table number to hand out.
     pub next_table: u64,
+    /// Keys live as of `log_start`.
+    pub live_keys: u64,
 }
 
 impl Default for VersionState {
@@ -241,6 +255,7 @@ impl Default for VersionState {
             levels: vec![Vec::new(); LEVELS],
             log_start: 1,
             next_table: 1,
+            live_keys: 0,
         }
     }
 }
@@ -267,6 +282,9 @@ impl VersionState {
                 return Err(EditError("the next table number moves back".into()));
             }
             s.next_table = n;
+        }
+        if let Some(n) = edit.live_keys {
+            s.live_keys = n;
         }
         for &(level, number) in &edit.removed {
             let tables = s
@@ -322,6 +340,7 @@ impl VersionState {
             snapshot: true,
             log_start: Some(self.log_start),
             next_table: Some(self.next_table),
+            live_keys: Some(self.live_keys),
             removed: Vec::new(),
             added: self.live().cloned().collect(),
         }
@@ -489,6 +508,7 @@ mod tests {
             snapshot: false,
             log_start: Some(42),
             next_table: Some(9),
+            live_keys: Some(77),
             removed: vec![(0, 3), (1, 4)],
             added: vec![table(1, 8, "a", "m")],
         };
@@ -607,6 +627,7 @@ mod tests {
         let mut e = VersionEdit {
             log_start: Some(s.log_start + rng.below(5)),
             next_table: Some(s.next_table + 2),
+            live_keys: rng.chance(1, 2).then(|| rng.below(1000)),
             ..VersionEdit::default()
         };
         let live: Vec<&TableMeta> = s.live().collect();

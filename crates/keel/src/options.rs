@@ -9,6 +9,8 @@
 //! recovery = "tolerate-corrupted-tail"  # absolute-consistency, point-in-time, skip-any-corrupted-records
 //! max_key_len = 65536
 //! max_value_len = 67108864
+//! memtable_size = 67108864     # keep data in tables, not all in memory (0: all in memory)
+//! cache_size = 67108864        # block cache of the tables
 //! ```
 
 use crate::error::{Error, Result};
@@ -36,6 +38,11 @@ pub const DEFAULT_MAX_VALUE_LEN: usize = 64 << 20;
 /// Default largest batch: a batch is one log record (atomic after a crash),
 /// so it must fit in memory twice at replay.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 128 << 20;
+
+/// Default block cache of a store on tables.
+pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
+/// Smallest memtable accepted: smaller, every few writes would be a flush.
+pub const MIN_MEMTABLE_SIZE: u64 = 16 << 10;
 
 /// Longest key accepted at most: every key is held in memory twice (the
 /// ordered map and the hash index).
@@ -103,6 +110,18 @@ pub struct Options {
     /// Preallocate log segments (appends into allocated space fdatasync
     /// faster). Default true.
     pub preallocate: bool,
+    /// Keep the data in tables on disk (an LSM tree, docs/DESIGN.md, "The
+    /// LSM tree"), with the newest writes in a memtable of about this many
+    /// bytes, so the data set may be larger than memory. `None` (TOML: 0,
+    /// the default for now): every key in memory, saved by checkpoints.
+    /// On tables, `checkpoint_log_bytes` and `checkpoint_interval` trigger
+    /// a flush of the memtable (bounding replay), and a checkpoint is a
+    /// flush.
+    #[serde(deserialize_with = "de_zero_is_none")]
+    pub memtable_size: Option<u64>,
+    /// Bytes of table blocks cached in memory ([`DEFAULT_CACHE_SIZE`]; 0:
+    /// none). Only with `memtable_size`.
+    pub cache_size: u64,
 }
 
 impl Default for Options {
@@ -119,6 +138,8 @@ impl Default for Options {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             allow_empty_values: true,
             preallocate: true,
+            memtable_size: None,
+            cache_size: DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -181,6 +202,11 @@ impl Options {
         {
             return Err(Error::InvalidOptions(format!(
                 "checkpoint_bytes_per_sec must be at least {MIN_CHECKPOINT_BYTES_PER_SEC} (64 KiB/s), or 0 for unpaced"
+            )));
+        }
+        if self.memtable_size.is_some_and(|m| m < MIN_MEMTABLE_SIZE) {
+            return Err(Error::InvalidOptions(format!(
+                "memtable_size must be at least {MIN_MEMTABLE_SIZE} bytes (16 KiB), or 0 to keep every key in memory"
             )));
         }
         if self.checkpoint_interval.is_some_and(|d| d.is_zero()) {

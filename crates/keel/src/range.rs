@@ -5,8 +5,15 @@
 //! structure with the live one), so writes that come after it are not seen
 //! and never wait for it. It fetches entries from the snapshot a batch at a
 //! time, restarting each batch just after the last key returned.
+//!
+//! On a store kept on tables it holds a pinned [`View`](crate::layers::View)
+//! instead and merges its memtables and tables. A table block that fails
+//! its checksum ends the iteration early: [`Range::error`] then says why
+//! (and it is logged), so a scan never silently returns less.
 
 use crate::checkpoint::{Key, Tree};
+use crate::lsm::MergeIter;
+use crate::table::{Entry, TableError};
 use std::collections::VecDeque;
 use std::ops::Bound;
 
@@ -17,6 +24,11 @@ const BATCH: usize = 128;
 /// [`Db::range`](crate::Db::range), [`Db::prefix`](crate::Db::prefix) and
 /// [`Db::iter`](crate::Db::iter).
 pub struct Range {
+    /// Set on a store kept on tables: the merged layers.
+    merged: Option<MergeIter<'static>>,
+    /// A key the merged layers may begin with that the range excludes.
+    skip: Option<Vec<u8>>,
+    error: Option<TableError>,
     snapshot: Tree,
     next: Bound<Key>,
     end: Bound<Key>,
@@ -28,6 +40,9 @@ pub struct Range {
 impl Range {
     pub(crate) fn new(snapshot: Tree, start: Bound<Key>, end: Bound<Key>) -> Range {
         Range {
+            merged: None,
+            skip: None,
+            error: None,
             snapshot,
             next: start,
             end,
@@ -46,6 +61,61 @@ impl Range {
         );
         r.prefix = Some(prefix.to_vec());
         r
+    }
+
+    /// Entries of merged layers (positioned at the range's start) up to
+    /// `end`, or with `prefix`.
+    pub(crate) fn merged(
+        merged: MergeIter<'static>,
+        skip: Option<Vec<u8>>,
+        end: Bound<Key>,
+        prefix: Option<Vec<u8>>,
+    ) -> Range {
+        let mut r = Range::new(Tree::new(), Bound::Unbounded, end);
+        r.merged = Some(merged);
+        r.skip = skip;
+        r.prefix = prefix;
+        r
+    }
+
+    /// Why the iteration ended early, if it did: a damaged table.
+    pub fn error(&self) -> Option<&TableError> {
+        self.error.as_ref()
+    }
+
+    /// [`error`](Self::error), taken.
+    pub fn take_error(&mut self) -> Option<TableError> {
+        self.error.take()
+    }
+
+    fn next_merged(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let merged = self.merged.as_mut()?;
+        loop {
+            let (k, e) = match merged.next()? {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(error = %e, "a scan stopped at a damaged table");
+                    self.error = Some(e);
+                    self.merged = None;
+                    return None;
+                }
+            };
+            let past_end = match &self.end {
+                Bound::Included(end) => k.as_slice() > &end[..],
+                Bound::Excluded(end) => k.as_slice() >= &end[..],
+                Bound::Unbounded => false,
+            };
+            if past_end || self.prefix.as_ref().is_some_and(|p| !k.starts_with(p)) {
+                self.merged = None;
+                return None;
+            }
+            if self.skip.take_if(|s| *s == k).is_some() {
+                continue;
+            }
+            if let Entry::Put(v) = e {
+                return Some((k, v));
+            }
+        }
     }
 
     fn refill(&mut self) {
@@ -74,6 +144,9 @@ impl Iterator for Range {
     type Item = (Vec<u8>, Vec<u8>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.merged.is_some() || self.error.is_some() {
+            return self.next_merged();
+        }
         if self.buf.is_empty() && !self.done {
             self.refill();
         }

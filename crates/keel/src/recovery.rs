@@ -245,38 +245,72 @@ fn replay_log(
     progress: &dyn Fn(u64),
 ) -> Result<Replayed> {
     let mut keys = Replay::new(tree);
+    let r = replay_ops(storage, dir, opts, base_lsn + 1, progress, |_, op| {
+        keys.apply(op);
+        Ok(())
+    })?;
+    Ok(Replayed {
+        wal: r.wal,
+        report: r.report,
+        keys: keys.finish(),
+        records: r.records,
+        bytes: r.bytes,
+    })
+}
+
+/// The log opened, and what replaying it found.
+pub(crate) struct OpsReplayed {
+    pub wal: Wal,
+    pub report: keel_wal::RecoveryReport,
+    /// Records applied, and their log bytes.
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// Opens the log in `dir` and passes every record from `from` on, decoded,
+/// to `apply`, in LSN order, reporting progress every 8,192 records. A
+/// record that does not decode, or that `apply` fails on, fails the open.
+pub(crate) fn replay_ops(
+    storage: &Arc<dyn Storage>,
+    dir: &DataDir,
+    opts: &Options,
+    from: u64,
+    progress: &dyn Fn(u64),
+    mut apply: impl FnMut(u64, Op) -> Result<()>,
+) -> Result<OpsReplayed> {
     let mut records = 0u64;
     let mut bytes = 0u64;
-    let mut bad_record: Option<Error> = None;
+    let mut failed: Option<Error> = None;
     let (wal, report) = Wal::open_with_replay(
         Arc::clone(storage),
         dir.log_dir(),
-        opts.wal_options(base_lsn + 1),
-        base_lsn + 1,
+        opts.wal_options(from),
+        from,
         |lsn, payload| {
-            if bad_record.is_some() {
+            if failed.is_some() {
                 return;
             }
-            match Op::decode(payload) {
-                Ok(op) => {
-                    keys.apply(op);
+            let applied = Op::decode(payload)
+                .map_err(|why| Error::BadRecord { lsn, why })
+                .and_then(|op| apply(lsn, op));
+            match applied {
+                Ok(()) => {
                     records += 1;
                     bytes += payload.len() as u64 + RECORD_OVERHEAD;
                     if records.is_multiple_of(PROGRESS_EVERY) {
                         progress(records);
                     }
                 }
-                Err(why) => bad_record = Some(Error::BadRecord { lsn, why }),
+                Err(e) => failed = Some(e),
             }
         },
     )?;
-    if let Some(e) = bad_record {
+    if let Some(e) = failed {
         return Err(e);
     }
-    Ok(Replayed {
+    Ok(OpsReplayed {
         wal,
         report,
-        keys: keys.finish(),
         records,
         bytes,
     })

@@ -48,7 +48,7 @@ fn flush(tree: &mut Tree, mem: &Model, lsn: u64) -> Result<(), keel::lsm::LsmErr
         };
         (k.as_slice(), v, lsn)
     });
-    tree.flush(entries, lsn + 1).map(|_| ())
+    tree.flush(entries, lsn + 1, 0, 0).map(|_| ())
 }
 
 /// What reads see: the newest entry, a tombstone meaning absent.

@@ -955,16 +955,21 @@ fn dump_and_verify_read_a_manifest() {
         let entries = keys
             .iter()
             .map(|k| (k.as_bytes(), Stored::Put(b"v"), round + 1));
-        tree.flush(entries, round + 2).unwrap();
+        tree.flush(entries, round + 2, (round + 1) * 50, 0).unwrap();
     }
     tree.close().unwrap();
     let manifest = t.path().join("manifest");
     let run = |tool: &str| Command::new(BIN).arg(tool).arg(&manifest).output().unwrap();
     let d = run("dump");
     let out = String::from_utf8_lossy(&d.stdout);
-    assert!(out.contains("snapshot; log start 1; next table 1"), "{out}");
     assert!(
-        out.contains("log start 4; next table 4; +L0/3 (keys r2k000..r2k049, 50 entries"),
+        out.contains("snapshot; log start 1; next table 1; 0 live keys"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "log start 4; next table 4; 150 live keys; +L0/3 (keys r2k000..r2k049, 50 entries"
+        ),
         "{out}"
     );
     let v = run("verify");

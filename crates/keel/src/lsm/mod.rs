@@ -1,6 +1,6 @@
 //! The table half of the LSM tree (issue 12): the live tables under a
 //! manifest, flushes of sorted data into level 0, and leveled compaction.
-//! The engine does not use it yet; it is built and proven here first.
+//! `Db` uses it through `crate::on_tables` when opened with a memtable size.
 //!
 //! Crash safety, step by step (docs/DESIGN.md, rule 4):
 //! - **flush**: the table is written whole and durable under its final name
@@ -229,6 +229,11 @@ impl Tree {
         self.manifest.state().log_start
     }
 
+    /// Keys live as of the log start (the last flush's count).
+    pub fn live_keys(&self) -> u64 {
+        self.manifest.state().live_keys
+    }
+
     fn table_path(&self, number: u64) -> PathBuf {
         self.tables_dir.join(table_file_name(number))
     }
@@ -246,18 +251,36 @@ impl Tree {
     }
 
     /// Writes sorted `entries` (key, value or tombstone, LSN) as a new L0
-    /// table, then records it, with the log start moved to `log_start`,
-    /// in one manifest edit. With no entries, only the log start moves.
+    /// table, then records it in one manifest edit with the log start moved
+    /// to `log_start` and the live key count as of there. Tables wholly
+    /// older than `floor` (the LSN of the last clear; 0 if none) leave in
+    /// the same edit: a clear must never come back once the log holding it
+    /// is gone. With no entries, only the log start and the count move.
     pub fn flush<'e>(
         &mut self,
         entries: impl IntoIterator<Item = (&'e [u8], Stored<'e>, u64)>,
         log_start: u64,
+        live_keys: u64,
+        floor: u64,
     ) -> Result<Option<TableMeta>, LsmError> {
         let number = self.manifest.state().next_table;
         let path = self.table_path(number);
         let mut entries = entries.into_iter().peekable();
+        let cleared: Vec<Arc<LiveTable>> = self
+            .current
+            .levels
+            .iter()
+            .flatten()
+            .filter(|t| t.meta.max_lsn < floor)
+            .cloned()
+            .collect();
         let mut edit = VersionEdit {
             log_start: Some(log_start),
+            live_keys: Some(live_keys),
+            removed: cleared
+                .iter()
+                .map(|t| (t.meta.level, t.meta.number))
+                .collect(),
             ..VersionEdit::default()
         };
         let mut added = None;
@@ -270,12 +293,16 @@ impl Tree {
         }
         // A crash before this edit leaves an orphan, removed at open.
         self.manifest.apply(&edit)?;
-        if let Some(meta) = &added {
-            let live = self.open_table(meta.clone())?;
-            let mut v = (*self.current).clone();
-            v.levels[0].insert(0, live);
-            self.current = Arc::new(v);
+        let mut v = (*self.current).clone();
+        for t in cleared {
+            v.levels[t.meta.level as usize].retain(|x| x.meta.number != t.meta.number);
+            self.obsolete.push(t);
         }
+        if let Some(meta) = &added {
+            v.levels[0].insert(0, self.open_table(meta.clone())?);
+        }
+        self.current = Arc::new(v);
+        self.delete_obsolete()?;
         Ok(added)
     }
 

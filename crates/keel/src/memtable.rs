@@ -1,0 +1,160 @@
+//! [`Memtable`]: the newest writes of a store kept on tables (issue 12), in
+//! memory, in key order, with tombstones.
+//!
+//! The log is its only durable copy until a flush writes it as a table.
+//! It is a persistent map, so freezing it and pinning it for a reader are
+//! O(1) clones; a frozen memtable is never changed again. A tombstone
+//! (`None`) hides the key's entries in older memtables and tables.
+//!
+//! Its size counts keys, values and a fixed per-entry overhead (the map's
+//! node and pointers), so that `memtable_size` bounds memory, not only
+//! payload bytes.
+
+use crate::checkpoint::{Bytes, Key};
+use crate::lsm::Item;
+use crate::table::{Entry, Stored};
+use std::collections::VecDeque;
+use std::ops::Bound;
+
+/// What an entry costs beyond its key and value (map node, `Arc`s).
+const ENTRY_OVERHEAD: u64 = 64;
+/// Entries fetched per refill by [`MemIter`].
+const BATCH: usize = 128;
+
+/// Sorted entries: a value, or `None` for a tombstone.
+pub(crate) type Entries = imbl::OrdMap<Key, Option<Bytes>>;
+
+/// The writes of one stretch of the log, in key order.
+#[derive(Clone, Default)]
+pub(crate) struct Memtable {
+    entries: Entries,
+    bytes: u64,
+    /// The LSN of the newest record applied to it (0: none).
+    pub max_lsn: u64,
+    /// Keys live in the whole store once it was frozen (the count a flush
+    /// of it records in the manifest).
+    pub live_keys_after: u64,
+}
+
+fn cost(key: &[u8], value: Option<&Bytes>) -> u64 {
+    key.len() as u64 + value.map_or(0, |v| v.len() as u64) + ENTRY_OVERHEAD
+}
+
+impl Memtable {
+    /// The newest entry for `key` here: `Some(None)` is a tombstone.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<&Bytes>> {
+        self.entries.get(key).map(Option::as_ref)
+    }
+
+    /// Sets `key` (a value, or `None` for a tombstone).
+    pub(crate) fn insert(&mut self, key: &[u8], value: Option<Bytes>) {
+        self.bytes += cost(key, value.as_ref());
+        if let Some(old) = self.entries.insert(Key::from(key), value) {
+            self.bytes -= cost(key, old.as_ref());
+        }
+    }
+
+    /// Approximate memory held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether it holds no entry.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// An O(1) snapshot of the entries.
+    pub(crate) fn entries(&self) -> Entries {
+        self.entries.clone()
+    }
+
+    /// Every entry in key order, as a table builder takes them (each with
+    /// the memtable's newest LSN: a flushed table's LSN range only needs to
+    /// say which clear it comes after).
+    pub(crate) fn sorted(&self) -> impl Iterator<Item = (&[u8], Stored<'_>, u64)> {
+        self.entries.iter().map(|(k, v)| {
+            let stored = match v {
+                Some(v) => Stored::Put(v),
+                None => Stored::Tombstone,
+            };
+            (&k[..], stored, self.max_lsn)
+        })
+    }
+}
+
+/// An iterator over a snapshot of a memtable's entries from a key on, as a
+/// merge source. It owns its snapshot, so it outlives any lock.
+pub(crate) struct MemIter {
+    entries: Entries,
+    next: Bound<Key>,
+    buf: VecDeque<Item>,
+    done: bool,
+}
+
+impl MemIter {
+    pub(crate) fn new(entries: Entries, from: &[u8]) -> MemIter {
+        MemIter {
+            entries,
+            next: Bound::Included(Key::from(from)),
+            buf: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    fn refill(&mut self) {
+        let mut last = None;
+        for (k, v) in self
+            .entries
+            .range((self.next.clone(), Bound::Unbounded))
+            .take(BATCH)
+        {
+            let e = v
+                .as_ref()
+                .map_or(Entry::Tombstone, |v| Entry::Put(v.to_vec()));
+            self.buf.push_back(Ok((k.to_vec(), e)));
+            last = Some(k.clone());
+        }
+        match last {
+            Some(k) if self.buf.len() == BATCH => self.next = Bound::Excluded(k),
+            _ => self.done = true,
+        }
+    }
+}
+
+impl Iterator for MemIter {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        if self.buf.is_empty() && !self.done {
+            self.refill();
+        }
+        self.buf.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn size_follows_overwrites_and_iteration_resumes_across_batches() {
+        let mut m = Memtable::default();
+        for i in 0..300u32 {
+            m.insert(format!("k{i:04}").as_bytes(), Some(Arc::from(&b"vv"[..])));
+        }
+        let full = m.bytes();
+        assert_eq!(full, 300 * (5 + 2 + ENTRY_OVERHEAD));
+        m.insert(b"k0000", None);
+        assert_eq!(m.bytes(), full - 2);
+        assert_eq!(m.get(b"k0000"), Some(None));
+        assert_eq!(m.get(b"zz"), None);
+        let keys: Vec<Vec<u8>> = MemIter::new(m.entries(), b"k0100")
+            .map(|i| i.unwrap().0)
+            .collect();
+        assert_eq!(keys.len(), 200);
+        assert_eq!(keys[0], b"k0100");
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    }
+}

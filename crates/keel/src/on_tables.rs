@@ -1,0 +1,491 @@
+//! [`OnTables`]: a store whose data lives in tables (issue 12), with
+//! `Options::memtable_size` set: the memtable, its flushes into level 0,
+//! compactions, write stalls, and recovery from the manifest plus the log.
+//!
+//! Write path (in [`Db`](crate::Db)): log, then [`Layers::apply`]; a full
+//! memtable is frozen in O(1) and the background thread is woken. Flush:
+//! the log is synced (a table must never get ahead of the log it replaces),
+//! the oldest frozen memtable is written as a table and recorded with the
+//! new log start in one manifest edit, the new version is installed, and
+//! only then are the log segments it covers deleted (docs/DESIGN.md, rule 4).
+//! Compactions run on the same thread between flushes, paced.
+//!
+//! Stalls: writers wait while [`MAX_FROZEN`] memtables wait for a flush or
+//! level 0 holds [`L0_STOP`] tables, and slow down from [`L0_SLOWDOWN`];
+//! memory stays bounded by about `(1 + MAX_FROZEN) * memtable_size` plus
+//! the cache. If the last flush failed, a write that would wait is refused
+//! instead (nothing changed), so a full disk is an error, not a hang.
+//!
+//! Recovery: open the tree (manifest replay, orphan sweep), then replay the
+//! log from the manifest's log start into a fresh memtable. A data
+//! directory written by the in-memory engine (checkpoint + log) is
+//! upgraded: recovered the old way, written as the first table, recorded,
+//! and only then are its checkpoints deleted.
+
+use crate::error::{Error, Result};
+use crate::layers::{Layers, View};
+use crate::layout::DataDir;
+use crate::lsm::{Tree, TreeOptions};
+use crate::op::Op;
+use crate::options::Options;
+use crate::poison::Poison;
+use crate::recovery::{self, RecoveryReport, RECORD_OVERHEAD};
+use crate::CheckpointOutcome;
+use keel_storage::Storage;
+use keel_wal::Wal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Frozen memtables that may wait for a flush before writers wait.
+pub const MAX_FROZEN: usize = 2;
+/// Level-0 tables from which each write is delayed by [`SLOWDOWN`].
+pub const L0_SLOWDOWN: usize = 8;
+/// Level-0 tables at which writers wait for a compaction.
+pub const L0_STOP: usize = 12;
+/// The delay per write while level 0 is over [`L0_SLOWDOWN`].
+const SLOWDOWN: Duration = Duration::from_millis(1);
+
+/// Counters of a store on tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TablesStats {
+    /// Per level: tables and their bytes.
+    pub levels: Vec<(usize, u64)>,
+    /// Bytes in the memtable taking writes.
+    pub memtable_bytes: u64,
+    /// Frozen memtables waiting for a flush, and their bytes.
+    pub frozen: usize,
+    /// See `frozen`.
+    pub frozen_bytes: u64,
+    /// Flushes since open, and the table bytes they wrote.
+    pub flushes: u64,
+    /// See `flushes`.
+    pub flush_bytes: u64,
+    /// Compactions since open, and the bytes they read and wrote.
+    pub compactions: u64,
+    /// See `compactions`.
+    pub compaction_bytes_read: u64,
+    /// See `compactions`.
+    pub compaction_bytes_written: u64,
+    /// Log bytes of the writes applied since open (the base of write
+    /// amplification).
+    pub user_bytes: u64,
+    /// Time writers spent waiting or slowed down, and how many times they
+    /// waited.
+    pub stall_micros: u64,
+    /// See `stall_micros`.
+    pub stalls: u64,
+    /// Block cache lookups answered from memory, and those that read the
+    /// file.
+    pub cache_hits: u64,
+    /// See `cache_hits`.
+    pub cache_misses: u64,
+    /// The last flush or compaction failure, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+impl TablesStats {
+    /// Bytes written to tables per byte written to the log (0 before any).
+    pub fn write_amplification(&self) -> f64 {
+        if self.user_bytes == 0 {
+            return 0.0;
+        }
+        (self.flush_bytes + self.compaction_bytes_written) as f64 / self.user_bytes as f64
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    flushes: AtomicU64,
+    flush_bytes: AtomicU64,
+    compactions: AtomicU64,
+    compaction_read: AtomicU64,
+    compaction_written: AtomicU64,
+    user_bytes: AtomicU64,
+    stall_micros: AtomicU64,
+    stalls: AtomicU64,
+}
+
+/// The table side of a [`Db`](crate::Db) opened with a memtable size.
+pub(crate) struct OnTables {
+    layers: RwLock<Layers>,
+    tree: Mutex<Tree>,
+    memtable_size: u64,
+    /// Writers waiting for room wait here; the background thread notifies
+    /// after each flush and compaction.
+    room: (Mutex<()>, Condvar),
+    last_error: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+/// What opening a store on tables produced.
+pub(crate) struct Opened {
+    pub tables: OnTables,
+    pub wal: Wal,
+    pub report: RecoveryReport,
+    /// Log bytes after the log start (towards the next forced flush).
+    pub log_bytes: u64,
+}
+
+/// The tree's shape follows the memtable, as RocksDB's defaults do: L1
+/// holds four memtables' worth (a flush of four L0 tables fills it), and
+/// tables are an eighth of a memtable, at most 8 MiB (so a compaction
+/// rewrites a small key range at a time). A tiny memtable (tests, torture)
+/// so gets a deep tree quickly.
+fn tree_options(opts: &Options, memtable_size: u64) -> TreeOptions {
+    TreeOptions {
+        level1_bytes: memtable_size.saturating_mul(4),
+        table_bytes: (memtable_size / 8).clamp(4 << 10, 8 << 20),
+        cache_bytes: opts.cache_size,
+        compaction_bytes_per_sec: opts.checkpoint_bytes_per_sec,
+        ..TreeOptions::default()
+    }
+}
+
+impl OnTables {
+    /// Opens the store in `dir` (whose lock the caller holds).
+    pub(crate) fn open(
+        storage: &Arc<dyn Storage>,
+        dir: &DataDir,
+        opts: &Options,
+        memtable_size: u64,
+        progress: &dyn Fn(u64),
+    ) -> Result<Opened> {
+        let started = Instant::now();
+        let mut tree = Tree::open(
+            Arc::clone(storage),
+            dir.root(),
+            tree_options(opts, memtable_size),
+        )?;
+        let (found, temps) = dir.list_checkpoints(&**storage)?;
+        let fresh = tree.version().levels.iter().all(Vec::is_empty) && tree.log_start() == 1;
+        if fresh && !found.is_empty() {
+            return upgrade(storage, dir, opts, tree, memtable_size, progress);
+        }
+        // Checkpoints beside a manifest that already holds the data: an
+        // upgrade interrupted after its edit. They are obsolete.
+        remove_files(&**storage, dir, found.into_iter().map(|c| c.1).chain(temps))?;
+        let log_start = tree.log_start();
+        let mut layers = Layers {
+            version: tree.version(),
+            live_keys: tree.live_keys(),
+            applied_lsn: log_start - 1,
+            ..Layers::default()
+        };
+        let replayed = recovery::replay_ops(storage, dir, opts, log_start, progress, |lsn, op| {
+            Ok(layers.apply(lsn, op)?)
+        })?;
+        let wal = replayed.wal;
+        let last = wal.next_lsn() - 1;
+        recovery::check_continuity(&dir.log_dir(), log_start - 1, &[], wal.first_lsn(), last)?;
+        layers.applied_lsn = last.max(log_start - 1);
+        layers.freeze_if_full(memtable_size);
+        let report = RecoveryReport {
+            checkpoint: None,
+            damaged_checkpoints: Vec::new(),
+            checkpoint_temps_removed: 0,
+            wal: replayed.report,
+            records_replayed: replayed.records,
+            keys: layers.live_keys as usize,
+            lsn: layers.applied_lsn,
+            duration: started.elapsed(),
+        };
+        tree.delete_obsolete()?;
+        Ok(Opened {
+            tables: OnTables::new(layers, tree, memtable_size),
+            wal,
+            report,
+            log_bytes: replayed.bytes,
+        })
+    }
+
+    fn new(layers: Layers, tree: Tree, memtable_size: u64) -> OnTables {
+        OnTables {
+            layers: RwLock::new(layers),
+            tree: Mutex::new(tree),
+            memtable_size,
+            room: (Mutex::new(()), Condvar::new()),
+            last_error: Mutex::new(None),
+            counters: Counters::default(),
+        }
+    }
+
+    /// A pinned view for one read or scan.
+    pub(crate) fn view(&self, poison: &Poison) -> View {
+        poison.read(&self.layers, "layers").view()
+    }
+
+    /// Keys live now (exact).
+    pub(crate) fn len(&self, poison: &Poison) -> usize {
+        poison.read(&self.layers, "layers").live_keys as usize
+    }
+
+    /// The LSN every applied record is at.
+    pub(crate) fn applied_lsn(&self, poison: &Poison) -> u64 {
+        poison.read(&self.layers, "layers").applied_lsn
+    }
+
+    /// Applies queued operations in LSN order (the caller holds the queue,
+    /// so no one else applies). Returns whether a memtable was frozen (the
+    /// background thread has work). A failure stops writes.
+    pub(crate) fn apply(&self, poison: &Poison, ops: impl Iterator<Item = (u64, Op)>) -> bool {
+        let mut layers = poison.write(&self.layers, "layers");
+        let mut froze = false;
+        for (lsn, op) in ops {
+            debug_assert_eq!(
+                lsn,
+                layers.applied_lsn + 1,
+                "operations applied out of order"
+            );
+            let bytes = op.encoded_len() as u64 + RECORD_OVERHEAD;
+            if let Err(e) = layers.apply(lsn, op) {
+                poison.stop(format!(
+                    "applying the record at LSN {lsn} needed a table that cannot be read: {e}"
+                ));
+                break;
+            }
+            self.counters.user_bytes.fetch_add(bytes, Ordering::Relaxed);
+            froze |= layers.freeze_if_full(self.memtable_size);
+        }
+        froze
+    }
+
+    /// Waits (or refuses) before a write while flushes or level 0 are
+    /// behind; see the module doc.
+    pub(crate) fn wait_for_room(&self, poison: &Poison) -> Result<()> {
+        let mut since: Option<Instant> = None;
+        let result = loop {
+            let (frozen, l0) = {
+                let l = poison.read(&self.layers, "layers");
+                (l.frozen.len(), l.version.level(0).len())
+            };
+            if frozen < MAX_FROZEN && l0 < L0_STOP {
+                if l0 >= L0_SLOWDOWN {
+                    std::thread::sleep(SLOWDOWN);
+                    since.get_or_insert_with(|| Instant::now() - SLOWDOWN);
+                }
+                break Ok(());
+            }
+            if let Some(why) = poison.lock(&self.last_error, "tables error").clone() {
+                break Err(Error::WriteStalled { why });
+            }
+            if since.is_none() {
+                since = Some(Instant::now());
+                tracing::warn!(
+                    frozen,
+                    l0,
+                    "writes stalled: waiting for a flush or a compaction"
+                );
+            }
+            let (m, cv) = &self.room;
+            let guard = poison.lock(m, "stall");
+            let _ = poison.wait(cv, guard, Some(Duration::from_millis(50)), "stall");
+        };
+        if let Some(t) = since {
+            self.counters.stalls.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .stall_micros
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Whether a frozen memtable waits for its flush.
+    pub(crate) fn has_frozen(&self, poison: &Poison) -> bool {
+        !poison.read(&self.layers, "layers").frozen.is_empty()
+    }
+
+    /// Flushes every frozen memtable (first freezing the live one if
+    /// `force`), then compacts while compactions are due and no memtable
+    /// waits. The log is deleted up to the new log start after each flush.
+    pub(crate) fn flush(
+        &self,
+        wal: &Wal,
+        poison: &Poison,
+        force: bool,
+    ) -> Result<CheckpointOutcome> {
+        let result = self.flush_inner(wal, poison, force);
+        *poison.lock(&self.last_error, "tables error") =
+            result.as_ref().err().map(|e| e.to_string());
+        self.room.1.notify_all();
+        result
+    }
+
+    fn flush_inner(&self, wal: &Wal, poison: &Poison, force: bool) -> Result<CheckpointOutcome> {
+        let mut tree = poison.lock(&self.tree, "tree");
+        if force {
+            poison.write(&self.layers, "layers").freeze();
+        }
+        let mut outcome = CheckpointOutcome {
+            lsn: tree.log_start() - 1,
+            written: false,
+            segments_removed: 0,
+            checkpoints_removed: 0,
+        };
+        loop {
+            let (oldest, floor) = {
+                let l = poison.read(&self.layers, "layers");
+                (l.frozen.last().cloned(), l.floor)
+            };
+            let Some(mem) = oldest else { break };
+            // Its records are applied, hence acknowledged, but under the
+            // Interval or Never policy maybe not yet durable: the table and
+            // the log start moving past them must not get ahead of the log.
+            wal.sync()?;
+            let log_start = mem.max_lsn + 1;
+            // Wholly older than a clear since: nothing of it is live.
+            let entries: Box<dyn Iterator<Item = _>> = if mem.max_lsn < floor {
+                Box::new(std::iter::empty())
+            } else {
+                Box::new(mem.sorted())
+            };
+            let added = tree.flush(entries, log_start, mem.live_keys_after, floor)?;
+            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+            if let Some(meta) = &added {
+                self.counters
+                    .flush_bytes
+                    .fetch_add(meta.size, Ordering::Relaxed);
+            }
+            {
+                let mut l = poison.write(&self.layers, "layers");
+                l.frozen.retain(|f| !Arc::ptr_eq(f, &mem));
+                l.version = tree.version();
+            }
+            tree.delete_obsolete()?;
+            self.room.1.notify_all();
+            // The edit is durable (Manifest::apply): the log below it may go.
+            outcome.segments_removed += wal.truncate_before(log_start)?;
+            outcome.lsn = log_start - 1;
+            outcome.written = true;
+        }
+        while !self.has_frozen(poison) {
+            let Some(c) = tree.pick_compaction() else {
+                break;
+            };
+            let stats = tree.compact(&c)?;
+            self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+            let c = &self.counters;
+            c.compaction_read
+                .fetch_add(stats.bytes_read, Ordering::Relaxed);
+            c.compaction_written
+                .fetch_add(stats.bytes_written, Ordering::Relaxed);
+            poison.write(&self.layers, "layers").version = tree.version();
+            tree.delete_obsolete()?;
+            self.room.1.notify_all();
+            tracing::debug!(?stats, "compaction done");
+        }
+        Ok(outcome)
+    }
+
+    /// The log start the manifest records (records below are in tables).
+    pub(crate) fn log_start(&self, poison: &Poison) -> u64 {
+        poison.lock(&self.tree, "tree").log_start()
+    }
+
+    /// Counters and shape.
+    pub(crate) fn stats(&self, poison: &Poison) -> TablesStats {
+        let (levels, memtable_bytes, frozen, frozen_bytes) = {
+            let l = poison.read(&self.layers, "layers");
+            let levels = l
+                .version
+                .levels
+                .iter()
+                .map(|t| (t.len(), t.iter().map(|t| t.meta.size).sum()))
+                .collect();
+            let frozen_bytes = l.frozen.iter().map(|f| f.bytes()).sum();
+            (levels, l.mem.bytes(), l.frozen.len(), frozen_bytes)
+        };
+        let cache = poison.lock(&self.tree, "tree").cache_stats();
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TablesStats {
+            levels,
+            memtable_bytes,
+            frozen,
+            frozen_bytes,
+            flushes: get(&c.flushes),
+            flush_bytes: get(&c.flush_bytes),
+            compactions: get(&c.compactions),
+            compaction_bytes_read: get(&c.compaction_read),
+            compaction_bytes_written: get(&c.compaction_written),
+            user_bytes: get(&c.user_bytes),
+            stall_micros: get(&c.stall_micros),
+            stalls: get(&c.stalls),
+            cache_hits: cache.as_ref().map_or(0, |c| c.hits),
+            cache_misses: cache.as_ref().map_or(0, |c| c.misses),
+            last_error: poison.lock(&self.last_error, "tables error").clone(),
+        }
+    }
+}
+
+/// Removes `files` from the data directory, then syncs it (removals are
+/// durable only once the directory is).
+fn remove_files(
+    storage: &dyn Storage,
+    dir: &DataDir,
+    files: impl Iterator<Item = std::path::PathBuf>,
+) -> Result<()> {
+    let mut removed = 0;
+    for f in files {
+        storage
+            .remove(&f)
+            .map_err(|e| Error::io("removing an obsolete checkpoint", &f, e))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        let root = dir.root();
+        storage
+            .sync_dir(root)
+            .map_err(|e| Error::io("syncing the data directory", root, e))?;
+    }
+    Ok(())
+}
+
+/// Opens a data directory the in-memory engine wrote (checkpoint + log) on
+/// tables: recovers it the old way, writes the state as the first table and
+/// records it with the log start after it in one edit; only then deletes
+/// the checkpoints (a crash before the edit leaves the old directory, which
+/// upgrades again; after it, the manifest wins and the checkpoints are
+/// removed at the next open).
+fn upgrade(
+    storage: &Arc<dyn Storage>,
+    dir: &DataDir,
+    opts: &Options,
+    mut tree: Tree,
+    memtable_size: u64,
+    progress: &dyn Fn(u64),
+) -> Result<Opened> {
+    let r = recovery::recover(storage, dir, opts, progress)?;
+    let lsn = r.report.lsn;
+    let snapshot = r.keys.tree().clone();
+    // The table must not get ahead of the log.
+    r.wal.sync()?;
+    tree.flush(
+        snapshot
+            .iter()
+            .map(|(k, v)| (&k[..], crate::table::Stored::Put(&v[..]), lsn)),
+        lsn + 1,
+        snapshot.len() as u64,
+        0,
+    )?;
+    let (found, temps) = dir.list_checkpoints(&**storage)?;
+    remove_files(&**storage, dir, found.into_iter().map(|c| c.1).chain(temps))?;
+    r.wal.truncate_before(lsn + 1)?;
+    tracing::info!(
+        lsn,
+        keys = snapshot.len(),
+        "upgraded a data directory to tables: its checkpoint is now the first table"
+    );
+    let layers = Layers {
+        version: tree.version(),
+        live_keys: snapshot.len() as u64,
+        applied_lsn: lsn,
+        ..Layers::default()
+    };
+    Ok(Opened {
+        tables: OnTables::new(layers, tree, memtable_size),
+        wal: r.wal,
+        report: r.report,
+        log_bytes: 0,
+    })
+}
