@@ -52,6 +52,6 @@ pub use error::{Error, Result};
 pub use keel_storage as storage;
 pub use keel_wal::{RecoveryMode, SyncPolicy};
 pub use on_tables::TablesStats;
-pub use options::{parse_duration, parse_sync, Options};
+pub use options::{parse_duration, parse_size, parse_sync, Options};
 pub use range::Range;
 pub use recovery::{CheckpointUsed, RecoveryReport};

@@ -92,6 +92,16 @@ impl TablesStats {
         }
         (self.flush_bytes + self.compaction_bytes_written) as f64 / self.user_bytes as f64
     }
+
+    /// Block cache lookups answered from memory, as a fraction (0 before
+    /// any).
+    pub fn cache_hit_ratio(&self) -> f64 {
+        let all = self.cache_hits + self.cache_misses;
+        if all == 0 {
+            return 0.0;
+        }
+        self.cache_hits as f64 / all as f64
+    }
 }
 
 #[derive(Default)]

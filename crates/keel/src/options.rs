@@ -117,10 +117,12 @@ pub struct Options {
     /// On tables, `checkpoint_log_bytes` and `checkpoint_interval` trigger
     /// a flush of the memtable (bounding replay), and a checkpoint is a
     /// flush.
-    #[serde(deserialize_with = "de_zero_is_none")]
+    /// TOML: bytes, or a string such as `"64MiB"` ([`parse_size`]).
+    #[serde(deserialize_with = "de_size_zero_is_none")]
     pub memtable_size: Option<u64>,
     /// Bytes of table blocks cached in memory ([`DEFAULT_CACHE_SIZE`]; 0:
-    /// none). Only with `memtable_size`.
+    /// none). Only with `memtable_size`. TOML: as `memtable_size`.
+    #[serde(deserialize_with = "de_size")]
     pub cache_size: u64,
 }
 
@@ -156,6 +158,27 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Du
     parse_duration(&String::deserialize(d)?)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// A size in TOML: an integer (bytes) or a string [`parse_size`] reads.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    match SizeValue::deserialize(d)? {
+        SizeValue::Bytes(n) => Ok(n),
+        SizeValue::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_size_zero_is_none<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    Ok(Some(de_size(d)?).filter(|v| *v > 0))
 }
 
 fn de_zero_is_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
@@ -269,6 +292,29 @@ pub fn parse_sync(s: &str) -> Result<SyncPolicy> {
     }
 }
 
+/// Parses a size in bytes: `65536`, or with a binary unit, `64KiB`,
+/// `64MiB`, `2GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of
+/// 1024, as memory sizes are).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let bad = || {
+        Error::InvalidOptions(format!(
+            "bad size {s:?}: expected bytes, or a number with KiB, MiB or GiB (e.g. 64MiB)"
+        ))
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
 /// Parses a duration such as `250ms`, `1s`, `5m` or `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
@@ -319,6 +365,27 @@ mod tests {
         assert_eq!(o.recovery, RecoveryMode::PointInTime);
         assert_eq!(o.max_key_len, 128);
         assert_eq!(o.segment_size, Options::default().segment_size);
+        assert_eq!(o.memtable_size, None);
+        let o = Options::from_toml("memtable_size = \"64MiB\"\ncache_size = 1048576\n").unwrap();
+        assert_eq!((o.memtable_size, o.cache_size), (Some(64 << 20), 1 << 20));
+        let o = Options::from_toml("memtable_size = 0").unwrap();
+        assert_eq!(o.memtable_size, None);
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        for (text, want) in [
+            ("65536", 65536),
+            ("64KiB", 64 << 10),
+            ("64 MiB", 64 << 20),
+            ("2G", 2 << 30),
+            ("1gb", 1 << 30),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), want, "{text}");
+        }
+        for bad in ["", "MiB", "12 parsecs", "99999999999999GiB", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -338,6 +405,8 @@ mod tests {
             ("max_key_len = 0", "max_key_len"),
             ("checkpoint_bytes_per_sec = 10", "checkpoint_bytes_per_sec"),
             ("checkpoint_interval = \"0s\"", "checkpoint_interval"),
+            ("memtable_size = 1000", "memtable_size"),
+            ("memtable_size = \"64 parsecs\"", "64 parsecs"),
         ] {
             let e = Options::from_toml(toml).unwrap_err();
             assert!(e.to_string().contains(says), "{toml}: {e}");

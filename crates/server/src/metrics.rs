@@ -57,5 +57,32 @@ pub fn render(handle: &PrometheusHandle, db: &Db) -> String {
             .as_ref()
             .map_or(0.0, |t| t.bytes_cut as f64),
     );
+    if let Some(t) = &st.tables {
+        render_tables(t);
+    }
     handle.render()
+}
+
+/// The gauges of a store on tables: per level, memtables, flushes,
+/// compactions, write amplification, stalls, the block cache.
+fn render_tables(t: &keel::TablesStats) {
+    for (level, (tables, bytes)) in t.levels.iter().enumerate() {
+        let level = level.to_string();
+        metrics::gauge!("keel_level_tables", "level" => level.clone()).set(*tables as f64);
+        metrics::gauge!("keel_level_bytes", "level" => level).set(*bytes as f64);
+    }
+    metrics::gauge!("keel_memtable_bytes").set(t.memtable_bytes as f64);
+    metrics::gauge!("keel_frozen_memtables").set(t.frozen as f64);
+    metrics::gauge!("keel_frozen_memtable_bytes").set(t.frozen_bytes as f64);
+    metrics::gauge!("keel_flushes").set(t.flushes as f64);
+    metrics::gauge!("keel_flush_bytes_written").set(t.flush_bytes as f64);
+    metrics::gauge!("keel_compactions").set(t.compactions as f64);
+    metrics::gauge!("keel_compaction_bytes_read").set(t.compaction_bytes_read as f64);
+    metrics::gauge!("keel_compaction_bytes_written").set(t.compaction_bytes_written as f64);
+    metrics::gauge!("keel_write_amplification").set(t.write_amplification());
+    metrics::gauge!("keel_write_stall_seconds").set(t.stall_micros as f64 / 1e6);
+    metrics::gauge!("keel_write_stalls").set(t.stalls as f64);
+    metrics::gauge!("keel_block_cache_hits").set(t.cache_hits as f64);
+    metrics::gauge!("keel_block_cache_misses").set(t.cache_misses as f64);
+    metrics::gauge!("keel_block_cache_hit_ratio").set(t.cache_hit_ratio());
 }

@@ -33,6 +33,14 @@ pub struct ServeArgs {
     /// Sync policy: always, never, or interval:<duration> (e.g. interval:100ms).
     #[arg(long)]
     pub sync: Option<String>,
+    /// Keep the data in tables on disk, with a memtable of this size (bytes,
+    /// or e.g. 64MiB), so the data set may exceed memory; `0`: every key in
+    /// memory, saved by checkpoints.
+    #[arg(long)]
+    pub memtable_size: Option<String>,
+    /// Block cache of the tables (bytes, or e.g. 64MiB; with --memtable-size).
+    #[arg(long)]
+    pub cache_size: Option<String>,
     /// Also serve the Redis protocol (RESP2) on this port (off unless given).
     #[arg(long)]
     pub resp_port: Option<u16>,
@@ -120,6 +128,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(s) = &args.sync {
         opts.sync = keel::parse_sync(s)?;
+    }
+    if let Some(s) = &args.memtable_size {
+        opts.memtable_size =
+            Some(keel::parse_size(s).context("--memtable-size")?).filter(|n| *n > 0);
+    }
+    if let Some(s) = &args.cache_size {
+        opts.cache_size = keel::parse_size(s).context("--cache-size")?;
     }
     let opts = keel_server::refusal::server_options(opts);
     let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;

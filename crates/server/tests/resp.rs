@@ -648,3 +648,76 @@ fn a_large_command_sent_slowly_costs_what_it_costs_sent_at_once() {
         "the server spent {spent:?} of CPU on one slowly sent command"
     );
 }
+
+/// `--memtable-size 64KiB`: writes flush into tables and compact; INFO's
+/// `# Tables` section and `/metrics` show the levels; DBSIZE stays exact;
+/// after kill -9 every acknowledged write is read back.
+#[test]
+fn a_store_on_tables_serves_flushes_compacts_and_survives_kill_9() {
+    let t = tempfile::tempdir().unwrap();
+    let flags = ["--memtable-size", "64KiB", "--cache-size", "1MiB"];
+    let (mut server, port) = serve_resp(t.path(), &[], &flags);
+    let mut s = connect(port);
+    let value = vec![b'v'; 200];
+    for round in 0..4u32 {
+        let mut pipeline = Vec::new();
+        for i in 0..1000u32 {
+            let key = format!("key:{:05}", (i * 7 + round * 13) % 3000);
+            pipeline.extend(cmd(&[b"SET", key.as_bytes(), &value]));
+        }
+        s.write_all(&pipeline).unwrap();
+        let mut pending = Vec::new();
+        for _ in 0..1000 {
+            assert_eq!(read_reply(&mut s, &mut pending), b"+OK\r\n");
+        }
+    }
+    assert_eq!(
+        ask(&mut s, &[b"DEL", b"key:00000", b"key:00001"]),
+        b":2\r\n"
+    );
+    let info = String::from_utf8(ask(&mut s, &[b"INFO"])).unwrap();
+    assert!(info.contains("# Tables"), "{info}");
+    let flushes: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flushes:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(flushes >= 5, "{info}");
+    assert!(info.contains("level1:tables="), "{info}");
+    let (_, metrics) = raw(
+        server.port,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    for name in [
+        "keel_level_tables{level=\"0\"}",
+        "keel_memtable_bytes",
+        "keel_write_amplification",
+        "keel_block_cache_hit_ratio",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}");
+    }
+    let keys = ask(&mut s, &[b"DBSIZE"]);
+    let distinct = (0..4u32)
+        .flat_map(|r| (0..1000u32).map(move |i| (i * 7 + r * 13) % 3000))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(keys, format!(":{}\r\n", distinct - 2).into_bytes());
+    server.kill9();
+    let cfg = config(t.path(), "");
+    server = Server::start_with(
+        t.path(),
+        &cfg,
+        &[],
+        &[&["--resp-port", &port.to_string()], &flags[..]].concat(),
+    );
+    let mut s = connect(port);
+    assert_eq!(ask(&mut s, &[b"DBSIZE"]), keys);
+    assert_eq!(ask(&mut s, &[b"EXISTS", b"key:00000"]), b":0\r\n");
+    let got = ask(&mut s, &[b"GET", b"key:00007"]);
+    assert!(got.ends_with(&[&value[..], b"\r\n"].concat()), "{got:?}");
+    drop(server);
+}

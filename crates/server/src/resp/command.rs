@@ -245,7 +245,32 @@ fn info(db: &Db, out: &mut Vec<u8>) {
         st.stopped,
         st.recovery.to_string().replace(['\r', '\n'], " ")
     );
+    let text = match &st.tables {
+        Some(t) => text + &tables_info(t),
+        None => text,
+    };
     bulk(out, Some(text.as_bytes()))
+}
+
+/// INFO's `# Tables` section (a store on tables).
+fn tables_info(t: &keel::TablesStats) -> String {
+    let mut s = String::from("# Tables\r\n");
+    for (level, (tables, bytes)) in t.levels.iter().enumerate() {
+        s += &format!("level{level}:tables={tables},bytes={bytes}\r\n");
+    }
+    s += &format!(
+        "memtable_bytes:{}\r\nfrozen_memtables:{}\r\nflushes:{}\r\ncompactions:{}\r\ncompaction_bytes_read:{}\r\ncompaction_bytes_written:{}\r\nwrite_amplification:{:.2}\r\nwrite_stall_seconds:{:.3}\r\nblock_cache_hit_ratio:{:.3}\r\n",
+        t.memtable_bytes,
+        t.frozen,
+        t.flushes,
+        t.compactions,
+        t.compaction_bytes_read,
+        t.compaction_bytes_written,
+        t.write_amplification(),
+        t.stall_micros as f64 / 1e6,
+        t.cache_hit_ratio()
+    );
+    s
 }
 
 fn config_get(db: &Db, param: &[u8], out: &mut Vec<u8>) {
