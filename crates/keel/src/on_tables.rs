@@ -382,7 +382,14 @@ impl OnTables {
             poison.write(&self.layers, "layers").version = tree.version();
             tree.delete_obsolete()?;
             self.room.1.notify_all();
-            tracing::debug!(?stats, "compaction done");
+            tracing::info!(
+                level = stats.level,
+                inputs = stats.inputs,
+                bytes_read = stats.bytes_read,
+                outputs = stats.outputs,
+                bytes_written = stats.bytes_written,
+                "compaction done"
+            );
         }
         Ok(outcome)
     }

@@ -88,6 +88,11 @@ struct Args {
     /// batches are then puts only, as MSET is).
     #[arg(long, default_value = "http")]
     protocol: String,
+    /// Keep the server's data in tables with this memtable size (e.g.
+    /// 64KiB: with the 64 KiB log trigger, a flush every few hundred
+    /// writes and a compaction every few flushes, in every cycle).
+    #[arg(long)]
+    memtable_size: Option<String>,
 }
 
 /// The fail point of a cycle in `--failpoints` mode (`KEEL_FAULT` syntax).
@@ -146,6 +151,12 @@ fn start(
         .args(
             resp_port
                 .map(|p| vec!["--resp-port".to_string(), p.to_string()])
+                .unwrap_or_default(),
+        )
+        .args(
+            args.memtable_size
+                .as_ref()
+                .map(|m| vec!["--memtable-size".to_string(), m.clone()])
                 .unwrap_or_default(),
         )
         .env(
@@ -638,6 +649,23 @@ impl Run {
         Ok(())
     }
 
+    /// Flushes and compactions the servers logged (every `server-*.log`:
+    /// the cycles' servers and the ones that checked them).
+    fn tables_activity(&self) -> (usize, usize) {
+        let (mut flushes, mut compactions) = (0, 0);
+        let logs = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
+        for entry in logs {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !(name.starts_with("server-") && name.ends_with(".log")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            flushes += text.matches("memtable flushed").count();
+            compactions += text.matches("compaction done").count();
+        }
+        (flushes, compactions)
+    }
+
     /// Checks every key for linearizability and prints the run's figures.
     fn finish(mut self) -> anyhow::Result<ExitCode> {
         let checking = Instant::now();
@@ -663,6 +691,13 @@ impl Run {
             self.started.elapsed().as_secs_f64(),
             lin_time.as_secs_f64()
         );
+        if self.args.memtable_size.is_some() {
+            let (flushes, compactions) = self.tables_activity();
+            println!("tables: the servers logged {flushes} memtable flushes and {compactions} compactions over the run");
+            if flushes == 0 || compactions == 0 {
+                anyhow::bail!("--memtable-size was given but the servers never flushed and compacted: the run did not test the tables");
+            }
+        }
         if self.args.failpoints {
             println!(
                 "fail points: the server aborted itself at its injected fault in {} of {} cycles (the others were killed after waiting)",
@@ -673,7 +708,9 @@ impl Run {
             let what = format!("key {k} is not linearizable");
             return violation(&self.dir, &self.history, self.seed, &what);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("KEEL_TORTURE_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
         Ok(ExitCode::SUCCESS)
     }
 }
