@@ -122,6 +122,14 @@ pub enum Error {
     /// The database was closed.
     #[error("the database is closed")]
     Closed,
+    /// A tool found the manifest of a store on tables damaged.
+    #[error("the manifest in {} is damaged ({why}); which tables are live and where the log starts are unknown, so the log cannot be repaired safely. Restore the manifest from a backup", dir.display())]
+    ManifestDamaged {
+        /// The manifest directory.
+        dir: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The tables of a store kept on tables (manifest, a table, a flush or
     /// a compaction) failed.
     #[error(transparent)]

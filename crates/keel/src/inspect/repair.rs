@@ -42,11 +42,16 @@ impl Repair {
             Some(d) => Some(d.lock(&*storage, "keel repair")?),
             None => None,
         };
+        // On tables, the manifest's log start plays the checkpoint's part:
+        // records below it are in tables, the log must go on from it.
         let checkpoint_lsn = match &data_dir {
-            Some(d) => {
-                let choice = choose_checkpoint(&*storage, d, usize::MAX, usize::MAX)?;
-                choice.base.map(|(used, _)| used.lsn)
-            }
+            Some(d) => match super::verify::tables_base_lsn(&*storage, d)? {
+                Some(base) => Some(base).filter(|b| *b > 0),
+                None => {
+                    let choice = choose_checkpoint(&*storage, d, usize::MAX, usize::MAX)?;
+                    choice.base.map(|(used, _)| used.lsn)
+                }
+            },
             None => None,
         };
         let from = checkpoint_lsn.map_or(1, |n| n + 1);

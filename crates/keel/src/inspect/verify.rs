@@ -5,7 +5,7 @@
 use super::{Target, ANY_RECORD_SIZE};
 use crate::checkpoint::{self, CheckpointError, CheckpointHeader};
 use crate::error::{Error, Result};
-use crate::layout::DataDir;
+use crate::layout::{table_file_name, DataDir, MANIFEST_DIR, TABLES_DIR};
 use crate::op::Op;
 use crate::recovery::{check_continuity, choose_checkpoint, CheckpointChoice};
 use keel_storage::Storage;
@@ -129,7 +129,7 @@ impl fmt::Display for Problem {
                 checkpoint_lsn,
             } => write!(
                 f,
-                "log {}: DAMAGED: {damage}. Recovery is not affected: the checkpoint at LSN {checkpoint_lsn} holds these records",
+                "log {}: DAMAGED: {damage}. Recovery is not affected: the checkpoint (on tables, the tables) up to LSN {checkpoint_lsn} holds these records",
                 dir.display()
             ),
             Problem::NotOperations {
@@ -161,35 +161,24 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
     };
     let mut base_lsn = 0;
     let mut passed_over = Vec::new();
+    let mut unknown_log_start = false;
     match target {
         Target::Checkpoint(p) => {
             let header = checkpoint::read(storage, p, usize::MAX, usize::MAX).map(|(h, _)| h);
             report.checkpoints.push((p.clone(), header));
         }
-        Target::DataDir(d) => {
-            let choice = choose_checkpoint(storage, d, usize::MAX, usize::MAX)?;
-            base_lsn = choice.base_lsn();
-            passed_over.clone_from(&choice.damaged);
-            report.checkpoints = checked_checkpoints(storage, d, choice)?;
-        }
-        Target::Table(p) => {
-            let checked = storage
-                .open(p, keel_storage::OpenMode::Read)
-                .map_err(|e| Error::io("opening", p, e))
-                .map(|file| {
-                    crate::table::Table::open(file, p).and_then(|t| {
-                        t.verify()?;
-                        Ok(t.properties().clone())
-                    })
-                })?;
-            match checked {
-                Ok(props) => report.tables.push((p.clone(), Some(props))),
-                Err(e) => {
-                    report.tables.push((p.clone(), None));
-                    report.problems.push(Problem::TableDamaged(e));
-                }
+        Target::DataDir(d) => match verify_tables(storage, d, &mut report)? {
+            Some(Some(log_start)) => base_lsn = log_start - 1,
+            // A damaged manifest: the log is read for itself.
+            Some(None) => unknown_log_start = true,
+            None => {
+                let choice = choose_checkpoint(storage, d, usize::MAX, usize::MAX)?;
+                base_lsn = choice.base_lsn();
+                passed_over.clone_from(&choice.damaged);
+                report.checkpoints = checked_checkpoints(storage, d, choice)?;
             }
-        }
+        },
+        Target::Table(p) => verify_table(storage, p, &mut report)?,
         Target::Manifest(dir) => verify_manifest(storage, dir, &mut report)?,
         Target::LogDir(_) | Target::Segment(_) => {}
     }
@@ -203,12 +192,103 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
     }
     // Only a whole data directory can be judged as an open would: a log
     // directory or segment alone is checked for itself.
-    let whole_store = matches!(target, Target::DataDir(_));
+    let whole_store = matches!(target, Target::DataDir(_)) && !unknown_log_start;
     if let Some(dir) = target.log_dir() {
         let continuity = whole_store.then_some(passed_over.as_slice());
         verify_log(storage, &dir, base_lsn, continuity, &mut report)?;
     }
     Ok(report)
+}
+
+/// For a store on tables, the LSN its tables hold the log up to (the
+/// manifest's log start - 1), read without changing anything: `Ok(None)`
+/// for a store that is not on tables; an error if its manifest is damaged.
+pub(crate) fn tables_base_lsn(storage: &dyn Storage, d: &DataDir) -> Result<Option<u64>> {
+    let manifest_dir = d.root().join(MANIFEST_DIR);
+    if storage.list(&manifest_dir).is_err() {
+        return Ok(None);
+    }
+    let mut report = VerifyReport {
+        checkpoints: Vec::new(),
+        log: None,
+        tables: Vec::new(),
+        manifest: None,
+        problems: Vec::new(),
+    };
+    verify_manifest(storage, &manifest_dir, &mut report)?;
+    match (report.manifest, report.problems.pop()) {
+        (Some((_, s)), _) if s.log_start == 1 && s.live().next().is_none() => Ok(None),
+        (Some((_, s)), _) => Ok(Some(s.log_start - 1)),
+        (None, problem) => Err(Error::ManifestDamaged {
+            dir: manifest_dir,
+            why: problem.map_or("it cannot be read".into(), |p| p.to_string()),
+        }),
+    }
+}
+
+/// Reads every block of the table at `p`.
+fn verify_table(storage: &dyn Storage, p: &Path, report: &mut VerifyReport) -> Result<()> {
+    let checked = storage
+        .open(p, keel_storage::OpenMode::Read)
+        .map_err(|e| Error::io("opening", p, e))
+        .map(|file| {
+            crate::table::Table::open(file, p).and_then(|t| {
+                t.verify()?;
+                Ok(t.properties().clone())
+            })
+        })?;
+    match checked {
+        Ok(props) => report.tables.push((p.to_path_buf(), Some(props))),
+        Err(e) => {
+            report.tables.push((p.to_path_buf(), None));
+            report.problems.push(Problem::TableDamaged(e));
+        }
+    }
+    Ok(())
+}
+
+/// A store kept on tables: its manifest, then every live table it names
+/// (each block read; a missing one means the store will not open). Returns
+/// the log start the log must continue from, or `None` when the store is
+/// not on tables (no manifest, or one still empty: an open would upgrade
+/// its checkpoint), to be checked as a checkpoint store; `Some(None)` when
+/// the manifest is damaged (where the log must start is unknown).
+fn verify_tables(
+    storage: &dyn Storage,
+    d: &DataDir,
+    report: &mut VerifyReport,
+) -> Result<Option<Option<u64>>> {
+    let manifest_dir = d.root().join(MANIFEST_DIR);
+    if storage.list(&manifest_dir).is_err() {
+        return Ok(None);
+    }
+    verify_manifest(storage, &manifest_dir, report)?;
+    let Some((_, state)) = report.manifest.clone() else {
+        // The manifest itself is damaged: the store will not open, and
+        // which tables and log start it means is unknown.
+        return Ok(Some(None));
+    };
+    if state.log_start == 1 && state.live().next().is_none() {
+        return Ok(None);
+    }
+    let tables_dir = d.root().join(TABLES_DIR);
+    for meta in state.live() {
+        let path = tables_dir.join(table_file_name(meta.number));
+        let exists = storage
+            .exists(&path)
+            .map_err(|e| Error::io("checking for a table", &path, e))?;
+        if exists {
+            verify_table(storage, &path, report)?;
+        } else {
+            report.problems.push(Problem::WillNotOpen(Error::Tables(
+                crate::lsm::LsmError::MissingTable {
+                    number: meta.number,
+                    path,
+                },
+            )));
+        }
+    }
+    Ok(Some(Some(state.log_start)))
 }
 
 /// Every checkpoint, newest first: the base and the damaged newer ones as
