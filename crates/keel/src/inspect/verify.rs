@@ -34,6 +34,16 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    fn empty() -> VerifyReport {
+        VerifyReport {
+            checkpoints: Vec::new(),
+            log: None,
+            tables: Vec::new(),
+            manifest: None,
+            problems: Vec::new(),
+        }
+    }
+
     /// Whether nothing is wrong.
     pub fn is_sound(&self) -> bool {
         self.problems.is_empty()
@@ -152,13 +162,7 @@ impl fmt::Display for Problem {
 
 /// Checks `target` without changing anything.
 pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
-    let mut report = VerifyReport {
-        checkpoints: Vec::new(),
-        log: None,
-        tables: Vec::new(),
-        manifest: None,
-        problems: Vec::new(),
-    };
+    let mut report = VerifyReport::empty();
     let mut base_lsn = 0;
     let mut passed_over = Vec::new();
     let mut unknown_log_start = false;
@@ -208,13 +212,7 @@ pub(crate) fn tables_base_lsn(storage: &dyn Storage, d: &DataDir) -> Result<Opti
     if storage.list(&manifest_dir).is_err() {
         return Ok(None);
     }
-    let mut report = VerifyReport {
-        checkpoints: Vec::new(),
-        log: None,
-        tables: Vec::new(),
-        manifest: None,
-        problems: Vec::new(),
-    };
+    let mut report = VerifyReport::empty();
     verify_manifest(storage, &manifest_dir, &mut report)?;
     match (report.manifest, report.problems.pop()) {
         (Some((_, s)), _) if s.log_start == 1 && s.live().next().is_none() => Ok(None),
