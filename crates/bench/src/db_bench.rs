@@ -13,8 +13,13 @@
 //! RocksDB's WAL. Output lines are db_bench's:
 //! `name : X micros/op Y ops/sec Z seconds N operations; W MB/s`.
 //!
-//! `--cache_size` is accepted for the harness and reported; keel keeps every
-//! key in memory until the LSM tree of issue 12 is the engine.
+//! `--rate_limiter_bytes_per_sec` (0, the default, as db_bench's: unpaced)
+//! paces compactions and checkpoints.
+//! `--write_buffer_size=N` (db_bench's name for the memtable size) keeps
+//! the data in tables (`Options::memtable_size`), with a block cache of
+//! `--cache_size`; without it keel keeps every key in memory and
+//! `--cache_size` is unused. At the end it prints the tree's shape, write
+//! amplification, stalls, the cache's hit ratio and the peak RSS.
 
 use keel::storage::rng::SplitMix64;
 use keel::{Db, Options, SyncPolicy};
@@ -31,6 +36,8 @@ struct Flags {
     sync: bool,
     seek_nexts: usize,
     cache_size: u64,
+    write_buffer_size: Option<u64>,
+    rate_limiter_bytes_per_sec: u64,
     db: std::path::PathBuf,
 }
 
@@ -44,6 +51,8 @@ fn parse() -> anyhow::Result<Flags> {
         sync: false,
         seek_nexts: 100,
         cache_size: 8 << 20,
+        write_buffer_size: None,
+        rate_limiter_bytes_per_sec: 0,
         db: std::env::temp_dir().join("keel-db-bench"),
     };
     for arg in std::env::args().skip(1) {
@@ -60,6 +69,8 @@ fn parse() -> anyhow::Result<Flags> {
             "sync" => f.sync = v == "1" || v == "true",
             "seek_nexts" => f.seek_nexts = v.parse()?,
             "cache_size" => f.cache_size = v.parse()?,
+            "write_buffer_size" => f.write_buffer_size = Some(v.parse()?),
+            "rate_limiter_bytes_per_sec" => f.rate_limiter_bytes_per_sec = v.parse()?,
             "db" => f.db = v.into(),
             other => anyhow::bail!("unknown flag --{other}"),
         }
@@ -137,11 +148,23 @@ fn main() -> anyhow::Result<()> {
         SyncPolicy::Never
     };
     opts.max_value_len = opts.max_value_len.max(f.value_size);
+    opts.memtable_size = f.write_buffer_size;
+    // db_bench's pace of background writes (0: unlimited, its default) is
+    // keel's pace of checkpoints and compactions.
+    opts.checkpoint_bytes_per_sec = Some(f.rate_limiter_bytes_per_sec).filter(|r| *r > 0);
+    opts.cache_size = f.cache_size;
     let (db, _) = Db::builder(&f.db).options(opts).open()?;
     let db = Arc::new(db);
+    let layout = match f.write_buffer_size {
+        Some(m) => format!(
+            "on tables: memtable {m} bytes, block cache {}",
+            f.cache_size
+        ),
+        None => "every key in memory (cache_size unused)".into(),
+    };
     println!(
-        "keel: {} keys of {} bytes, values {} bytes, {} threads, sync {}, cache_size {} (unused: every key is in memory)",
-        f.num, f.key_size, f.value_size, f.threads, f.sync, f.cache_size
+        "keel: {} keys of {} bytes, values {} bytes, {} threads, sync {}, {layout}",
+        f.num, f.key_size, f.value_size, f.threads, f.sync
     );
     let (n, ks, vs) = (f.num, f.key_size, f.value_size);
     let kv = (ks + vs) as u64;
@@ -214,5 +237,41 @@ fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown benchmark {other}"),
         }
     }
+    print_shape(&db);
     Ok(())
+}
+
+/// The tree's shape and costs after the run, and the process's peak RSS.
+fn print_shape(db: &Db) {
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let Some(t) = db.stats().tables else {
+        println!("keel: peak RSS {peak}");
+        return;
+    };
+    let levels: Vec<String> = t
+        .levels
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, _))| *n > 0)
+        .map(|(l, (n, b))| format!("L{l} {n} tables {:.1} MB", *b as f64 / 1e6))
+        .collect();
+    println!(
+        "keel: {}; {} flushes, {} compactions ({:.1} MB read, {:.1} MB written); write amplification {:.2}; stalls {} ({:.2} s); block cache hit ratio {:.3}; peak RSS {peak}",
+        levels.join(", "),
+        t.flushes,
+        t.compactions,
+        t.compaction_bytes_read as f64 / 1e6,
+        t.compaction_bytes_written as f64 / 1e6,
+        t.write_amplification(),
+        t.stalls,
+        t.stall_micros as f64 / 1e6,
+        t.cache_hit_ratio()
+    );
 }

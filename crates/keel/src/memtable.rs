@@ -18,7 +18,10 @@ use std::ops::Bound;
 
 /// What an entry costs beyond its key and value (map node, `Arc`s).
 const ENTRY_OVERHEAD: u64 = 64;
-/// Entries fetched per refill by [`MemIter`].
+/// Entries fetched by [`MemIter`]'s first refill (a short scan copies
+/// few), doubling up to [`BATCH`].
+const FIRST_BATCH: usize = 8;
+/// Most entries fetched per refill by [`MemIter`].
 const BATCH: usize = 128;
 
 /// Sorted entries: a value, or `None` for a tombstone.
@@ -89,6 +92,7 @@ pub(crate) struct MemIter {
     entries: Entries,
     next: Bound<Key>,
     buf: VecDeque<Item>,
+    batch: usize,
     done: bool,
 }
 
@@ -98,6 +102,7 @@ impl MemIter {
             entries,
             next: Bound::Included(Key::from(from)),
             buf: VecDeque::new(),
+            batch: FIRST_BATCH,
             done: false,
         }
     }
@@ -107,7 +112,7 @@ impl MemIter {
         for (k, v) in self
             .entries
             .range((self.next.clone(), Bound::Unbounded))
-            .take(BATCH)
+            .take(self.batch)
         {
             let e = v
                 .as_ref()
@@ -116,9 +121,10 @@ impl MemIter {
             last = Some(k.clone());
         }
         match last {
-            Some(k) if self.buf.len() == BATCH => self.next = Bound::Excluded(k),
+            Some(k) if self.buf.len() == self.batch => self.next = Bound::Excluded(k),
             _ => self.done = true,
         }
+        self.batch = (self.batch * 2).min(BATCH);
     }
 }
 

@@ -3,7 +3,6 @@
 //! entries for it are skipped. Reads and compactions both use it.
 
 use crate::table::{Entry, TableError};
-use std::iter::Peekable;
 
 /// One entry of a sorted source.
 pub type Item = Result<(Vec<u8>, Entry), TableError>;
@@ -12,17 +11,35 @@ pub type Item = Result<(Vec<u8>, Entry), TableError>;
 pub type Source<'a> = Box<dyn Iterator<Item = Item> + Send + 'a>;
 
 /// The merge of sources given newest first.
+///
+/// Each source's next entry waits in `heads` (filled lazily), so picking
+/// the smallest key compares borrowed keys and copies none.
 pub struct MergeIter<'a> {
-    sources: Vec<Peekable<Source<'a>>>,
+    sources: Vec<Source<'a>>,
+    heads: Vec<Option<Item>>,
+    /// Whether `heads[i]` holds source i's next entry (or its end).
+    filled: Vec<bool>,
     failed: bool,
 }
 
 impl<'a> MergeIter<'a> {
     /// Merges `sources`, newest first.
     pub fn new(sources: Vec<Source<'a>>) -> MergeIter<'a> {
+        let n = sources.len();
         MergeIter {
-            sources: sources.into_iter().map(Iterator::peekable).collect(),
+            sources,
+            heads: (0..n).map(|_| None).collect(),
+            filled: vec![false; n],
             failed: false,
+        }
+    }
+
+    fn fill(&mut self) {
+        for i in 0..self.sources.len() {
+            if !self.filled[i] {
+                self.heads[i] = self.sources[i].next();
+                self.filled[i] = true;
+            }
         }
     }
 }
@@ -34,27 +51,37 @@ impl Iterator for MergeIter<'_> {
         if self.failed {
             return None;
         }
-        // The smallest head key, and the newest source holding it. A
-        // source's error is returned at once (and ends the merge).
-        let mut best: Option<(usize, Vec<u8>)> = None;
-        for i in 0..self.sources.len() {
-            match self.sources[i].peek() {
+        self.fill();
+        let mut best: Option<usize> = None;
+        for (i, head) in self.heads.iter().enumerate() {
+            match head {
                 None => {}
                 Some(Err(_)) => {
                     self.failed = true;
-                    return self.sources[i].next();
+                    self.filled[i] = false;
+                    return self.heads[i].take();
                 }
-                Some(Ok((k, _))) if best.as_ref().is_none_or(|(_, b)| k < b) => {
-                    best = Some((i, k.clone()));
+                Some(Ok((k, _))) => {
+                    let better = match best {
+                        None => true,
+                        Some(b) => matches!(&self.heads[b], Some(Ok((bk, _))) if k < bk),
+                    };
+                    if better {
+                        best = Some(i);
+                    }
                 }
-                Some(Ok(_)) => {}
             }
         }
-        let (winner, key) = best?;
-        let item = self.sources[winner].next();
-        for (i, s) in self.sources.iter_mut().enumerate() {
-            if i != winner && matches!(s.peek(), Some(Ok((k, _))) if *k == key) {
-                s.next();
+        let winner = best?;
+        let item = self.heads[winner].take();
+        self.filled[winner] = false;
+        if let Some(Ok((key, _))) = &item {
+            // Older sources' entries for the same key are shadowed.
+            for i in 0..self.heads.len() {
+                if i != winner && matches!(&self.heads[i], Some(Ok((k, _))) if k == key) {
+                    self.heads[i] = None;
+                    self.filled[i] = false;
+                }
             }
         }
         item
