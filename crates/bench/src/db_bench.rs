@@ -4,10 +4,14 @@
 //! Workloads (`--benchmarks=a,b,...`, run in order on one store, as
 //! db_bench does): `fillseq`, `fillrandom`, `overwrite`, `readrandom`,
 //! `seekrandom` (a seek then `--seek_nexts` keys), `readwhilewriting`
-//! (`--threads` readers while one writer writes flat out). Keys are 16
+//! (`--threads` readers while one writer writes flat out), and keel's own
+//! `reopen` (drop the store without a flush, open it again: the open's
+//! time and log records replayed). Keys are 16
 //! bytes (`--key_size`), values `--value_size` bytes of which half
 //! compress away (db_bench's default `compression_ratio` 0.5). Each thread
-//! does `--num` operations over key indexes `0..num`. `--sync=1` makes every
+//! does `--num` operations over key indexes `0..num` (reads: `--reads`
+//! if given). `--use_existing_db=1` opens the store a previous run left
+//! (printing the open's time and records replayed) instead of a fresh one. `--sync=1` makes every
 //! write durable (`SyncPolicy::Always`: writers share fdatasyncs), 0 leaves
 //! it in the OS (`SyncPolicy::Never`), as db_bench's `--sync` does for
 //! RocksDB's WAL. Output lines are db_bench's:
@@ -38,6 +42,8 @@ struct Flags {
     cache_size: u64,
     write_buffer_size: Option<u64>,
     rate_limiter_bytes_per_sec: u64,
+    use_existing_db: bool,
+    reads: Option<u64>,
     db: std::path::PathBuf,
 }
 
@@ -53,6 +59,8 @@ fn parse() -> anyhow::Result<Flags> {
         cache_size: 8 << 20,
         write_buffer_size: None,
         rate_limiter_bytes_per_sec: 0,
+        use_existing_db: false,
+        reads: None,
         db: std::env::temp_dir().join("keel-db-bench"),
     };
     for arg in std::env::args().skip(1) {
@@ -71,6 +79,8 @@ fn parse() -> anyhow::Result<Flags> {
             "cache_size" => f.cache_size = v.parse()?,
             "write_buffer_size" => f.write_buffer_size = Some(v.parse()?),
             "rate_limiter_bytes_per_sec" => f.rate_limiter_bytes_per_sec = v.parse()?,
+            "use_existing_db" => f.use_existing_db = v == "1" || v == "true",
+            "reads" => f.reads = Some(v.parse()?),
             "db" => f.db = v.into(),
             other => anyhow::bail!("unknown flag --{other}"),
         }
@@ -140,7 +150,9 @@ fn report(name: &str, secs: f64, ops: u64, bytes: u64, extra: &str) {
 /// compared with db_bench's own at a glance.
 fn main() -> anyhow::Result<()> {
     let f = parse()?;
-    let _ = std::fs::remove_dir_all(&f.db);
+    if !f.use_existing_db {
+        let _ = std::fs::remove_dir_all(&f.db);
+    }
     let mut opts = Options::default();
     opts.sync = if f.sync {
         SyncPolicy::Always
@@ -153,8 +165,18 @@ fn main() -> anyhow::Result<()> {
     // keel's pace of checkpoints and compactions.
     opts.checkpoint_bytes_per_sec = Some(f.rate_limiter_bytes_per_sec).filter(|r| *r > 0);
     opts.cache_size = f.cache_size;
-    let (db, _) = Db::builder(&f.db).options(opts).open()?;
-    let db = Arc::new(db);
+    let started = Instant::now();
+    let (db, recovered) = Db::builder(&f.db).options(opts.clone()).open()?;
+    if f.use_existing_db {
+        println!(
+            "open         : {:.3} seconds, {} log records replayed, {} keys",
+            started.elapsed().as_secs_f64(),
+            recovered.records_replayed,
+            recovered.keys
+        );
+    }
+    let mut db = Arc::new(db);
+    let reads = f.reads.unwrap_or(f.num);
     let layout = match f.write_buffer_size {
         Some(m) => format!(
             "on tables: memtable {m} bytes, block cache {}",
@@ -188,7 +210,7 @@ fn main() -> anyhow::Result<()> {
             }
             "readrandom" => {
                 let found = AtomicU64::new(0);
-                let (s, ops, b) = run_threads(f.threads, n, |_, rng| {
+                let (s, ops, b) = run_threads(f.threads, reads, |_, rng| {
                     match db.get(key(rng.below(n), ks)).expect("get") {
                         Some(v) => {
                             found.fetch_add(1, Ordering::Relaxed);
@@ -202,7 +224,7 @@ fn main() -> anyhow::Result<()> {
             }
             "seekrandom" => {
                 let nexts = f.seek_nexts;
-                let (s, ops, b) = run_threads(f.threads, n, |_, rng| {
+                let (s, ops, b) = run_threads(f.threads, reads, |_, rng| {
                     let from = key(rng.below(n), ks);
                     db.range(from..)
                         .take(nexts + 1)
@@ -223,7 +245,7 @@ fn main() -> anyhow::Result<()> {
                             writes.fetch_add(1, Ordering::Relaxed);
                         }
                     });
-                    let r = run_threads(f.threads, n, |_, rng| {
+                    let r = run_threads(f.threads, reads, |_, rng| {
                         db.get(key(rng.below(n), ks))
                             .expect("get")
                             .map_or(ks, |v| ks + v.len()) as u64
@@ -233,6 +255,20 @@ fn main() -> anyhow::Result<()> {
                 });
                 let w = writes.load(Ordering::Relaxed);
                 report(bench, s, ops, b, &format!(" ({w} writes meanwhile)"));
+            }
+            "reopen" => {
+                // As after kill -9: no flush on the way down (close only
+                // syncs the log), so the open replays the memtable's log.
+                print_shape(&db);
+                drop(db);
+                let started = Instant::now();
+                let (reopened, report) = Db::builder(&f.db).options(opts.clone()).open()?;
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "reopen       : {secs:.3} seconds, {} log records replayed, {} keys",
+                    report.records_replayed, report.keys
+                );
+                db = Arc::new(reopened);
             }
             other => anyhow::bail!("unknown benchmark {other}"),
         }
