@@ -303,6 +303,10 @@ impl<'a> DbBuilder<'a> {
                 .spawn(move || worker.checkpoint_loop())
                 .map_err(|e| Error::io("starting the checkpoint thread", shared.dir.root(), e))?
         };
+        if shared.tables.is_some() {
+            // The replayed keys wait for the key count's lookups.
+            shared.wake_background();
+        }
         Ok((
             Db {
                 shared,

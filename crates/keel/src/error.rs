@@ -137,14 +137,6 @@ pub enum Error {
     /// A table could not be read.
     #[error(transparent)]
     Table(#[from] crate::table::TableError),
-    /// The store stopped taking writes after a failure its state cannot
-    /// survive (a table it had to read while applying an acknowledged
-    /// write was damaged).
-    #[error("the store has stopped taking writes (reads go on): {why}. Restart to recover from the log; run `keel verify` on the data directory")]
-    Stopped {
-        /// What failed.
-        why: String,
-    },
     /// Flushes cannot keep up or keep failing, and the memtables waiting
     /// for them are at their limit: the write was refused, nothing changed.
     #[error("write refused: the memtable cannot be flushed ({why}); every acknowledged write is in the log. Fix the cause (often a full disk); writes resume once a flush succeeds")]
@@ -166,8 +158,7 @@ impl Error {
     /// Whether the store has stopped accepting writes after a failed write
     /// or sync (reads still work; restart to recover).
     pub fn is_stopped(&self) -> bool {
-        matches!(self, Error::Wal(e) if e.is_stopped())
-            || matches!(self, Error::Poisoned { .. } | Error::Stopped { .. })
+        matches!(self, Error::Wal(e) if e.is_stopped()) || matches!(self, Error::Poisoned { .. })
     }
 
     /// Whether the request itself was bad (nothing was changed): an empty

@@ -12,13 +12,16 @@
 //! below the floor) are no longer read. The next flush's manifest edit
 //! removes them (`Tree::flush`).
 //!
-//! The key count is exact: each put and delete asks whether its key was
-//! live before (memtables first, then the tables' filters and blocks).
-//! Invariant: `live_keys` is the number of keys a full scan would return.
+//! The key count is exact without a lookup on the write path: live keys =
+//! `tables_live` (the count as of the last flush) + for each memtable, its
+//! puts less its keys that were live below it. The second term is looked
+//! up later (`crate::memtable`, "The key count"): [`Layers::count_work`]
+//! hands out the keys not looked up yet with the layers below them, and
+//! [`Lookups::run`] does the lookups without any lock.
 
-use crate::checkpoint::Bytes;
+use crate::checkpoint::{Bytes, Key};
 use crate::lsm::{MergeIter, Source, Version};
-use crate::memtable::{MemIter, Memtable};
+use crate::memtable::{Entries, MemIter, Memtable};
 use crate::op::{BatchOp, Op};
 use crate::table::{Entry, TableError};
 use std::sync::Arc;
@@ -34,29 +37,23 @@ pub(crate) struct Layers {
     pub version: Arc<Version>,
     /// LSN of the last clear: tables with a max LSN below it are dead.
     pub floor: u64,
-    /// Keys live now.
-    pub live_keys: u64,
+    /// Keys live in the tables (as of the last flush; 0 after a clear).
+    pub tables_live: u64,
     /// Every record up to this LSN is applied.
     pub applied_lsn: u64,
 }
 
-impl Layers {
-    /// A pinned copy for reading, O(1) in the data (clones of persistent
-    /// maps and `Arc`s).
-    pub(crate) fn view(&self) -> View {
-        View {
-            mem: self.mem.clone(),
-            frozen: self.frozen.clone(),
-            version: Arc::clone(&self.version),
-            floor: self.floor,
-        }
-    }
+/// The layers below one memtable, for looking its keys up.
+#[derive(Clone)]
+pub(crate) struct Below {
+    frozen: Vec<Arc<Memtable>>,
+    version: Arc<Version>,
+    floor: u64,
+}
 
-    /// Whether `key` is live now.
+impl Below {
+    /// Whether `key` is live in these layers.
     fn is_live(&self, key: &[u8]) -> Result<bool, TableError> {
-        if let Some(e) = self.mem.get(key) {
-            return Ok(e.is_some());
-        }
         for f in &self.frozen {
             if let Some(e) = f.get(key) {
                 return Ok(e.is_some());
@@ -67,49 +64,128 @@ impl Layers {
             Some(Entry::Put(_))
         ))
     }
+}
 
-    /// Applies the record at `lsn`. An error (a table that cannot be read
-    /// to count keys) leaves the state partly applied: the caller stops
-    /// taking writes, and a restart replays the log.
-    pub(crate) fn apply(&mut self, lsn: u64, op: Op) -> Result<(), TableError> {
+/// Keys of one memtable still to look up below it.
+pub(crate) struct Lookups {
+    /// The memtable (the active one is found again by its id).
+    target: Target,
+    from: usize,
+    keys: Vec<Key>,
+    below: Below,
+}
+
+enum Target {
+    Frozen(Arc<Memtable>),
+    Active(u64),
+}
+
+impl Lookups {
+    /// Looks the keys up (no lock held): how many were live below.
+    pub(crate) fn run(&self) -> Result<u64, TableError> {
+        let mut live = 0;
+        for k in &self.keys {
+            live += u64::from(self.below.is_live(k)?);
+        }
+        Ok(live)
+    }
+
+    /// Records the result in the memtable, if it is still there.
+    pub(crate) fn record(&self, layers: &Layers, live: u64) {
+        match &self.target {
+            Target::Frozen(m) => m.record_resolution(self.from, self.keys.len(), live),
+            Target::Active(id) if layers.mem.id() == *id => {
+                layers
+                    .mem
+                    .record_resolution(self.from, self.keys.len(), live)
+            }
+            // Frozen since: the same memtable, now in the frozen list.
+            Target::Active(id) => {
+                if let Some(m) = layers.frozen.iter().find(|m| m.id() == *id) {
+                    m.record_resolution(self.from, self.keys.len(), live);
+                }
+            }
+        }
+    }
+}
+
+impl Layers {
+    /// A pinned copy for reading, O(1) in the data (clones of persistent
+    /// maps and `Arc`s).
+    pub(crate) fn view(&self) -> View {
+        View {
+            mem: self.mem.entries(),
+            frozen: self.frozen.clone(),
+            version: Arc::clone(&self.version),
+            floor: self.floor,
+        }
+    }
+
+    fn below(&self, frozen_from: usize) -> Below {
+        Below {
+            frozen: self.frozen[frozen_from..].to_vec(),
+            version: Arc::clone(&self.version),
+            floor: self.floor,
+        }
+    }
+
+    /// The key count as far as it is known now, and the lookups that
+    /// finish it: live keys = the count - the live ones the lookups find.
+    pub(crate) fn count_work(&self) -> (i64, Vec<Lookups>) {
+        // Signed: a memtable of deletes takes away more than it adds.
+        let mut count = self.tables_live as i64;
+        let mut work = Vec::new();
+        let mems = std::iter::once((&self.mem, None)).chain(
+            self.frozen
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (&**m, Some((i, m)))),
+        );
+        for (m, frozen) in mems {
+            let r = m.resolution();
+            count += m.puts() as i64 - r.live_below as i64;
+            let keys = m.unresolved(r.upto);
+            if keys.is_empty() {
+                continue;
+            }
+            let (target, below) = match frozen {
+                None => (Target::Active(m.id()), self.below(0)),
+                Some((i, arc)) => (Target::Frozen(Arc::clone(arc)), self.below(i + 1)),
+            };
+            work.push(Lookups {
+                target,
+                from: r.upto,
+                keys,
+                below,
+            });
+        }
+        (count, work)
+    }
+
+    /// Applies the record at `lsn`.
+    pub(crate) fn apply(&mut self, lsn: u64, op: Op) {
         match op {
-            Op::Put(k, v) => self.put(&k, v)?,
-            Op::Delete(k) => self.delete(&k)?,
+            Op::Put(k, v) => self.mem.insert(&k, Some(Bytes::from(v))),
+            // A tombstone even for a key that may not be live: finding out
+            // would be a lookup on the write path.
+            Op::Delete(k) => self.mem.insert(&k, None),
             Op::Clear => {
                 self.mem = Memtable::default();
                 self.frozen.clear();
                 self.floor = lsn;
-                self.live_keys = 0;
+                self.tables_live = 0;
             }
             Op::Batch(ops) => {
                 for o in ops {
                     match o {
-                        BatchOp::Put(k, v) => self.put(&k, v)?,
-                        BatchOp::Delete(k) => self.delete(&k)?,
+                        BatchOp::Put(k, v) => self.mem.insert(&k, Some(Bytes::from(v))),
+                        BatchOp::Delete(k) => self.mem.insert(&k, None),
                     }
                 }
             }
         }
         self.mem.max_lsn = lsn;
         self.applied_lsn = lsn;
-        Ok(())
-    }
-
-    fn put(&mut self, k: &[u8], v: Vec<u8>) -> Result<(), TableError> {
-        if !self.is_live(k)? {
-            self.live_keys += 1;
-        }
-        self.mem.insert(k, Some(Bytes::from(v)));
-        Ok(())
-    }
-
-    fn delete(&mut self, k: &[u8]) -> Result<(), TableError> {
-        // Not live: nothing to hide, no tombstone needed.
-        if self.is_live(k)? {
-            self.live_keys -= 1;
-            self.mem.insert(k, None);
-        }
-        Ok(())
     }
 
     /// Freezes the memtable (O(1)) if it holds at least `limit` bytes;
@@ -128,8 +204,7 @@ impl Layers {
         if self.mem.is_empty() && self.mem.max_lsn == 0 {
             return false;
         }
-        let mut frozen = std::mem::take(&mut self.mem);
-        frozen.live_keys_after = self.live_keys;
+        let frozen = std::mem::take(&mut self.mem);
         self.frozen.insert(0, Arc::new(frozen));
         true
     }
@@ -163,7 +238,7 @@ fn version_above(version: &Version, floor: u64) -> Version {
 /// writes, flushes and compactions go on (tables it holds are not deleted
 /// while it lives).
 pub(crate) struct View {
-    mem: Memtable,
+    mem: Entries,
     frozen: Vec<Arc<Memtable>>,
     version: Arc<Version>,
     floor: u64,
@@ -172,8 +247,10 @@ pub(crate) struct View {
 impl View {
     /// The value of `key`, if live.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TableError> {
-        let mems = std::iter::once(&self.mem).chain(self.frozen.iter().map(|f| &**f));
-        for m in mems {
+        if let Some(e) = self.mem.get(key) {
+            return Ok(e.as_ref().map(|v| v.to_vec()));
+        }
+        for m in &self.frozen {
             if let Some(e) = m.get(key) {
                 return Ok(e.map(|v| v.to_vec()));
             }
@@ -188,7 +265,7 @@ impl View {
     /// included.
     pub(crate) fn iter_from(&self, from: &[u8]) -> MergeIter<'static> {
         let mut sources: Vec<Source<'static>> =
-            vec![Box::new(MemIter::new(self.mem.entries(), from))];
+            vec![Box::new(MemIter::new(self.mem.clone(), from))];
         for f in &self.frozen {
             sources.push(Box::new(MemIter::new(f.entries(), from)));
         }

@@ -9,12 +9,24 @@
 //! Its size counts keys, values and a fixed per-entry overhead (the map's
 //! node and pointers), so that `memtable_size` bounds memory, not only
 //! payload bytes.
+//!
+//! The key count, off the write path: a memtable adds to the store's live
+//! keys the puts it holds, less the keys it holds that were already live
+//! in the layers below it (older memtables and tables). Whether a key was
+//! live below never changes while the memtable lives (flushes and
+//! compactions move entries, they do not change what is live; a clear
+//! starts a new memtable), so it is looked up later, off the write path:
+//! each key's first write here appends it to `pending`, and
+//! [`Resolution`] records how many of them were looked up and how many of
+//! those were live below.
 
 use crate::checkpoint::{Bytes, Key};
 use crate::lsm::Item;
 use crate::table::{Entry, Stored};
 use std::collections::VecDeque;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// What an entry costs beyond its key and value (map node, `Arc`s).
 const ENTRY_OVERHEAD: u64 = 64;
@@ -27,16 +39,44 @@ const BATCH: usize = 128;
 /// Sorted entries: a value, or `None` for a tombstone.
 pub(crate) type Entries = imbl::OrdMap<Key, Option<Bytes>>;
 
+/// How much of a memtable's `pending` keys were looked up below it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Resolution {
+    /// `pending[..upto]` were looked up...
+    pub upto: usize,
+    /// ...and this many of them were live below.
+    pub live_below: u64,
+}
+
+/// Memtable identities, so one can be found again after a freeze.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The writes of one stretch of the log, in key order.
-#[derive(Clone, Default)]
 pub(crate) struct Memtable {
+    id: u64,
     entries: Entries,
     bytes: u64,
+    /// Entries that are values (not tombstones).
+    puts: u64,
+    /// Keys in the order of their first write here.
+    pending: Vec<Key>,
+    resolution: Mutex<Resolution>,
     /// The LSN of the newest record applied to it (0: none).
     pub max_lsn: u64,
-    /// Keys live in the whole store once it was frozen (the count a flush
-    /// of it records in the manifest).
-    pub live_keys_after: u64,
+}
+
+impl Default for Memtable {
+    fn default() -> Self {
+        Memtable {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            entries: Entries::default(),
+            bytes: 0,
+            puts: 0,
+            pending: Vec::new(),
+            resolution: Mutex::new(Resolution::default()),
+            max_lsn: 0,
+        }
+    }
 }
 
 fn cost(key: &[u8], value: Option<&Bytes>) -> u64 {
@@ -52,9 +92,53 @@ impl Memtable {
     /// Sets `key` (a value, or `None` for a tombstone).
     pub(crate) fn insert(&mut self, key: &[u8], value: Option<Bytes>) {
         self.bytes += cost(key, value.as_ref());
-        if let Some(old) = self.entries.insert(Key::from(key), value) {
-            self.bytes -= cost(key, old.as_ref());
+        let is_put = value.is_some();
+        let k = Key::from(key);
+        match self.entries.insert(k.clone(), value) {
+            Some(old) => {
+                self.bytes -= cost(key, old.as_ref());
+                self.puts -= u64::from(old.is_some());
+            }
+            None => self.pending.push(k),
         }
+        self.puts += u64::from(is_put);
+    }
+
+    /// Which memtable this is (kept across a freeze).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Values it holds (keys it makes live, before subtracting those
+    /// already live below it).
+    pub(crate) fn puts(&self) -> u64 {
+        self.puts
+    }
+
+    /// How far its keys were looked up below it.
+    pub(crate) fn resolution(&self) -> Resolution {
+        *self.resolution.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its keys not yet looked up below it, from `from` on.
+    pub(crate) fn unresolved(&self, from: usize) -> Vec<Key> {
+        self.pending.get(from..).unwrap_or(&[]).to_vec()
+    }
+
+    /// Records that `pending[from..from + n]` were looked up and `live` of
+    /// them were live below; ignored unless `from` is where the lookups
+    /// stood (another thread got there first).
+    pub(crate) fn record_resolution(&self, from: usize, n: usize, live: u64) {
+        let mut r = self.resolution.lock().unwrap_or_else(|p| p.into_inner());
+        if r.upto == from {
+            r.upto += n;
+            r.live_below += live;
+        }
+    }
+
+    /// Keys whose first write here was not looked up below yet.
+    pub(crate) fn unresolved_len(&self) -> usize {
+        self.pending.len() - self.resolution().upto
     }
 
     /// Approximate memory held.

@@ -43,6 +43,8 @@ pub const MAX_FROZEN: usize = 2;
 pub const L0_SLOWDOWN: usize = 8;
 /// Level-0 tables at which writers wait for a compaction.
 pub const L0_STOP: usize = 12;
+/// Keys awaiting the key count's lookups that wake the background thread.
+pub const LOOKUP_BATCH: usize = 4096;
 /// The delay per write while level 0 is over [`L0_SLOWDOWN`].
 const SLOWDOWN: Duration = Duration::from_millis(1);
 
@@ -178,12 +180,13 @@ impl OnTables {
         let log_start = tree.log_start();
         let mut layers = Layers {
             version: tree.version(),
-            live_keys: tree.live_keys(),
+            tables_live: tree.live_keys(),
             applied_lsn: log_start - 1,
             ..Layers::default()
         };
         let replayed = recovery::replay_ops(storage, dir, opts, log_start, progress, |lsn, op| {
-            Ok(layers.apply(lsn, op)?)
+            layers.apply(lsn, op);
+            Ok(())
         })?;
         let wal = replayed.wal;
         let last = wal.next_lsn() - 1;
@@ -196,7 +199,10 @@ impl OnTables {
             checkpoint_temps_removed: 0,
             wal: replayed.report,
             records_replayed: replayed.records,
-            keys: layers.live_keys as usize,
+            // Before the replayed keys are looked up in the tables (the
+            // background thread does that next): the count at the log
+            // start plus the replayed puts, an upper bound.
+            keys: layers.count_work().0.max(0) as usize,
             lsn: layers.applied_lsn,
             duration: started.elapsed(),
         };
@@ -225,9 +231,30 @@ impl OnTables {
         poison.read(&self.layers, "layers").view()
     }
 
-    /// Keys live now (exact).
+    /// Keys live now, exact: the lookups not yet done by the background
+    /// thread are done here. A table that cannot be read makes it an
+    /// upper bound, and is logged.
     pub(crate) fn len(&self, poison: &Poison) -> usize {
-        poison.read(&self.layers, "layers").live_keys as usize
+        match self.resolve(poison) {
+            Ok(count) => count,
+            Err(e) => {
+                tracing::error!(error = %e, "counting keys needed a table that cannot be read; the count is an upper bound");
+                poison.read(&self.layers, "layers").count_work().0.max(0) as usize
+            }
+        }
+    }
+
+    /// Does the key count's pending lookups (no lock held while looking up)
+    /// and records them; returns the count as of when it started.
+    fn resolve(&self, poison: &Poison) -> Result<usize> {
+        let (count, work) = poison.read(&self.layers, "layers").count_work();
+        let mut live = 0;
+        for w in &work {
+            let found = w.run()?;
+            live += found;
+            w.record(&poison.read(&self.layers, "layers"), found);
+        }
+        Ok((count - live as i64).max(0) as usize)
     }
 
     /// The LSN every applied record is at.
@@ -236,11 +263,12 @@ impl OnTables {
     }
 
     /// Applies queued operations in LSN order (the caller holds the queue,
-    /// so no one else applies). Returns whether a memtable was frozen (the
-    /// background thread has work). A failure stops writes.
+    /// so no one else applies). Returns whether the background thread has
+    /// work: a memtable was frozen, or another [`LOOKUP_BATCH`] keys wait
+    /// for the key count's lookups.
     pub(crate) fn apply(&self, poison: &Poison, ops: impl Iterator<Item = (u64, Op)>) -> bool {
         let mut layers = poison.write(&self.layers, "layers");
-        let mut froze = false;
+        let mut wake = false;
         for (lsn, op) in ops {
             debug_assert_eq!(
                 lsn,
@@ -248,16 +276,13 @@ impl OnTables {
                 "operations applied out of order"
             );
             let bytes = op.encoded_len() as u64 + RECORD_OVERHEAD;
-            if let Err(e) = layers.apply(lsn, op) {
-                poison.stop(format!(
-                    "applying the record at LSN {lsn} needed a table that cannot be read: {e}"
-                ));
-                break;
-            }
+            let waiting = layers.mem.unresolved_len();
+            layers.apply(lsn, op);
             self.counters.user_bytes.fetch_add(bytes, Ordering::Relaxed);
-            froze |= layers.freeze_if_full(self.memtable_size);
+            wake |= layers.mem.unresolved_len() / LOOKUP_BATCH > waiting / LOOKUP_BATCH;
+            wake |= layers.freeze_if_full(self.memtable_size);
         }
-        froze
+        wake
     }
 
     /// Waits (or refuses) before a write while flushes or level 0 are
@@ -332,12 +357,19 @@ impl OnTables {
             segments_removed: 0,
             checkpoints_removed: 0,
         };
+        // The key count's lookups first: the flush needs its memtable's.
+        self.resolve(poison)?;
         loop {
-            let (oldest, floor) = {
+            let (oldest, floor, tables_live) = {
                 let l = poison.read(&self.layers, "layers");
-                (l.frozen.last().cloned(), l.floor)
+                (l.frozen.last().cloned(), l.floor, l.tables_live)
             };
             let Some(mem) = oldest else { break };
+            if mem.unresolved_len() > 0 {
+                self.resolve(poison)?;
+            }
+            // What the memtable adds to the keys live in tables.
+            let adds = mem.puts() as i64 - mem.resolution().live_below as i64;
             // Its records are applied, hence acknowledged, but under the
             // Interval or Never policy maybe not yet durable: the table and
             // the log start moving past them must not get ahead of the log.
@@ -349,7 +381,12 @@ impl OnTables {
             } else {
                 Box::new(mem.sorted())
             };
-            let added = tree.flush(entries, log_start, mem.live_keys_after, floor)?;
+            let live_after = if mem.max_lsn < floor {
+                tables_live
+            } else {
+                (tables_live as i64 + adds).max(0) as u64
+            };
+            let added = tree.flush(entries, log_start, live_after, floor)?;
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
             if let Some(meta) = &added {
                 self.counters
@@ -360,6 +397,10 @@ impl OnTables {
                 let mut l = poison.write(&self.layers, "layers");
                 l.frozen.retain(|f| !Arc::ptr_eq(f, &mem));
                 l.version = tree.version();
+                // Unless a clear came since, which emptied the tables.
+                if mem.max_lsn >= l.floor {
+                    l.tables_live = (l.tables_live as i64 + adds).max(0) as u64;
+                }
             }
             tree.delete_obsolete()?;
             self.room.1.notify_all();
@@ -369,6 +410,8 @@ impl OnTables {
             outcome.written = true;
         }
         while !self.has_frozen(poison) {
+            // Between compactions, so the count never waits long.
+            self.resolve(poison)?;
             let Some(c) = tree.pick_compaction() else {
                 break;
             };
@@ -495,7 +538,7 @@ fn upgrade(
     );
     let layers = Layers {
         version: tree.version(),
-        live_keys: snapshot.len() as u64,
+        tables_live: snapshot.len() as u64,
         applied_lsn: lsn,
         ..Layers::default()
     };

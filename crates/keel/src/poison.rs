@@ -17,8 +17,6 @@ use std::time::Duration;
 #[derive(Default)]
 pub(crate) struct Poison {
     first: OnceLock<&'static str>,
-    /// Set by [`Poison::stop`]: another failure the state cannot survive.
-    stopped: OnceLock<String>,
 }
 
 impl Poison {
@@ -32,23 +30,12 @@ impl Poison {
         poisoned.into_inner()
     }
 
-    /// Refuses a write once any lock was found poisoned, or the store was
-    /// stopped.
+    /// Refuses a write once any lock was found poisoned.
     pub(crate) fn check(&self) -> Result<()> {
-        if let Some(what) = self.first.get() {
-            return Err(Error::Poisoned { what });
-        }
-        match self.stopped.get() {
-            Some(why) => Err(Error::Stopped { why: why.clone() }),
+        match self.first.get() {
+            Some(what) => Err(Error::Poisoned { what }),
             None => Ok(()),
         }
-    }
-
-    /// Stops writes for good (the first reason is kept): the in-memory
-    /// state may no longer match the log, as after a panic.
-    pub(crate) fn stop(&self, why: String) {
-        tracing::error!(%why, "the store has stopped taking writes");
-        let _ = self.stopped.set(why);
     }
 
     pub(crate) fn lock<'a, T>(&self, m: &'a Mutex<T>, what: &'static str) -> MutexGuard<'a, T> {

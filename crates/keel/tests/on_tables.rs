@@ -260,6 +260,8 @@ fn power_loss_anywhere_keeps_every_acknowledged_write() {
             "seed {seed}: recovered state is not the acknowledged one"
         );
         assert_eq!(db.len(), got.len(), "seed {seed}: len after recovery");
+        // Once the background thread has stopped (it may be flushing).
+        drop(db);
         no_orphans(&after, seed);
     }
     println!("tables power loss: {states} crash states ({in_recovery} during recovery)");
