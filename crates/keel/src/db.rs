@@ -185,6 +185,8 @@ impl Deferred {
 pub struct Db {
     shared: Arc<Shared>,
     checkpointer: Option<JoinHandle<()>>,
+    /// On tables: the thread doing the key count's lookups.
+    counter: Option<JoinHandle<()>>,
 }
 
 /// Opens a [`Db`]: where, on what storage, with which options. Made by
@@ -303,14 +305,28 @@ impl<'a> DbBuilder<'a> {
                 .spawn(move || worker.checkpoint_loop())
                 .map_err(|e| Error::io("starting the checkpoint thread", shared.dir.root(), e))?
         };
-        if shared.tables.is_some() {
-            // The replayed keys wait for the key count's lookups.
-            shared.wake_background();
-        }
+        let counter = match &shared.tables {
+            Some(_) => {
+                let worker = Arc::clone(&shared);
+                let t = std::thread::Builder::new()
+                    .name("keel-count".into())
+                    .spawn(move || {
+                        if let Some(t) = &worker.tables {
+                            t.count_loop(&worker.poison);
+                        }
+                    })
+                    .map_err(|e| {
+                        Error::io("starting the key count thread", shared.dir.root(), e)
+                    })?;
+                Some(t)
+            }
+            None => None,
+        };
         Ok((
             Db {
                 shared,
                 checkpointer: Some(checkpointer),
+                counter,
             },
             r.report,
         ))
@@ -630,6 +646,12 @@ impl Db {
         if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
+        if let Some(tables) = &self.shared.tables {
+            tables.stop_counting(&self.shared.poison);
+        }
+        if let Some(t) = self.counter.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -765,7 +787,7 @@ impl Shared {
     /// `lsn` is acknowledged.
     fn apply_through(&self, lsn: u64) {
         if let Some(t) = &self.tables {
-            let froze = {
+            let wake = {
                 let mut queue = self.poison.lock(&self.queue, "queue");
                 let mut ready = Vec::new();
                 while let Some(entry) = queue.first_entry() {
@@ -777,7 +799,7 @@ impl Shared {
                 // Still under the queue lock: applied in LSN order.
                 !ready.is_empty() && t.apply(&self.poison, ready.into_iter())
             };
-            if froze {
+            if wake {
                 self.wake_background();
             }
             return;

@@ -81,6 +81,14 @@ enum Target {
 }
 
 impl Lookups {
+    /// The memtable's id.
+    pub(crate) fn target_id(&self) -> u64 {
+        match &self.target {
+            Target::Frozen(m) => m.id(),
+            Target::Active(id) => *id,
+        }
+    }
+
     /// Looks the keys up (no lock held): how many were live below.
     pub(crate) fn run(&self) -> Result<u64, TableError> {
         let mut live = 0;

@@ -128,6 +128,8 @@ pub(crate) struct OnTables {
     room: (Mutex<()>, Condvar),
     last_error: Mutex<Option<String>>,
     counters: Counters,
+    /// Wakes the key count's thread: (lookups waiting, stop).
+    count_wake: (Mutex<(bool, bool)>, Condvar),
 }
 
 /// What opening a store on tables produced.
@@ -223,6 +225,8 @@ impl OnTables {
             room: (Mutex::new(()), Condvar::new()),
             last_error: Mutex::new(None),
             counters: Counters::default(),
+            // The replayed keys wait for their lookups from the start.
+            count_wake: (Mutex::new((true, false)), Condvar::new()),
         }
     }
 
@@ -244,12 +248,54 @@ impl OnTables {
         }
     }
 
+    /// The key count's thread: does the lookups whenever woken, so that
+    /// neither writers nor flushes wait for them (flushes and `len` do
+    /// what is left). Returns once [`stop_counting`](Self::stop_counting).
+    pub(crate) fn count_loop(&self, poison: &Poison) {
+        let (m, cv) = &self.count_wake;
+        loop {
+            {
+                let mut wake = poison.lock(m, "count");
+                while !wake.0 && !wake.1 {
+                    wake = poison.wait(cv, wake, None, "count").0;
+                }
+                if wake.1 {
+                    return;
+                }
+                wake.0 = false;
+            }
+            if let Err(e) = self.resolve(poison) {
+                tracing::error!(error = %e, "the key count's lookups failed; len() will retry them");
+            }
+        }
+    }
+
+    /// Stops the key count's thread.
+    pub(crate) fn stop_counting(&self, poison: &Poison) {
+        poison.lock(&self.count_wake.0, "count").1 = true;
+        self.count_wake.1.notify_all();
+    }
+
+    fn wake_counting(&self, poison: &Poison) {
+        poison.lock(&self.count_wake.0, "count").0 = true;
+        self.count_wake.1.notify_one();
+    }
+
     /// Does the key count's pending lookups (no lock held while looking up)
     /// and records them; returns the count as of when it started.
     fn resolve(&self, poison: &Poison) -> Result<usize> {
+        self.resolve_some(poison, None)
+    }
+
+    /// [`resolve`](Self::resolve), for the memtable `only` if given (then
+    /// the count returned is not the store's).
+    fn resolve_some(&self, poison: &Poison, only: Option<u64>) -> Result<usize> {
         let (count, work) = poison.read(&self.layers, "layers").count_work();
         let mut live = 0;
-        for w in &work {
+        for w in work
+            .iter()
+            .filter(|w| only.is_none_or(|id| w.target_id() == id))
+        {
             let found = w.run()?;
             live += found;
             w.record(&poison.read(&self.layers, "layers"), found);
@@ -264,11 +310,11 @@ impl OnTables {
 
     /// Applies queued operations in LSN order (the caller holds the queue,
     /// so no one else applies). Returns whether the background thread has
-    /// work: a memtable was frozen, or another [`LOOKUP_BATCH`] keys wait
-    /// for the key count's lookups.
+    /// work (a memtable was frozen); wakes the key count's thread when
+    /// another [`LOOKUP_BATCH`] keys wait for their lookups.
     pub(crate) fn apply(&self, poison: &Poison, ops: impl Iterator<Item = (u64, Op)>) -> bool {
         let mut layers = poison.write(&self.layers, "layers");
-        let mut wake = false;
+        let (mut wake, mut count) = (false, false);
         for (lsn, op) in ops {
             debug_assert_eq!(
                 lsn,
@@ -279,8 +325,12 @@ impl OnTables {
             let waiting = layers.mem.unresolved_len();
             layers.apply(lsn, op);
             self.counters.user_bytes.fetch_add(bytes, Ordering::Relaxed);
-            wake |= layers.mem.unresolved_len() / LOOKUP_BATCH > waiting / LOOKUP_BATCH;
+            count |= layers.mem.unresolved_len() / LOOKUP_BATCH > waiting / LOOKUP_BATCH;
             wake |= layers.freeze_if_full(self.memtable_size);
+        }
+        drop(layers);
+        if count || wake {
+            self.wake_counting(poison);
         }
         wake
     }
@@ -357,16 +407,16 @@ impl OnTables {
             segments_removed: 0,
             checkpoints_removed: 0,
         };
-        // The key count's lookups first: the flush needs its memtable's.
-        self.resolve(poison)?;
         loop {
             let (oldest, floor, tables_live) = {
                 let l = poison.read(&self.layers, "layers");
                 (l.frozen.last().cloned(), l.floor, l.tables_live)
             };
             let Some(mem) = oldest else { break };
+            // The key count's lookups for it (the count thread's, or what
+            // it has not done yet).
             if mem.unresolved_len() > 0 {
-                self.resolve(poison)?;
+                self.resolve_some(poison, Some(mem.id()))?;
             }
             // What the memtable adds to the keys live in tables.
             let adds = mem.puts() as i64 - mem.resolution().live_below as i64;
@@ -410,8 +460,6 @@ impl OnTables {
             outcome.written = true;
         }
         while !self.has_frozen(poison) {
-            // Between compactions, so the count never waits long.
-            self.resolve(poison)?;
             let Some(c) = tree.pick_compaction() else {
                 break;
             };
