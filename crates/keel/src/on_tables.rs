@@ -37,8 +37,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// Frozen memtables that may wait for a flush before writers wait.
-pub const MAX_FROZEN: usize = 2;
+/// Frozen memtables that may wait for a flush before writers wait: one,
+/// as RocksDB's default `max_write_buffer_number = 2` allows. Measured
+/// with 64 MiB memtables, a 4 million key fill: 2 took peak RSS from 242
+/// to 531 MB for the same throughput (docs/BENCHMARKS.md).
+pub const MAX_FROZEN: usize = 1;
 /// Level-0 tables from which each write is delayed by [`SLOWDOWN`].
 pub const L0_SLOWDOWN: usize = 8;
 /// Level-0 tables at which writers wait for a compaction.
