@@ -54,7 +54,9 @@ pub struct RecoveryReport {
     pub wal: keel_wal::RecoveryReport,
     /// Log records applied on top of the checkpoint.
     pub records_replayed: u64,
-    /// Keys after recovery.
+    /// Keys after recovery. On tables (`Options::memtable_size`) an upper
+    /// bound: the replayed keys are not yet looked up in the tables
+    /// (`Db::len` is exact).
     pub keys: usize,
     /// The LSN the state is at.
     pub lsn: u64,
