@@ -305,23 +305,7 @@ impl<'a> DbBuilder<'a> {
                 .spawn(move || worker.checkpoint_loop())
                 .map_err(|e| Error::io("starting the checkpoint thread", shared.dir.root(), e))?
         };
-        let counter = match &shared.tables {
-            Some(_) => {
-                let worker = Arc::clone(&shared);
-                let t = std::thread::Builder::new()
-                    .name("keel-count".into())
-                    .spawn(move || {
-                        if let Some(t) = &worker.tables {
-                            t.count_loop(&worker.poison);
-                        }
-                    })
-                    .map_err(|e| {
-                        Error::io("starting the key count thread", shared.dir.root(), e)
-                    })?;
-                Some(t)
-            }
-            None => None,
-        };
+        let counter = spawn_counter(&shared)?;
         Ok((
             Db {
                 shared,
@@ -331,6 +315,23 @@ impl<'a> DbBuilder<'a> {
             r.report,
         ))
     }
+}
+
+/// On tables: starts the thread doing the key count's lookups.
+fn spawn_counter(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>> {
+    if shared.tables.is_none() {
+        return Ok(None);
+    }
+    let worker = Arc::clone(shared);
+    let t = std::thread::Builder::new()
+        .name("keel-count".into())
+        .spawn(move || {
+            if let Some(t) = &worker.tables {
+                t.count_loop(&worker.poison);
+            }
+        })
+        .map_err(|e| Error::io("starting the key count thread", shared.dir.root(), e))?;
+    Ok(Some(t))
 }
 
 impl Db {

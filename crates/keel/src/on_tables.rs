@@ -462,6 +462,13 @@ impl OnTables {
             outcome.lsn = log_start - 1;
             outcome.written = true;
         }
+        self.compact_while_due(&mut tree, poison)?;
+        Ok(outcome)
+    }
+
+    /// Compacts while a compaction is due and no frozen memtable waits for
+    /// its flush (a flush comes first: writers may be waiting for it).
+    fn compact_while_due(&self, tree: &mut Tree, poison: &Poison) -> Result<()> {
         while !self.has_frozen(poison) {
             let Some(c) = tree.pick_compaction() else {
                 break;
@@ -485,7 +492,7 @@ impl OnTables {
                 "compaction done"
             );
         }
-        Ok(outcome)
+        Ok(())
     }
 
     /// The log start the manifest records (records below are in tables).

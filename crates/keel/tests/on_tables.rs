@@ -178,6 +178,10 @@ fn random_operations_flushes_compactions_and_reopens_agree_with_a_model() {
 /// operation (flush, compaction, manifest, log, recovery); after power loss
 /// the store holds every acknowledged write, plus at most the write in
 /// flight.
+///
+/// One function (about 85 lines) on purpose: the crash, the optional crash
+/// during recovery and the checks read as one scenario, as in
+/// `crash_model.rs`.
 #[test]
 fn power_loss_anywhere_keeps_every_acknowledged_write() {
     let (mut states, mut in_recovery) = (0u64, 0u64);
