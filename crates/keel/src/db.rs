@@ -580,7 +580,7 @@ impl Db {
             }
         };
         let tables = sh.tables.as_ref().map(|t| t.stats(&sh.poison));
-        let log_start = sh.tables.as_ref().map(|t| t.log_start(&sh.poison));
+        let log_start = sh.tables.as_ref().map(|t| t.log_start());
         let ck = sh.poison.lock(&sh.checkpoints, "checkpoints");
         Stats {
             keys,

@@ -124,7 +124,12 @@ struct Counters {
 /// The table side of a [`Db`](crate::Db) opened with a memtable size.
 pub(crate) struct OnTables {
     layers: RwLock<Layers>,
+    /// Held for a whole flush or compaction: readers of counters use the
+    /// copies below instead, so INFO and /metrics never wait for one.
     tree: Mutex<Tree>,
+    /// The manifest's log start, as of the last flush.
+    log_start: AtomicU64,
+    cache: Option<Arc<crate::table::BlockCache>>,
     memtable_size: u64,
     /// Writers waiting for room wait here; the background thread notifies
     /// after each flush and compaction.
@@ -223,6 +228,8 @@ impl OnTables {
     fn new(layers: Layers, tree: Tree, memtable_size: u64) -> OnTables {
         OnTables {
             layers: RwLock::new(layers),
+            log_start: AtomicU64::new(tree.log_start()),
+            cache: tree.cache(),
             tree: Mutex::new(tree),
             memtable_size,
             room: (Mutex::new(()), Condvar::new()),
@@ -440,6 +447,7 @@ impl OnTables {
                 (tables_live as i64 + adds).max(0) as u64
             };
             let added = tree.flush(entries, log_start, live_after, floor)?;
+            self.log_start.store(log_start, Ordering::Relaxed);
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
             if let Some(meta) = &added {
                 self.counters
@@ -496,8 +504,8 @@ impl OnTables {
     }
 
     /// The log start the manifest records (records below are in tables).
-    pub(crate) fn log_start(&self, poison: &Poison) -> u64 {
-        poison.lock(&self.tree, "tree").log_start()
+    pub(crate) fn log_start(&self) -> u64 {
+        self.log_start.load(Ordering::Relaxed)
     }
 
     /// Counters and shape.
@@ -513,7 +521,7 @@ impl OnTables {
             let frozen_bytes = l.frozen.iter().map(|f| f.bytes()).sum();
             (levels, l.mem.bytes(), l.frozen.len(), frozen_bytes)
         };
-        let cache = poison.lock(&self.tree, "tree").cache_stats();
+        let cache = self.cache.as_ref().map(|c| c.stats());
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         TablesStats {

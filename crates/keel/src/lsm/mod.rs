@@ -504,6 +504,11 @@ impl Tree {
         Ok(free.len())
     }
 
+    /// The block cache shared by the tables (`None` without one).
+    pub fn cache(&self) -> Option<Arc<BlockCache>> {
+        self.cache.clone()
+    }
+
     /// The block cache's counters (`None` without a cache).
     pub fn cache_stats(&self) -> Option<CacheStats> {
         self.cache.as_ref().map(|c| c.stats())
