@@ -185,8 +185,9 @@ impl Deferred {
 pub struct Db {
     shared: Arc<Shared>,
     checkpointer: Option<JoinHandle<()>>,
-    /// On tables: the thread doing the key count's lookups.
-    counter: Option<JoinHandle<()>>,
+    /// On tables: the threads doing the key count's lookups and the
+    /// compactions.
+    table_threads: Vec<JoinHandle<()>>,
 }
 
 /// Opens a [`Db`]: where, on what storage, with which options. Made by
@@ -305,33 +306,49 @@ impl<'a> DbBuilder<'a> {
                 .spawn(move || worker.checkpoint_loop())
                 .map_err(|e| Error::io("starting the checkpoint thread", shared.dir.root(), e))?
         };
-        let counter = spawn_counter(&shared)?;
-        Ok((
-            Db {
-                shared,
-                checkpointer: Some(checkpointer),
-                counter,
-            },
-            r.report,
-        ))
+        let mut db = Db {
+            shared,
+            checkpointer: Some(checkpointer),
+            table_threads: Vec::new(),
+        };
+        // On an error, dropping `db` stops the threads started.
+        spawn_table_threads(&db.shared, &mut db.table_threads)?;
+        Ok((db, r.report))
     }
 }
 
-/// On tables: starts the thread doing the key count's lookups.
-fn spawn_counter(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>> {
+/// On tables: starts the threads doing the key count's lookups
+/// (`keel-count`) and the compactions (`keel-compact`).
+fn spawn_table_threads(shared: &Arc<Shared>, threads: &mut Vec<JoinHandle<()>>) -> Result<()> {
     if shared.tables.is_none() {
-        return Ok(None);
+        return Ok(());
     }
-    let worker = Arc::clone(shared);
-    let t = std::thread::Builder::new()
-        .name("keel-count".into())
-        .spawn(move || {
-            if let Some(t) = &worker.tables {
-                t.count_loop(&worker.poison);
-            }
-        })
-        .map_err(|e| Error::io("starting the key count thread", shared.dir.root(), e))?;
-    Ok(Some(t))
+    type Job = fn(&OnTables, &Poison);
+    let jobs: [(&str, &'static str, Job); 2] = [
+        (
+            "keel-count",
+            "starting the key count thread",
+            OnTables::count_loop,
+        ),
+        (
+            "keel-compact",
+            "starting the compaction thread",
+            OnTables::compact_loop,
+        ),
+    ];
+    for (name, op, job) in jobs {
+        let worker = Arc::clone(shared);
+        let t = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if let Some(t) = &worker.tables {
+                    job(t, &worker.poison);
+                }
+            })
+            .map_err(|e| Error::io(op, shared.dir.root(), e))?;
+        threads.push(t);
+    }
+    Ok(())
 }
 
 impl Db {
@@ -565,8 +582,14 @@ impl Db {
     }
 
     /// Writes a checkpoint now (or reports that the newest covers the state).
+    /// On tables: flushes the memtable, then runs the compactions due (and
+    /// waits for one running).
     pub fn checkpoint(&self) -> Result<CheckpointOutcome> {
-        self.shared.checkpoint()
+        let outcome = self.shared.checkpoint()?;
+        if let Some(t) = &self.shared.tables {
+            t.compact_while_due(&self.shared.poison)?;
+        }
+        Ok(outcome)
     }
 
     /// Counters and positions.
@@ -649,8 +672,9 @@ impl Db {
         }
         if let Some(tables) = &self.shared.tables {
             tables.stop_counting(&self.shared.poison);
+            tables.stop_compacting(&self.shared.poison);
         }
-        if let Some(t) = self.counter.take() {
+        for t in self.table_threads.drain(..) {
             let _ = t.join();
         }
     }

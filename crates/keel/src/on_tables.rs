@@ -8,7 +8,12 @@
 //! the oldest frozen memtable is written as a table and recorded with the
 //! new log start in one manifest edit, the new version is installed, and
 //! only then are the log segments it covers deleted (docs/DESIGN.md, rule 4).
-//! Compactions run on the same thread between flushes, paced.
+//!
+//! Compactions run on a thread of their own (`keel-compact`), paced, so a
+//! flush never waits for one: both write their tables without the tree's
+//! lock ([`crate::lsm::TableFiles`]) and take it only to record and install
+//! the result. Lock order: the tree, then the layers (a version reaches the
+//! layers in the order the tree made them).
 //!
 //! Stalls: writers wait while [`MAX_FROZEN`] memtables wait for a flush or
 //! level 0 holds [`L0_STOP`] tables, and slow down from [`L0_SLOWDOWN`];
@@ -25,7 +30,7 @@
 use crate::error::{Error, Result};
 use crate::layers::{Layers, View};
 use crate::layout::DataDir;
-use crate::lsm::{Tree, TreeOptions};
+use crate::lsm::{TableFiles, Tree, TreeOptions};
 use crate::op::Op;
 use crate::options::Options;
 use crate::poison::Poison;
@@ -50,6 +55,12 @@ pub const L0_STOP: usize = 12;
 pub const LOOKUP_BATCH: usize = 4096;
 /// The delay per write while level 0 is over [`L0_SLOWDOWN`].
 const SLOWDOWN: Duration = Duration::from_millis(1);
+/// After a failed compaction, the compaction thread waits this long, then
+/// twice as long after each further failure up to [`COMPACT_RETRY_MAX`]: a
+/// full disk must not turn into a busy loop.
+const COMPACT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// See [`COMPACT_RETRY_MIN`].
+const COMPACT_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Counters of a store on tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,9 +135,16 @@ struct Counters {
 /// The table side of a [`Db`](crate::Db) opened with a memtable size.
 pub(crate) struct OnTables {
     layers: RwLock<Layers>,
-    /// Held for a whole flush or compaction: readers of counters use the
-    /// copies below instead, so INFO and /metrics never wait for one.
+    /// Held only to pick a compaction or record a flush or compaction
+    /// (a manifest edit, with its fdatasync); the tables are written
+    /// without it, through `files`.
     tree: Mutex<Tree>,
+    files: TableFiles,
+    /// One compaction at a time (the compaction thread's, or one asked for
+    /// by [`Db::checkpoint`](crate::Db::checkpoint)).
+    compacting: Mutex<()>,
+    /// Wakes the compaction thread: (compaction maybe due, stop).
+    compact_wake: (Mutex<(bool, bool)>, Condvar),
     /// The manifest's log start, as of the last flush.
     log_start: AtomicU64,
     cache: Option<Arc<crate::table::BlockCache>>,
@@ -134,7 +152,10 @@ pub(crate) struct OnTables {
     /// Writers waiting for room wait here; the background thread notifies
     /// after each flush and compaction.
     room: (Mutex<()>, Condvar),
-    last_error: Mutex<Option<String>>,
+    /// The last flush's failure and the last compaction's, while the last
+    /// attempt of each failed: a writer that would wait for one is refused.
+    flush_error: Mutex<Option<String>>,
+    compact_error: Mutex<Option<String>>,
     counters: Counters,
     /// Wakes the key count's thread: (lookups waiting, stop).
     count_wake: (Mutex<(bool, bool)>, Condvar),
@@ -230,10 +251,15 @@ impl OnTables {
             layers: RwLock::new(layers),
             log_start: AtomicU64::new(tree.log_start()),
             cache: tree.cache(),
+            files: tree.files(),
             tree: Mutex::new(tree),
+            compacting: Mutex::new(()),
+            // The tree may need a compaction from the start.
+            compact_wake: (Mutex::new((true, false)), Condvar::new()),
             memtable_size,
             room: (Mutex::new(()), Condvar::new()),
-            last_error: Mutex::new(None),
+            flush_error: Mutex::new(None),
+            compact_error: Mutex::new(None),
             counters: Counters::default(),
             // The replayed keys wait for their lookups from the start.
             count_wake: (Mutex::new((true, false)), Condvar::new()),
@@ -361,7 +387,13 @@ impl OnTables {
                 }
                 break Ok(());
             }
-            if let Some(why) = poison.lock(&self.last_error, "tables error").clone() {
+            // Waiting for what failed last time: refuse instead.
+            let failed = if frozen >= MAX_FROZEN {
+                &self.flush_error
+            } else {
+                &self.compact_error
+            };
+            if let Some(why) = poison.lock(failed, "tables error").clone() {
                 break Err(Error::WriteStalled { why });
             }
             if since.is_none() {
@@ -385,14 +417,9 @@ impl OnTables {
         result
     }
 
-    /// Whether a frozen memtable waits for its flush.
-    pub(crate) fn has_frozen(&self, poison: &Poison) -> bool {
-        !poison.read(&self.layers, "layers").frozen.is_empty()
-    }
-
     /// Flushes every frozen memtable (first freezing the live one if
-    /// `force`), then compacts while compactions are due and no memtable
-    /// waits. The log is deleted up to the new log start after each flush.
+    /// `force`), deleting the log up to the new log start after each, then
+    /// wakes the compaction thread.
     pub(crate) fn flush(
         &self,
         wal: &Wal,
@@ -400,19 +427,19 @@ impl OnTables {
         force: bool,
     ) -> Result<CheckpointOutcome> {
         let result = self.flush_inner(wal, poison, force);
-        *poison.lock(&self.last_error, "tables error") =
+        *poison.lock(&self.flush_error, "tables error") =
             result.as_ref().err().map(|e| e.to_string());
         self.room.1.notify_all();
+        self.wake_compaction(poison);
         result
     }
 
     fn flush_inner(&self, wal: &Wal, poison: &Poison, force: bool) -> Result<CheckpointOutcome> {
-        let mut tree = poison.lock(&self.tree, "tree");
         if force {
             poison.write(&self.layers, "layers").freeze();
         }
         let mut outcome = CheckpointOutcome {
-            lsn: tree.log_start() - 1,
+            lsn: self.log_start() - 1,
             written: false,
             segments_removed: 0,
             checkpoints_removed: 0,
@@ -436,60 +463,141 @@ impl OnTables {
             wal.sync()?;
             let log_start = mem.max_lsn + 1;
             // Wholly older than a clear since: nothing of it is live.
-            let entries: Box<dyn Iterator<Item = _>> = if mem.max_lsn < floor {
-                Box::new(std::iter::empty())
+            let cleared = mem.max_lsn < floor;
+            let added = if cleared {
+                None
             } else {
-                Box::new(mem.sorted())
+                // Without the tree's lock: a compaction may be recording.
+                self.files.write_l0(mem.sorted())?
             };
-            let live_after = if mem.max_lsn < floor {
+            let live_after = if cleared {
                 tables_live
             } else {
                 (tables_live as i64 + adds).max(0) as u64
             };
-            let added = tree.flush(entries, log_start, live_after, floor)?;
+            let table_bytes = added.as_ref().map_or(0, |m| m.size);
+            {
+                let mut tree = poison.lock(&self.tree, "tree");
+                tree.install_flush(added, log_start, live_after, floor)?;
+                {
+                    let mut l = poison.write(&self.layers, "layers");
+                    l.frozen.retain(|f| !Arc::ptr_eq(f, &mem));
+                    l.version = tree.version();
+                    // Unless a clear came since, which emptied the tables.
+                    if mem.max_lsn >= l.floor {
+                        l.tables_live = (l.tables_live as i64 + adds).max(0) as u64;
+                    }
+                }
+                // The layers no longer pin the tables a clear removed.
+                tree.delete_obsolete()?;
+            }
             self.log_start.store(log_start, Ordering::Relaxed);
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-            if let Some(meta) = &added {
-                self.counters
-                    .flush_bytes
-                    .fetch_add(meta.size, Ordering::Relaxed);
-            }
-            {
-                let mut l = poison.write(&self.layers, "layers");
-                l.frozen.retain(|f| !Arc::ptr_eq(f, &mem));
-                l.version = tree.version();
-                // Unless a clear came since, which emptied the tables.
-                if mem.max_lsn >= l.floor {
-                    l.tables_live = (l.tables_live as i64 + adds).max(0) as u64;
-                }
-            }
-            tree.delete_obsolete()?;
+            self.counters
+                .flush_bytes
+                .fetch_add(table_bytes, Ordering::Relaxed);
             self.room.1.notify_all();
             // The edit is durable (Manifest::apply): the log below it may go.
             outcome.segments_removed += wal.truncate_before(log_start)?;
             outcome.lsn = log_start - 1;
             outcome.written = true;
         }
-        self.compact_while_due(&mut tree, poison)?;
         Ok(outcome)
     }
 
-    /// Compacts while a compaction is due and no frozen memtable waits for
-    /// its flush (a flush comes first: writers may be waiting for it).
-    fn compact_while_due(&self, tree: &mut Tree, poison: &Poison) -> Result<()> {
-        while !self.has_frozen(poison) {
-            let Some(c) = tree.pick_compaction() else {
+    fn wake_compaction(&self, poison: &Poison) {
+        poison.lock(&self.compact_wake.0, "compact").0 = true;
+        self.compact_wake.1.notify_one();
+    }
+
+    /// Stops the compaction thread (a compaction running stops before its
+    /// next output table; its outputs are removed).
+    pub(crate) fn stop_compacting(&self, poison: &Poison) {
+        poison.lock(&self.compact_wake.0, "compact").1 = true;
+        self.compact_wake.1.notify_all();
+    }
+
+    fn stopping(&self, poison: &Poison) -> bool {
+        poison.lock(&self.compact_wake.0, "compact").1
+    }
+
+    /// The compaction thread: compacts while compactions are due whenever
+    /// woken (after each flush). After a failure it waits (1 s, doubling to
+    /// 60 s) before trying again. Returns once
+    /// [`stop_compacting`](Self::stop_compacting).
+    pub(crate) fn compact_loop(&self, poison: &Poison) {
+        let (m, cv) = &self.compact_wake;
+        let mut backoff: Option<Duration> = None;
+        loop {
+            {
+                let mut wake = poison.lock(m, "compact");
+                if let Some(wait) = backoff {
+                    let until = Instant::now() + wait;
+                    while !wake.1 && Instant::now() < until {
+                        let left = until.saturating_duration_since(Instant::now());
+                        wake = poison.wait(cv, wake, Some(left), "compact").0;
+                    }
+                }
+                while !wake.0 && !wake.1 {
+                    wake = poison.wait(cv, wake, None, "compact").0;
+                }
+                if wake.1 {
+                    return;
+                }
+                wake.0 = false;
+            }
+            if poison.check().is_err() {
+                return;
+            }
+            let result = self.compact_while_due(poison);
+            backoff = match &result {
+                Ok(_) => None,
+                Err(e) => {
+                    let wait =
+                        backoff.map_or(COMPACT_RETRY_MIN, |d| (d * 2).min(COMPACT_RETRY_MAX));
+                    tracing::error!(error = %e, retry_in = ?wait, "compaction failed; writes go on until level 0 is full");
+                    Some(wait)
+                }
+            };
+            *poison.lock(&self.compact_error, "tables error") = result.err().map(|e| e.to_string());
+            self.room.1.notify_all();
+        }
+    }
+
+    /// Compacts while a compaction is due (one at a time); the number done.
+    pub(crate) fn compact_while_due(&self, poison: &Poison) -> Result<usize> {
+        let _one_at_a_time = poison.lock(&self.compacting, "compaction");
+        let mut done = 0;
+        while !self.stopping(poison) {
+            let Some(c) = poison.lock(&self.tree, "tree").pick_compaction() else {
                 break;
             };
-            let stats = tree.compact(&c)?;
-            self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+            // Without the tree's lock: flushes go on meanwhile.
+            let Some(out) = self.files.write_compaction(&c, &|| self.stopping(poison))? else {
+                break; // stopping
+            };
+            let stats = {
+                let mut tree = poison.lock(&self.tree, "tree");
+                let Some(stats) = tree.install_compaction(&c, out)? else {
+                    tracing::info!(
+                        level = c.level,
+                        "compaction abandoned: a clear removed its inputs meanwhile"
+                    );
+                    continue;
+                };
+                poison.write(&self.layers, "layers").version = tree.version();
+                // Neither the layers nor the pick pin the inputs now.
+                drop(c);
+                tree.delete_obsolete()?;
+                stats
+            };
+            done += 1;
             let c = &self.counters;
+            c.compactions.fetch_add(1, Ordering::Relaxed);
             c.compaction_read
                 .fetch_add(stats.bytes_read, Ordering::Relaxed);
             c.compaction_written
                 .fetch_add(stats.bytes_written, Ordering::Relaxed);
-            poison.write(&self.layers, "layers").version = tree.version();
-            tree.delete_obsolete()?;
             self.room.1.notify_all();
             tracing::info!(
                 level = stats.level,
@@ -500,7 +608,7 @@ impl OnTables {
                 "compaction done"
             );
         }
-        Ok(())
+        Ok(done)
     }
 
     /// The log start the manifest records (records below are in tables).
@@ -539,7 +647,10 @@ impl OnTables {
             stalls: get(&c.stalls),
             cache_hits: cache.as_ref().map_or(0, |c| c.hits),
             cache_misses: cache.as_ref().map_or(0, |c| c.misses),
-            last_error: poison.lock(&self.last_error, "tables error").clone(),
+            last_error: poison
+                .lock(&self.flush_error, "tables error")
+                .clone()
+                .or_else(|| poison.lock(&self.compact_error, "tables error").clone()),
         }
     }
 }

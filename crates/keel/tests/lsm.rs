@@ -41,6 +41,16 @@ fn memtable(rng: &mut SplitMix64, n: u64) -> Model {
 }
 
 fn flush(tree: &mut Tree, mem: &Model, lsn: u64) -> Result<(), keel::lsm::LsmError> {
+    flush_after_clear(tree, mem, lsn, 0)
+}
+
+/// [`flush`], after a clear at `floor` (0: none).
+fn flush_after_clear(
+    tree: &mut Tree,
+    mem: &Model,
+    lsn: u64,
+    floor: u64,
+) -> Result<(), keel::lsm::LsmError> {
     let entries = mem.iter().map(|(k, e)| {
         let v = match e {
             Entry::Put(v) => Stored::Put(v.as_slice()),
@@ -48,7 +58,7 @@ fn flush(tree: &mut Tree, mem: &Model, lsn: u64) -> Result<(), keel::lsm::LsmErr
         };
         (k.as_slice(), v, lsn)
     });
-    tree.flush(entries, lsn + 1, 0, 0).map(|_| ())
+    tree.flush(entries, lsn + 1, 0, floor).map(|_| ())
 }
 
 /// What reads see: the newest entry, a tombstone meaning absent.
@@ -132,6 +142,72 @@ fn flushes_and_compactions_agree_with_a_model() {
     let tree = Tree::open(Arc::clone(&s), root, small()).unwrap();
     assert_eq!(tree_visible(&tree), visible(&model));
     println!("{compactions} compactions, down to level {deepest}: the tree agrees with the model; block cache {cache:?}");
+}
+
+/// A flush recorded while a compaction writes its outputs (each on its own
+/// thread in `Db`, the tree's lock taken only to record): the compaction is
+/// installed after it, over the new L0 table; and once a flush after a
+/// clear has removed the compaction's inputs, the compaction is abandoned
+/// and its outputs removed, or the cleared keys would come back.
+#[test]
+fn a_flush_while_a_compaction_writes_is_kept_and_a_clear_abandons_the_compaction() {
+    let s = Arc::new(SimStorage::new(5));
+    let root = Path::new("/db");
+    let mut tree = Tree::open(s.clone() as Arc<dyn Storage>, root, small()).unwrap();
+    let mut rng = SplitMix64::new(5);
+    let mut model = Model::new();
+    let mut lsn = 0;
+    let mut next = |tree: &mut Tree, model: &mut Model, rng: &mut SplitMix64| {
+        lsn += 1;
+        let mem = memtable(rng, 60);
+        flush(tree, &mem, lsn).unwrap();
+        model.extend(mem);
+        lsn
+    };
+    // First a plain flush while the compaction writes, then a clear.
+    for clear in [false, true] {
+        while tree.pick_compaction().is_none() {
+            next(&mut tree, &mut model, &mut rng);
+        }
+        // Pick and write without the tree, then a flush is recorded.
+        let c = tree.pick_compaction().unwrap();
+        let out = tree
+            .files()
+            .write_compaction(&c, &|| false)
+            .unwrap()
+            .unwrap();
+        let written: Vec<u64> = out.tables.iter().map(|t| t.number).collect();
+        if clear {
+            let floor = tree.log_start() + 1000;
+            let mem = memtable(&mut rng, 30);
+            flush_after_clear(&mut tree, &mem, floor + 1, floor).unwrap();
+            model = mem;
+            assert_eq!(tree.install_compaction(&c, out).unwrap(), None);
+            let names = s.list(&root.join("tables")).unwrap();
+            for n in written {
+                assert!(
+                    !names.iter().any(|f| f.starts_with(&format!("{n:020}"))),
+                    "abandoned output {n} left behind: {names:?}"
+                );
+            }
+        } else {
+            next(&mut tree, &mut model, &mut rng);
+            assert!(
+                tree.version().level(0)[0].meta.number > *written.iter().max().unwrap(),
+                "the flush's table number was reserved after the outputs'"
+            );
+            let stats = tree.install_compaction(&c, out).unwrap();
+            assert!(stats.is_some(), "inputs still live: installed");
+        }
+        drop(c);
+        tree.delete_obsolete().unwrap();
+        assert_eq!(tree_visible(&tree), visible(&model), "clear: {clear}");
+        check_files(&s, &tree);
+    }
+    // And the same after a reopen.
+    tree.close().unwrap();
+    let tree = Tree::open(s.clone() as Arc<dyn Storage>, root, small()).unwrap();
+    assert_eq!(tree_visible(&tree), visible(&model));
 }
 
 /// Every `.sst` file in the tables directory is live, and each verifies.

@@ -14,6 +14,11 @@
 //!   no manifest record names are removed at open, after the manifest is
 //!   replayed, never before.
 //!
+//! Flushes and compactions write their tables through [`TableFiles`],
+//! without the tree (in `Db`, without its lock, each on its own thread),
+//! and record them with [`Tree::install_flush`] and
+//! [`Tree::install_compaction`].
+//!
 //! Compaction policy: leveled, as LevelDB and RocksDB do. L0 is compacted
 //! into L1 once it holds [`TreeOptions::l0_trigger`] tables; level `n >= 1`
 //! is compacted into `n + 1` once it holds more than
@@ -22,17 +27,17 @@
 //! [`TreeOptions::table_bytes`]. Tombstones are dropped only when no deeper
 //! level holds tables.
 
+mod files;
 mod merge;
 mod version;
 
+pub use files::{CompactionOutput, TableFiles};
 pub use merge::{Item, MergeIter, Source};
 pub use version::{LevelIter, LiveTable, Version};
 
 use crate::layout::{parse_table_name, table_file_name, MANIFEST_DIR, TABLES_DIR};
 use crate::manifest::{Manifest, ManifestError, TableMeta, VersionEdit, LEVELS};
-use crate::table::{
-    write_table, BlockCache, CacheStats, Entry, Stored, Table, TableBuilder, TableError,
-};
+use crate::table::{BlockCache, CacheStats, Entry, Stored, Table, TableError};
 use keel_storage::{IoError, OpenMode, Storage, TEMP_SUFFIX};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -119,12 +124,18 @@ pub struct Compaction {
     pub inputs: Vec<Arc<LiveTable>>,
     /// The overlapping tables of the next level.
     pub next: Vec<Arc<LiveTable>>,
+    /// Whether no deeper level holds tables (then tombstones are dropped).
+    /// Only compactions fill deeper levels, one at a time, so this holds
+    /// until the compaction is installed.
+    pub bottom: bool,
 }
 
 /// The live tables of a store, under its manifest.
 pub struct Tree {
     storage: Arc<dyn Storage>,
     tables_dir: PathBuf,
+    /// Writes table files, also without this tree (see [`TableFiles`]).
+    files: TableFiles,
     manifest: Manifest,
     options: TreeOptions,
     current: Arc<Version>,
@@ -171,9 +182,16 @@ impl Tree {
                 }));
             }
         }
+        let files = TableFiles::new(
+            Arc::clone(&storage),
+            tables_dir.clone(),
+            options,
+            manifest.state().next_table,
+        );
         let tree = Tree {
             storage,
             tables_dir,
+            files,
             manifest,
             options,
             current: Arc::new(Version { levels }),
@@ -238,6 +256,12 @@ impl Tree {
         self.tables_dir.join(table_file_name(number))
     }
 
+    /// Writes this tree's table files; use it without the tree (and its
+    /// lock) to write a flush's table or a compaction's outputs.
+    pub fn files(&self) -> TableFiles {
+        self.files.clone()
+    }
+
     fn open_table(&self, meta: TableMeta) -> Result<Arc<LiveTable>, LsmError> {
         let path = self.table_path(meta.number);
         let file = self
@@ -250,12 +274,8 @@ impl Tree {
         }))
     }
 
-    /// Writes sorted `entries` (key, value or tombstone, LSN) as a new L0
-    /// table, then records it in one manifest edit with the log start moved
-    /// to `log_start` and the live key count as of there. Tables wholly
-    /// older than `floor` (the LSN of the last clear; 0 if none) leave in
-    /// the same edit: a clear must never come back once the log holding it
-    /// is gone. With no entries, only the log start and the count move.
+    /// Writes sorted `entries` as a new L0 table and installs it: see
+    /// [`TableFiles::write_l0`] and [`install_flush`](Self::install_flush).
     pub fn flush<'e>(
         &mut self,
         entries: impl IntoIterator<Item = (&'e [u8], Stored<'e>, u64)>,
@@ -263,9 +283,24 @@ impl Tree {
         live_keys: u64,
         floor: u64,
     ) -> Result<Option<TableMeta>, LsmError> {
-        let number = self.manifest.state().next_table;
-        let path = self.table_path(number);
-        let mut entries = entries.into_iter().peekable();
+        let added = self.files.write_l0(entries)?;
+        self.install_flush(added.clone(), log_start, live_keys, floor)?;
+        Ok(added)
+    }
+
+    /// Records a flush in one manifest edit: the table `added` (written by
+    /// [`TableFiles::write_l0`]; `None` if the flush had no entries), the
+    /// log start moved to `log_start` and the live key count as of there.
+    /// Tables wholly older than `floor` (the LSN of the last clear; 0 if
+    /// none) leave in the same edit: a clear must never come back once the
+    /// log holding it is gone.
+    pub fn install_flush(
+        &mut self,
+        added: Option<TableMeta>,
+        log_start: u64,
+        live_keys: u64,
+        floor: u64,
+    ) -> Result<(), LsmError> {
         let cleared: Vec<Arc<LiveTable>> = self
             .current
             .levels
@@ -274,23 +309,17 @@ impl Tree {
             .filter(|t| t.meta.max_lsn < floor)
             .cloned()
             .collect();
-        let mut edit = VersionEdit {
+        let edit = VersionEdit {
             log_start: Some(log_start),
             live_keys: Some(live_keys),
+            next_table: Some(self.files.next_number()),
             removed: cleared
                 .iter()
                 .map(|t| (t.meta.level, t.meta.number))
                 .collect(),
+            added: added.iter().cloned().collect(),
             ..VersionEdit::default()
         };
-        let mut added = None;
-        if entries.peek().is_some() {
-            let (props, size) = write_table(&*self.storage, &path, entries)?;
-            let meta = TableMeta::new(0, number, size, &props);
-            edit.next_table = Some(number + 1);
-            edit.added.push(meta.clone());
-            added = Some(meta);
-        }
         // A crash before this edit leaves an orphan, removed at open.
         self.manifest.apply(&edit)?;
         let mut v = (*self.current).clone();
@@ -298,12 +327,12 @@ impl Tree {
             v.levels[t.meta.level as usize].retain(|x| x.meta.number != t.meta.number);
             self.obsolete.push(t);
         }
-        if let Some(meta) = &added {
-            v.levels[0].insert(0, self.open_table(meta.clone())?);
+        if let Some(meta) = added {
+            v.levels[0].insert(0, self.open_table(meta)?);
         }
         self.current = Arc::new(v);
         self.delete_obsolete()?;
-        Ok(added)
+        Ok(())
     }
 
     fn level_bytes(&self, level: usize) -> u64 {
@@ -354,47 +383,50 @@ impl Tree {
             level: level as u8,
             inputs,
             next,
+            bottom: (level + 2..LEVELS).all(|l| v.level(l).is_empty()),
         })
     }
 
-    /// Runs `c`: merges its tables into new tables at the next level,
-    /// records them and the inputs' removal in one edit, then deletes the
-    /// inputs' files no version holds any more.
+    /// Runs `c` to the end under this tree: see
+    /// [`TableFiles::write_compaction`] and
+    /// [`install_compaction`](Self::install_compaction).
     pub fn compact(&mut self, c: &Compaction) -> Result<CompactionStats, LsmError> {
-        let out_level = c.level as usize + 1;
-        let mut sources: Vec<Source<'static>> = Vec::new();
-        if c.level == 0 {
-            for t in &c.inputs {
-                sources.push(Box::new(t.table.iter_arc(&[])));
-            }
-        } else {
-            sources.push(Box::new(LevelIter::new(c.inputs.clone(), &[])));
-        }
-        sources.push(Box::new(LevelIter::new(c.next.clone(), &[])));
-        let bottom = (out_level + 1..LEVELS).all(|l| self.current.level(l).is_empty());
+        let out = self
+            .files
+            .write_compaction(c, &|| false)?
+            .expect("never cancelled");
+        let stats = self.install_compaction(c, out)?;
+        Ok(stats.expect("no flush ran since the pick"))
+    }
+
+    /// Records a compaction's outputs and its inputs' removal in one edit,
+    /// then deletes the inputs' files no version holds any more. If an
+    /// input is no longer live (a flush after a clear removed it while the
+    /// compaction ran), the outputs would bring cleared data back: they are
+    /// removed instead, nothing is recorded, and `None` is returned.
+    pub fn install_compaction(
+        &mut self,
+        c: &Compaction,
+        out: CompactionOutput,
+    ) -> Result<Option<CompactionStats>, LsmError> {
         let all_inputs = || c.inputs.iter().chain(&c.next);
-        let mut stats = CompactionStats {
-            level: c.level,
-            inputs: all_inputs().count(),
-            bytes_read: all_inputs().map(|t| t.meta.size).sum(),
-            ..CompactionStats::default()
+        let live = |t: &LiveTable| {
+            self.current
+                .level(t.meta.level as usize)
+                .iter()
+                .any(|x| x.meta.number == t.meta.number)
         };
-        let entries_in: u64 = all_inputs().map(|t| t.meta.entries).sum();
-        let lsns = (
-            all_inputs().map(|t| t.meta.min_lsn).min().unwrap_or(0),
-            all_inputs().map(|t| t.meta.max_lsn).max().unwrap_or(0),
-        );
-        let (outputs, kept) =
-            self.write_outputs(MergeIter::new(sources), out_level as u8, bottom, lsns)?;
-        stats.outputs = outputs.len();
-        stats.bytes_written = outputs.iter().map(|m| m.size).sum();
-        stats.dropped = entries_in - kept;
+        if !all_inputs().all(|t| live(t)) {
+            self.files.remove_unrecorded(&out.tables);
+            return Ok(None);
+        }
+        let out_level = c.level as usize + 1;
         let edit = VersionEdit {
-            next_table: Some(self.next_number_after(&outputs)),
+            next_table: Some(self.files.next_number()),
             removed: all_inputs()
                 .map(|t| (t.meta.level, t.meta.number))
                 .collect(),
-            added: outputs.clone(),
+            added: out.tables.clone(),
             ..VersionEdit::default()
         };
         // A crash before this edit leaves the outputs as orphans; after it,
@@ -405,7 +437,7 @@ impl Tree {
             v.levels[t.meta.level as usize].retain(|x| x.meta.number != t.meta.number);
             self.obsolete.push(Arc::clone(t));
         }
-        for meta in outputs {
+        for meta in out.tables {
             v.levels[out_level].push(self.open_table(meta)?);
         }
         v.levels[out_level].sort_by(|a, b| a.meta.smallest.cmp(&b.meta.smallest));
@@ -414,73 +446,7 @@ impl Tree {
             self.compact_after[c.level as usize] = last.clone();
         }
         self.delete_obsolete()?;
-        Ok(stats)
-    }
-
-    fn next_number_after(&self, outputs: &[TableMeta]) -> u64 {
-        outputs
-            .iter()
-            .map(|m| m.number + 1)
-            .max()
-            .unwrap_or(self.manifest.state().next_table)
-    }
-
-    /// Writes the merged entries as tables of about `table_bytes` at
-    /// `level` (dropping tombstones at the bottom); their records and the
-    /// number of entries kept.
-    fn write_outputs(
-        &self,
-        merged: MergeIter<'static>,
-        level: u8,
-        bottom: bool,
-        (lsn_lo, lsn_hi): (u64, u64),
-    ) -> Result<(Vec<TableMeta>, u64), LsmError> {
-        let mut outputs = Vec::new();
-        let mut kept = 0u64;
-        let mut number = self.manifest.state().next_table;
-        let mut merged = merged.peekable();
-        while merged.peek().is_some() {
-            let path = self.table_path(number);
-            let mut failed: Option<TableError> = None;
-            let mut props_size = None;
-            let mut wrote = 0u64;
-            keel_storage::write_atomic(&*self.storage, &path, |file, _| {
-                let mut b = TableBuilder::new(file).paced(self.options.compaction_bytes_per_sec);
-                b.extend_lsn_range(lsn_lo, lsn_hi);
-                while b.size_estimate() < self.options.table_bytes {
-                    let Some(item) = merged.next() else { break };
-                    let (k, e) = match item {
-                        Ok(x) => x,
-                        Err(e) => {
-                            failed = Some(e);
-                            return Err(std::io::Error::other("an input table is damaged"));
-                        }
-                    };
-                    match e {
-                        Entry::Put(v) => b.add(&k, Stored::Put(&v), lsn_lo)?,
-                        Entry::Tombstone if !bottom => b.add(&k, Stored::Tombstone, lsn_lo)?,
-                        Entry::Tombstone => continue,
-                    }
-                    wrote += 1;
-                }
-                props_size = Some(b.finish()?);
-                Ok(())
-            })
-            .map_err(|e| match failed.take() {
-                Some(t) => LsmError::Table(t),
-                None => LsmError::Io(e),
-            })?;
-            let (props, size) = props_size.expect("set when the write succeeded");
-            if props.entries == 0 {
-                // Only tombstones, all dropped: no table.
-                let _ = self.storage.remove(&path);
-                continue;
-            }
-            kept += wrote;
-            outputs.push(TableMeta::new(level, number, size, &props));
-            number += 1;
-        }
-        Ok((outputs, kept))
+        Ok(Some(out.stats))
     }
 
     /// Deletes the files of obsolete tables that no version holds any more
