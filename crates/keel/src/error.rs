@@ -137,11 +137,12 @@ pub enum Error {
     /// A table could not be read.
     #[error(transparent)]
     Table(#[from] crate::table::TableError),
-    /// Flushes cannot keep up or keep failing, and the memtables waiting
-    /// for them are at their limit: the write was refused, nothing changed.
-    #[error("write refused: the memtable cannot be flushed ({why}); every acknowledged write is in the log. Fix the cause (often a full disk); writes resume once a flush succeeds")]
+    /// The write would wait for a flush (both memtables full) or a
+    /// compaction (level 0 full) whose last attempt failed: it was refused,
+    /// nothing changed.
+    #[error("write refused: {why}; every acknowledged write is in the log. Fix the cause (often a full disk); writes resume once a flush or compaction succeeds")]
     WriteStalled {
-        /// Why the last flush failed.
+        /// What failed, and how.
         why: String,
     },
 }

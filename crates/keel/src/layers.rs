@@ -196,10 +196,10 @@ impl Layers {
         self.applied_lsn = lsn;
     }
 
-    /// Freezes the memtable (O(1)) if it holds at least `limit` bytes;
-    /// whether it did.
-    pub(crate) fn freeze_if_full(&mut self, limit: u64) -> bool {
-        if self.mem.bytes() < limit {
+    /// Freezes the memtable (O(1)) if it holds at least `limit` bytes and
+    /// fewer than `max_frozen` memtables are frozen; whether it did.
+    pub(crate) fn freeze_if_full(&mut self, limit: u64, max_frozen: usize) -> bool {
+        if self.mem.bytes() < limit || self.frozen.len() >= max_frozen {
             return false;
         }
         self.freeze();

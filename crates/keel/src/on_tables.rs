@@ -15,10 +15,12 @@
 //! the result. Lock order: the tree, then the layers (a version reaches the
 //! layers in the order the tree made them).
 //!
-//! Stalls: writers wait while [`MAX_FROZEN`] memtables wait for a flush or
-//! level 0 holds [`L0_STOP`] tables, and slow down from [`L0_SLOWDOWN`];
-//! memory stays bounded by about `(1 + MAX_FROZEN) * memtable_size` plus
-//! the cache. If the last flush failed, a write that would wait is refused
+//! Stalls: a full memtable is frozen only while fewer than [`MAX_FROZEN`]
+//! wait for a flush; otherwise it stays active and writers wait until the
+//! flush is done (which then freezes it). Writers also wait while level 0
+//! holds [`L0_STOP`] tables, and slow down from [`L0_SLOWDOWN`]. Memory
+//! stays bounded by about `(1 + MAX_FROZEN) * memtable_size` plus the
+//! cache. If the last flush failed, a write that would wait is refused
 //! instead (nothing changed), so a full disk is an error, not a hang.
 //!
 //! Recovery: open the tree (manifest replay, orphan sweep), then replay the
@@ -42,10 +44,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// Frozen memtables that may wait for a flush before writers wait: one,
-/// as RocksDB's default `max_write_buffer_number = 2` allows. Measured
-/// with 64 MiB memtables, a 4 million key fill: 2 took peak RSS from 242
-/// to 531 MB for the same throughput (docs/BENCHMARKS.md).
+/// Frozen memtables that may wait for a flush while the active one fills:
+/// one, so two memtables at most, as RocksDB's default
+/// `max_write_buffer_number = 2`. Measured with 64 MiB memtables, a 4
+/// million key fill: three took peak RSS from 242 to 531 MB for the same
+/// throughput (docs/BENCHMARKS.md).
 pub const MAX_FROZEN: usize = 1;
 /// Level-0 tables from which each write is delayed by [`SLOWDOWN`].
 pub const L0_SLOWDOWN: usize = 8;
@@ -223,7 +226,7 @@ impl OnTables {
         let last = wal.next_lsn() - 1;
         recovery::check_continuity(&dir.log_dir(), log_start - 1, &[], wal.first_lsn(), last)?;
         layers.applied_lsn = last.max(log_start - 1);
-        layers.freeze_if_full(memtable_size);
+        layers.freeze_if_full(memtable_size, MAX_FROZEN);
         let report = RecoveryReport {
             checkpoint: None,
             damaged_checkpoints: Vec::new(),
@@ -362,7 +365,7 @@ impl OnTables {
             layers.apply(lsn, op);
             self.counters.user_bytes.fetch_add(bytes, Ordering::Relaxed);
             count |= layers.mem.unresolved_len() / LOOKUP_BATCH > waiting / LOOKUP_BATCH;
-            wake |= layers.freeze_if_full(self.memtable_size);
+            wake |= layers.freeze_if_full(self.memtable_size, MAX_FROZEN);
         }
         drop(layers);
         if count || wake {
@@ -376,11 +379,13 @@ impl OnTables {
     pub(crate) fn wait_for_room(&self, poison: &Poison) -> Result<()> {
         let mut since: Option<Instant> = None;
         let result = loop {
-            let (frozen, l0) = {
+            let (frozen, full, l0) = {
                 let l = poison.read(&self.layers, "layers");
-                (l.frozen.len(), l.version.level(0).len())
+                let full = l.mem.bytes() >= self.memtable_size;
+                (l.frozen.len(), full, l.version.level(0).len())
             };
-            if frozen < MAX_FROZEN && l0 < L0_STOP {
+            let flush_behind = full && frozen >= MAX_FROZEN;
+            if !flush_behind && l0 < L0_STOP {
                 if l0 >= L0_SLOWDOWN {
                     std::thread::sleep(SLOWDOWN);
                     since.get_or_insert_with(|| Instant::now() - SLOWDOWN);
@@ -388,13 +393,20 @@ impl OnTables {
                 break Ok(());
             }
             // Waiting for what failed last time: refuse instead.
-            let failed = if frozen >= MAX_FROZEN {
+            let failed = if flush_behind {
                 &self.flush_error
             } else {
                 &self.compact_error
             };
-            if let Some(why) = poison.lock(failed, "tables error").clone() {
-                break Err(Error::WriteStalled { why });
+            if let Some(e) = poison.lock(failed, "tables error").clone() {
+                let what = if flush_behind {
+                    "the memtable cannot be flushed"
+                } else {
+                    "level 0 cannot be compacted"
+                };
+                break Err(Error::WriteStalled {
+                    why: format!("{what} ({e})"),
+                });
             }
             if since.is_none() {
                 since = Some(Instant::now());
@@ -483,6 +495,9 @@ impl OnTables {
                     let mut l = poison.write(&self.layers, "layers");
                     l.frozen.retain(|f| !Arc::ptr_eq(f, &mem));
                     l.version = tree.version();
+                    // The active memtable may have filled meanwhile (then
+                    // writers wait for it): freeze it, flushed next turn.
+                    l.freeze_if_full(self.memtable_size, MAX_FROZEN);
                     // Unless a clear came since, which emptied the tables.
                     if mem.max_lsn >= l.floor {
                         l.tables_live = (l.tables_live as i64 + adds).max(0) as u64;

@@ -285,6 +285,71 @@ fn no_orphans(s: &SimStorage, seed: u64) {
 /// A data directory written by the in-memory engine (checkpoint + log)
 /// opens on tables with the same contents, its checkpoint becomes the first
 /// table, and the checkpoint file is gone.
+/// A disk that refuses new files: flushes fail, but writes go on into the
+/// active memtable while one frozen memtable waits (two memtables, as
+/// RocksDB's default), then are refused with `WriteStalled`, never a hang
+/// and never more memory. Once a flush succeeds writes resume, and nothing
+/// acknowledged is lost.
+#[test]
+fn failing_flushes_refuse_writes_once_two_memtables_are_full_and_lose_nothing() {
+    let s = SimStorage::new(9);
+    let mut opts = options();
+    opts.segment_size = 4 << 20; // the log itself never needs a new file
+    let limit = opts.memtable_size.unwrap();
+    let db = open(&s, &opts).unwrap();
+    let mut rng = SplitMix64::new(9);
+    let mut model = Model::new();
+    s.inject(Fault {
+        op: FaultOp::Create,
+        nth: 1,
+        persistent: true,
+        kind: FaultKind::Enospc,
+    });
+    // Bytes acknowledged after the first memtable froze.
+    let mut after_freeze = None::<u64>;
+    let refused = loop {
+        let (k, v) = (key(&mut rng), value(&mut rng));
+        match db.put(&k, &v) {
+            Ok(_) => {
+                model.insert(k.clone(), v.clone());
+            }
+            Err(e) => break e,
+        }
+        let t = db.stats().tables.unwrap();
+        assert!(t.frozen <= 1, "{} memtables frozen", t.frozen);
+        assert!(
+            t.memtable_bytes < limit + 512,
+            "{} bytes in the memtable",
+            t.memtable_bytes
+        );
+        if t.frozen == 1 {
+            *after_freeze.get_or_insert(0) += (k.len() + v.len()) as u64;
+        }
+        assert!(model.len() < 100_000, "never refused");
+    };
+    assert!(
+        matches!(refused, keel::Error::WriteStalled { .. }),
+        "{refused}"
+    );
+    let taken = after_freeze.unwrap();
+    assert!(
+        taken > limit / 2,
+        "only {taken} bytes taken while the flush failed: writes should go on into the active memtable"
+    );
+    let t = db.stats().tables.unwrap();
+    assert!(t.last_error.is_some(), "{t:?}");
+    // Space comes back: a flush succeeds, writes resume.
+    s.clear_faults();
+    db.checkpoint().unwrap();
+    for _ in 0..200 {
+        random_write(&db, &mut model, &mut rng).unwrap();
+    }
+    check(&db, &model, &mut rng, 9);
+    drop(db);
+    let db = open(&s.crash(), &opts).unwrap();
+    check(&db, &model, &mut rng, 9);
+}
+
 #[test]
 fn a_directory_of_the_in_memory_engine_is_upgraded() {
     let s = SimStorage::new(5);
