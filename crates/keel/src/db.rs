@@ -786,7 +786,7 @@ impl Shared {
     /// `crate::on_tables`).
     fn wait_for_room(&self) -> Result<()> {
         match &self.tables {
-            Some(t) => t.wait_for_room(&self.poison),
+            Some(t) => t.wait_for_room(&self.poison, &|| self.wake_background()),
             None => Ok(()),
         }
     }

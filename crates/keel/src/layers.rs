@@ -137,9 +137,11 @@ impl Layers {
         }
     }
 
-    /// The key count as far as it is known now, and the lookups that
-    /// finish it: live keys = the count - the live ones the lookups find.
-    pub(crate) fn count_work(&self) -> (i64, Vec<Lookups>) {
+    /// The key count as far as it is known now, and the next lookups (at
+    /// most `max` keys per memtable): live keys = the count - the live ones
+    /// all the lookups find. Small batches keep the layers they pin (a
+    /// flushed memtable, an old version) from living long.
+    pub(crate) fn count_work(&self, max: usize) -> (i64, Vec<Lookups>) {
         // Signed: a memtable of deletes takes away more than it adds.
         let mut count = self.tables_live as i64;
         let mut work = Vec::new();
@@ -152,7 +154,7 @@ impl Layers {
         for (m, frozen) in mems {
             let r = m.resolution();
             count += m.puts() as i64 - r.live_below as i64;
-            let keys = m.unresolved(r.upto);
+            let keys = m.unresolved(r.upto, max);
             if keys.is_empty() {
                 continue;
             }

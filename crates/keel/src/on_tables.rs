@@ -236,7 +236,7 @@ impl OnTables {
             // Before the replayed keys are looked up in the tables (the
             // background thread does that next): the count at the log
             // start plus the replayed puts, an upper bound.
-            keys: layers.count_work().0.max(0) as usize,
+            keys: layers.count_work(0).0.max(0) as usize,
             lsn: layers.applied_lsn,
             duration: started.elapsed(),
         };
@@ -282,7 +282,7 @@ impl OnTables {
             Ok(count) => count,
             Err(e) => {
                 tracing::error!(error = %e, "counting keys needed a table that cannot be read; the count is an upper bound");
-                poison.read(&self.layers, "layers").count_work().0.max(0) as usize
+                poison.read(&self.layers, "layers").count_work(0).0.max(0) as usize
             }
         }
     }
@@ -303,7 +303,7 @@ impl OnTables {
                 }
                 wake.0 = false;
             }
-            if let Err(e) = self.resolve(poison) {
+            if let Err(e) = self.resolve_batched(poison, None) {
                 tracing::error!(error = %e, "the key count's lookups failed; len() will retry them");
             }
         }
@@ -321,25 +321,41 @@ impl OnTables {
     }
 
     /// Does the key count's pending lookups (no lock held while looking up)
-    /// and records them; returns the count as of when it started.
+    /// and records them; returns the count as of when it started. For
+    /// `len()`: one batch of whatever is pending then, so writes going on
+    /// cannot keep it from returning.
     fn resolve(&self, poison: &Poison) -> Result<usize> {
-        self.resolve_some(poison, None)
-    }
-
-    /// [`resolve`](Self::resolve), for the memtable `only` if given (then
-    /// the count returned is not the store's).
-    fn resolve_some(&self, poison: &Poison, only: Option<u64>) -> Result<usize> {
-        let (count, work) = poison.read(&self.layers, "layers").count_work();
+        let (count, work) = poison.read(&self.layers, "layers").count_work(usize::MAX);
         let mut live = 0;
-        for w in work
-            .iter()
-            .filter(|w| only.is_none_or(|id| w.target_id() == id))
-        {
+        for w in &work {
             let found = w.run()?;
             live += found;
             w.record(&poison.read(&self.layers, "layers"), found);
         }
         Ok((count - live as i64).max(0) as usize)
+    }
+
+    /// Does the pending lookups of the memtable `only` (or of every one),
+    /// in batches of [`LOOKUP_BATCH`] keys, until none is left or the
+    /// count's thread is stopped. A batch pins the memtables and the
+    /// version below its keys: a whole memtable's lookups at once kept a
+    /// flushed memtable in memory for seconds (measured: a third memtable
+    /// at the peak of a fill).
+    fn resolve_batched(&self, poison: &Poison, only: Option<u64>) -> Result<()> {
+        loop {
+            if only.is_none() && poison.lock(&self.count_wake.0, "count").1 {
+                return Ok(());
+            }
+            let (_, work) = poison.read(&self.layers, "layers").count_work(LOOKUP_BATCH);
+            let Some(w) = work
+                .into_iter()
+                .find(|w| only.is_none_or(|id| w.target_id() == id))
+            else {
+                return Ok(());
+            };
+            let found = w.run()?;
+            w.record(&poison.read(&self.layers, "layers"), found);
+        }
     }
 
     /// The LSN every applied record is at.
@@ -376,7 +392,10 @@ impl OnTables {
 
     /// Waits (or refuses) before a write while flushes or level 0 are
     /// behind; see the module doc.
-    pub(crate) fn wait_for_room(&self, poison: &Poison) -> Result<()> {
+    /// While waiting, it wakes what it waits for (`wake_flush`, or the
+    /// compaction thread) at every turn, so no lost wake-up can leave it
+    /// waiting for a thread that sleeps.
+    pub(crate) fn wait_for_room(&self, poison: &Poison, wake_flush: &dyn Fn()) -> Result<()> {
         let mut since: Option<Instant> = None;
         let result = loop {
             let (frozen, full, l0) = {
@@ -415,6 +434,11 @@ impl OnTables {
                     l0,
                     "writes stalled: waiting for a flush or a compaction"
                 );
+            }
+            if flush_behind {
+                wake_flush();
+            } else {
+                self.wake_compaction(poison);
             }
             let (m, cv) = &self.room;
             let guard = poison.lock(m, "stall");
@@ -465,7 +489,7 @@ impl OnTables {
             // The key count's lookups for it (the count thread's, or what
             // it has not done yet).
             if mem.unresolved_len() > 0 {
-                self.resolve_some(poison, Some(mem.id()))?;
+                self.resolve_batched(poison, Some(mem.id()))?;
             }
             // What the memtable adds to the keys live in tables.
             let adds = mem.puts() as i64 - mem.resolution().live_below as i64;
