@@ -14,14 +14,15 @@
 //! writes of a loop turn, on the loop's own thread) and applies it. Until
 //! then it is not acknowledged and no reader sees it.
 //!
-//! Checkpoints snapshot the tree in O(1) (a persistent map) and serialise it
-//! on a background thread while writes go on. After checkpoint N is durable,
-//! the checkpoint before it (P) and the log after P are kept, so a damaged
-//! newest checkpoint is survivable; everything older is deleted.
-//!
-//! With `Options::memtable_size` set, the state is kept on tables instead
-//! ([`crate::on_tables`]): the same write path applies to a memtable, reads
+//! By default (`Options::memtable_size`) the state is kept on tables
+//! ([`crate::on_tables`]): the write path applies to a memtable, reads
 //! merge it with frozen memtables and tables, and a checkpoint is a flush.
+//!
+//! With `memtable_size = None` every key is kept in memory instead:
+//! checkpoints snapshot the tree in O(1) (a persistent map) and serialise
+//! it on a background thread while writes go on. After checkpoint N is
+//! durable, the checkpoint before it (P) and the log after P are kept, so a
+//! damaged newest checkpoint is survivable; everything older is deleted.
 //!
 //! Directory layout: [`crate::layout`]. Recovery: [`crate::recovery`].
 

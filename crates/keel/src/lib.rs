@@ -54,4 +54,4 @@ pub use keel_wal::{RecoveryMode, SyncPolicy};
 pub use on_tables::TablesStats;
 pub use options::{parse_duration, parse_size, parse_sync, Options};
 pub use range::Range;
-pub use recovery::{CheckpointUsed, RecoveryReport};
+pub use recovery::{CheckpointUsed, RecoveryReport, TablesUsed};

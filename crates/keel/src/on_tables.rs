@@ -1,5 +1,5 @@
-//! [`OnTables`]: a store whose data lives in tables (issue 12), with
-//! `Options::memtable_size` set: the memtable, its flushes into level 0,
+//! [`OnTables`]: a store whose data lives in tables (issue 12), the default
+//! (`Options::memtable_size`): the memtable, its flushes into level 0,
 //! compactions, write stalls, and recovery from the manifest plus the log.
 //!
 //! Write path (in [`Db`](crate::Db)): log, then [`Layers::apply`]; a full
@@ -36,7 +36,7 @@ use crate::lsm::{TableFiles, Tree, TreeOptions};
 use crate::op::Op;
 use crate::options::Options;
 use crate::poison::Poison;
-use crate::recovery::{self, RecoveryReport, RECORD_OVERHEAD};
+use crate::recovery::{self, RecoveryReport, TablesUsed, RECORD_OVERHEAD};
 use crate::CheckpointOutcome;
 use keel_storage::Storage;
 use keel_wal::Wal;
@@ -227,8 +227,14 @@ impl OnTables {
         recovery::check_continuity(&dir.log_dir(), log_start - 1, &[], wal.first_lsn(), last)?;
         layers.applied_lsn = last.max(log_start - 1);
         layers.freeze_if_full(memtable_size, MAX_FROZEN);
+        let version = tree.version();
         let report = RecoveryReport {
             checkpoint: None,
+            tables: Some(TablesUsed {
+                tables: version.levels.iter().map(Vec::len).sum(),
+                bytes: version.levels.iter().flatten().map(|t| t.meta.size).sum(),
+                log_start,
+            }),
             damaged_checkpoints: Vec::new(),
             checkpoint_temps_removed: 0,
             wal: replayed.report,
@@ -736,7 +742,7 @@ fn upgrade(
     let snapshot = r.keys.tree().clone();
     // The table must not get ahead of the log.
     r.wal.sync()?;
-    tree.flush(
+    let first = tree.flush(
         snapshot
             .iter()
             .map(|(k, v)| (&k[..], crate::table::Stored::Put(&v[..]), lsn)),
@@ -758,10 +764,16 @@ fn upgrade(
         applied_lsn: lsn,
         ..Layers::default()
     };
+    let mut report = r.report;
+    report.tables = Some(TablesUsed {
+        tables: usize::from(first.is_some()),
+        bytes: first.map_or(0, |m| m.size),
+        log_start: lsn + 1,
+    });
     Ok(Opened {
         tables: OnTables::new(layers, tree, memtable_size),
         wal: r.wal,
-        report: r.report,
+        report,
         log_bytes: 0,
     })
 }

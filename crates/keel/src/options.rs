@@ -9,7 +9,7 @@
 //! recovery = "tolerate-corrupted-tail"  # absolute-consistency, point-in-time, skip-any-corrupted-records
 //! max_key_len = 65536
 //! max_value_len = 67108864
-//! memtable_size = 67108864     # keep data in tables, not all in memory (0: all in memory)
+//! memtable_size = 67108864     # the default: data in tables on disk (0: every key in memory)
 //! cache_size = 67108864        # block cache of the tables
 //! ```
 
@@ -41,6 +41,10 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 128 << 20;
 
 /// Default block cache of a store on tables.
 pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
+/// Default memtable: RocksDB's default `write_buffer_size`. Two at most
+/// (one frozen while it flushes), each bounded in memory, not only in
+/// payload bytes (`crate::memtable`).
+pub const DEFAULT_MEMTABLE_SIZE: u64 = 64 << 20;
 /// Smallest memtable accepted: smaller, every few writes would be a flush.
 pub const MIN_MEMTABLE_SIZE: u64 = 16 << 10;
 
@@ -112,8 +116,10 @@ pub struct Options {
     pub preallocate: bool,
     /// Keep the data in tables on disk (an LSM tree, docs/DESIGN.md, "The
     /// LSM tree"), with the newest writes in a memtable of about this many
-    /// bytes, so the data set may be larger than memory. `None` (TOML: 0,
-    /// the default for now): every key in memory, saved by checkpoints.
+    /// bytes, so the data set may be larger than memory
+    /// ([`DEFAULT_MEMTABLE_SIZE`]). `None` (TOML: 0): every key in memory,
+    /// saved by checkpoints, as before tables (open is then a checkpoint
+    /// load plus replay, and memory grows with the data set).
     /// On tables, `checkpoint_log_bytes` and `checkpoint_interval` trigger
     /// a flush of the memtable (bounding replay), and a checkpoint is a
     /// flush.
@@ -140,7 +146,7 @@ impl Default for Options {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             allow_empty_values: true,
             preallocate: true,
-            memtable_size: None,
+            memtable_size: Some(DEFAULT_MEMTABLE_SIZE),
             cache_size: DEFAULT_CACHE_SIZE,
         }
     }
@@ -365,7 +371,7 @@ mod tests {
         assert_eq!(o.recovery, RecoveryMode::PointInTime);
         assert_eq!(o.max_key_len, 128);
         assert_eq!(o.segment_size, Options::default().segment_size);
-        assert_eq!(o.memtable_size, None);
+        assert_eq!(o.memtable_size, Some(DEFAULT_MEMTABLE_SIZE));
         let o = Options::from_toml("memtable_size = \"64MiB\"\ncache_size = 1048576\n").unwrap();
         assert_eq!((o.memtable_size, o.cache_size), (Some(64 << 20), 1 << 20));
         let o = Options::from_toml("memtable_size = 0").unwrap();

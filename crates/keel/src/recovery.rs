@@ -46,6 +46,8 @@ pub struct CheckpointUsed {
 pub struct RecoveryReport {
     /// The checkpoint loaded, if any.
     pub checkpoint: Option<CheckpointUsed>,
+    /// On tables: the tables the manifest names and where the log starts.
+    pub tables: Option<TablesUsed>,
     /// Newer checkpoints that were damaged and passed over, and why.
     pub damaged_checkpoints: Vec<(PathBuf, CheckpointError)>,
     /// Interrupted checkpoint temp files removed.
@@ -64,15 +66,36 @@ pub struct RecoveryReport {
     pub duration: Duration,
 }
 
+/// The tables a store on tables opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TablesUsed {
+    /// Live tables, and their bytes.
+    pub tables: usize,
+    /// See `tables`.
+    pub bytes: u64,
+    /// The log is replayed from this LSN (records below are in tables).
+    pub log_start: u64,
+}
+
 impl fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.checkpoint {
-            Some(c) => write!(f, "checkpoint at LSN {} ({} keys)", c.lsn, c.entries)?,
-            None => write!(f, "no checkpoint")?,
+        match (&self.tables, &self.checkpoint) {
+            (Some(t), _) => write!(
+                f,
+                "{} tables ({} bytes), log from LSN {}",
+                t.tables, t.bytes, t.log_start
+            )?,
+            (None, Some(c)) => write!(f, "checkpoint at LSN {} ({} keys)", c.lsn, c.entries)?,
+            (None, None) => write!(f, "no checkpoint")?,
         }
+        let at_most = if self.tables.is_some() {
+            "at most "
+        } else {
+            ""
+        };
         write!(
             f,
-            " + {} log records replayed -> {} keys at LSN {} in {:.1?}",
+            " + {} log records replayed -> {at_most}{} keys at LSN {} in {:.1?}",
             self.records_replayed, self.keys, self.lsn, self.duration
         )?;
         for (p, why) in &self.damaged_checkpoints {
@@ -140,6 +163,7 @@ pub(crate) fn recover(
         last_lsn,
     )?;
     let report = RecoveryReport {
+        tables: None,
         checkpoint: used.clone(),
         damaged_checkpoints: choice.damaged,
         checkpoint_temps_removed: temps,

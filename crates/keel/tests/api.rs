@@ -14,6 +14,13 @@ fn small() -> Options {
     }
 }
 
+/// [`small`], every key in memory: for the tests of checkpoint files.
+fn in_memory() -> Options {
+    let mut o = small();
+    o.memtable_size = None;
+    o
+}
+
 #[test]
 fn put_get_delete_clear_batch_scan_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,7 +187,7 @@ fn a_second_open_of_the_same_directory_is_refused() {
 #[test]
 fn checkpoints_bound_the_log_and_keep_one_fallback() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, _) = Db::open(dir.path(), small()).unwrap();
+    let (db, _) = Db::open(dir.path(), in_memory()).unwrap();
     for round in 0..3 {
         for i in 0..300 {
             db.put(format!("key{}", i % 50), format!("value {round} {i}"))
@@ -206,7 +213,7 @@ fn checkpoints_bound_the_log_and_keep_one_fallback() {
     assert_eq!(ckpts.len(), 2, "newest and one fallback: {ckpts:?}");
     db.put("tail", "after the checkpoint").unwrap();
     db.close().unwrap();
-    let (db, report) = Db::open(dir.path(), small()).unwrap();
+    let (db, report) = Db::open(dir.path(), in_memory()).unwrap();
     assert_eq!(report.records_replayed, 1);
     assert_eq!(db.len(), 51);
     assert_eq!(db.get("key49").unwrap(), Some(b"value 2 299".to_vec()));
@@ -215,7 +222,7 @@ fn checkpoints_bound_the_log_and_keep_one_fallback() {
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_to_the_older_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, _) = Db::open(dir.path(), small()).unwrap();
+    let (db, _) = Db::open(dir.path(), in_memory()).unwrap();
     for i in 0..100 {
         db.put(format!("k{i}"), format!("v{i}")).unwrap();
     }
@@ -233,7 +240,7 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_older_one() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
-    let (db, report) = Db::open(dir.path(), small()).unwrap();
+    let (db, report) = Db::open(dir.path(), in_memory()).unwrap();
     assert_eq!(report.damaged_checkpoints.len(), 1, "{report}");
     assert!(report.checkpoint.as_ref().unwrap().lsn < newest.lsn);
     assert!(report.to_string().contains("DAMAGED"));

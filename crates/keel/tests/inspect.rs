@@ -8,9 +8,12 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Every key in memory, saved by checkpoints (the tests of a store on
+/// tables set `memtable_size`).
 fn opts() -> Options {
     {
         let mut o = Options::default();
+        o.memtable_size = None;
         o.segment_size = 4096;
         o.checkpoint_log_bytes = None;
         o.checkpoint_bytes_per_sec = None;

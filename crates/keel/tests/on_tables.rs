@@ -38,11 +38,14 @@ fn root() -> PathBuf {
 }
 
 fn open(s: &SimStorage, opts: &Options) -> keel::Result<Db> {
-    let (db, _) = Db::builder(root())
+    Ok(open_reporting(s, opts)?.0)
+}
+
+fn open_reporting(s: &SimStorage, opts: &Options) -> keel::Result<(Db, keel::RecoveryReport)> {
+    Db::builder(root())
         .options(opts.clone())
         .storage(Arc::new(s.clone()))
-        .open()?;
-    Ok(db)
+        .open()
 }
 
 fn key(rng: &mut SplitMix64) -> Vec<u8> {
@@ -411,7 +414,10 @@ fn a_directory_of_the_in_memory_engine_is_upgraded() {
             .any(|n| n.ends_with(".ckpt"))
     };
     assert!(has_checkpoint(&s));
-    let db = open(&s, &options()).unwrap();
+    let (db, report) = open_reporting(&s, &options()).unwrap();
+    assert!(report.checkpoint.is_some(), "{report}");
+    assert_eq!(report.tables.map(|t| t.tables), Some(1), "{report}");
+    assert!(report.to_string().starts_with("1 tables"), "{report}");
     check(&db, &model, &mut rng, 0);
     let st = db.stats().tables.unwrap();
     assert_eq!(st.levels[0].0, 1, "the checkpoint is the first table");
@@ -420,7 +426,9 @@ fn a_directory_of_the_in_memory_engine_is_upgraded() {
         "the checkpoint is gone once the table is live"
     );
     drop(db);
-    let db = open(&s, &options()).unwrap();
+    let (db, report) = open_reporting(&s, &options()).unwrap();
+    assert!(report.checkpoint.is_none(), "{report}");
+    assert_eq!(report.tables.map(|t| t.tables), Some(1), "{report}");
     check(&db, &model, &mut rng, 0);
 }
 

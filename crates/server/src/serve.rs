@@ -33,12 +33,12 @@ pub struct ServeArgs {
     /// Sync policy: always, never, or interval:<duration> (e.g. interval:100ms).
     #[arg(long)]
     pub sync: Option<String>,
-    /// Keep the data in tables on disk, with a memtable of this size (bytes,
-    /// or e.g. 64MiB), so the data set may exceed memory; `0`: every key in
-    /// memory, saved by checkpoints.
+    /// Memtable size (bytes, or e.g. 64MiB; default 64MiB): the data is kept
+    /// in tables on disk, so it may exceed memory; `0`: every key in memory,
+    /// saved by checkpoints.
     #[arg(long)]
     pub memtable_size: Option<String>,
-    /// Block cache of the tables (bytes, or e.g. 64MiB; with --memtable-size).
+    /// Block cache of the tables (bytes, or e.g. 64MiB; default 64MiB).
     #[arg(long)]
     pub cache_size: Option<String>,
     /// Also serve the Redis protocol (RESP2) on this port (off unless given).
