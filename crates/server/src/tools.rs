@@ -105,6 +105,19 @@ fn dump_line(event: &DumpEvent<'_>, json: bool) -> Option<String> {
                 (Err(e), false) => format!("LSN {lsn:>8}  {seg} @{offset:<10} not a keel operation ({e}), {len} bytes"),
             }
         }
+        DumpEvent::Manifest { log_start, live_keys, levels } => {
+            if json {
+                serde_json::json!({"type": "manifest", "log_start": log_start, "live_keys": live_keys, "levels": levels}).to_string()
+            } else {
+                let shape: Vec<String> = levels
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (n, _))| *n > 0)
+                    .map(|(l, (n, bytes))| format!("L{l} {n} tables {bytes} bytes"))
+                    .collect();
+                format!("tables: {} ({live_keys} keys live as of LSN {}); the log is needed from LSN {log_start}, the records before it are in tables", shape.join(", "), log_start - 1)
+            }
+        }
         DumpEvent::Edit { lsn, edit } => match (edit, json) {
             (Ok(e), true) => serde_json::json!({"type": "edit", "lsn": lsn, "edit": e.to_string()}).to_string(),
             (Ok(e), false) => format!("LSN {lsn:>8}  {e}"),

@@ -1,11 +1,12 @@
-//! [`dump`]: every checkpoint header and every log record of a target, in
+//! [`dump`]: every checkpoint header, or on tables the manifest's state and
+//! every live table's properties, then every log record of a target, in
 //! order, continuing past damage (as etcd's dump tool does with
 //! `continueOnCrcError`) and marking it.
 
 use super::{Target, ANY_RECORD_SIZE};
 use crate::checkpoint::{self, CheckpointError, CheckpointHeader};
 use crate::error::{Error, Result};
-use crate::layout::FileKind;
+use crate::layout::{table_file_name, FileKind, TABLES_DIR};
 use crate::op::{DecodeError, Op};
 use keel_storage::{OpenMode, Storage};
 use keel_wal::format::HeaderError;
@@ -50,6 +51,16 @@ pub enum DumpEvent<'a> {
         len: usize,
         /// The operation it holds, or why it is not one.
         op: std::result::Result<Op, DecodeError>,
+    },
+    /// A store on tables: what its manifest says (the live tables follow,
+    /// one [`DumpEvent::Table`] each, level by level).
+    Manifest {
+        /// Where the log starts (records below are in tables).
+        log_start: u64,
+        /// Keys live as of the log start.
+        live_keys: u64,
+        /// Live tables per level, and their bytes.
+        levels: Vec<(usize, u64)>,
     },
     /// A manifest record: an edit of the live tables.
     Edit {
@@ -120,6 +131,13 @@ pub fn dump(
             return Ok(false);
         }
     }
+    let mut damaged = false;
+    if let Target::DataDir(d) = target {
+        match dump_live_tables(storage, d, visit)? {
+            ControlFlow::Break(()) => return Ok(false),
+            ControlFlow::Continue(d) => damaged = d,
+        }
+    }
     let segments = match (target, target.log_dir()) {
         (Target::Segment(p), _) => vec![p.clone()],
         (Target::Manifest(dir), _) => segment_files(storage, dir)?,
@@ -127,7 +145,6 @@ pub fn dump(
         (_, Some(dir)) if storage.list(&dir).is_err() => Vec::new(),
         (_, Some(dir)) => segment_files(storage, &dir)?,
     };
-    let mut damaged = false;
     for (index, seg) in segments.iter().enumerate() {
         let total = segments.len();
         if visit(DumpEvent::Segment {
@@ -198,6 +215,48 @@ fn dump_segment(
         })
         .is_break()
         {
+            return Ok(ControlFlow::Break(()));
+        }
+    }
+    Ok(ControlFlow::Continue(damaged))
+}
+
+/// A store on tables: its manifest's state, then each live table's
+/// properties; `Continue(damaged)` or `Break`. Nothing for a store that is
+/// not on tables.
+fn dump_live_tables(
+    storage: &dyn Storage,
+    d: &crate::layout::DataDir,
+    visit: &mut dyn FnMut(DumpEvent<'_>) -> ControlFlow<()>,
+) -> Result<ControlFlow<(), bool>> {
+    let Some(state) = super::verify::manifest_state(storage, d)? else {
+        return Ok(ControlFlow::Continue(false));
+    };
+    let levels = state
+        .levels
+        .iter()
+        .map(|t| (t.len(), t.iter().map(|m| m.size).sum()))
+        .collect();
+    let event = DumpEvent::Manifest {
+        log_start: state.log_start,
+        live_keys: state.live_keys,
+        levels,
+    };
+    if visit(event).is_break() {
+        return Ok(ControlFlow::Break(()));
+    }
+    let mut damaged = false;
+    for meta in state.levels.iter().flatten() {
+        let path = d.root().join(TABLES_DIR).join(table_file_name(meta.number));
+        let props = match storage.open(&path, OpenMode::Read) {
+            Ok(file) => crate::table::Table::open(file, &path).map(|t| t.properties().clone()),
+            Err(source) => Err(crate::table::TableError::Io {
+                path: path.clone(),
+                source,
+            }),
+        };
+        damaged |= props.is_err();
+        if visit(DumpEvent::Table { path: &path, props }).is_break() {
             return Ok(ControlFlow::Break(()));
         }
     }

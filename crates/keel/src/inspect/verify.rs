@@ -208,6 +208,16 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
 /// manifest's log start - 1), read without changing anything: `Ok(None)`
 /// for a store that is not on tables; an error if its manifest is damaged.
 pub(crate) fn tables_base_lsn(storage: &dyn Storage, d: &DataDir) -> Result<Option<u64>> {
+    Ok(manifest_state(storage, d)?.map(|s| s.log_start - 1))
+}
+
+/// For a store on tables, the state its manifest's edits make, read without
+/// changing anything: `Ok(None)` for a store that is not on tables (no
+/// manifest, or one still empty); an error if the manifest is damaged.
+pub(crate) fn manifest_state(
+    storage: &dyn Storage,
+    d: &DataDir,
+) -> Result<Option<crate::manifest::VersionState>> {
     let manifest_dir = d.root().join(MANIFEST_DIR);
     if storage.list(&manifest_dir).is_err() {
         return Ok(None);
@@ -216,7 +226,7 @@ pub(crate) fn tables_base_lsn(storage: &dyn Storage, d: &DataDir) -> Result<Opti
     verify_manifest(storage, &manifest_dir, &mut report)?;
     match (report.manifest, report.problems.pop()) {
         (Some((_, s)), _) if s.log_start == 1 && s.live().next().is_none() => Ok(None),
-        (Some((_, s)), _) => Ok(Some(s.log_start - 1)),
+        (Some((_, s)), _) => Ok(Some(s)),
         (None, problem) => Err(Error::ManifestDamaged {
             dir: manifest_dir,
             why: problem.map_or("it cannot be read".into(), |p| p.to_string()),
