@@ -19,17 +19,24 @@
 //!
 //! `--rate_limiter_bytes_per_sec` (0, the default, as db_bench's: unpaced)
 //! paces compactions and checkpoints.
-//! `--write_buffer_size=N` (db_bench's name for the memtable size) keeps
-//! the data in tables (`Options::memtable_size`), with a block cache of
-//! `--cache_size`; without it keel keeps every key in memory and
-//! `--cache_size` is unused. At the end it prints the tree's shape, write
-//! amplification, stalls, the cache's hit ratio and the peak RSS.
+//! `--write_buffer_size=N` (db_bench's name for the memtable size;
+//! default 64 MiB, as RocksDB's and keel's) sizes the memtable of the
+//! tables, with a block cache of `--cache_size`; `--write_buffer_size=0`
+//! keeps every key in memory (`--cache_size` unused). At the end it prints
+//! the tree's shape, write amplification, stalls, the cache's hit ratio and
+//! the peak RSS.
+//!
+//! `--histogram=1` (db_bench's flag) prints the write workloads' latency
+//! percentiles, overall and split by whether a compaction was running when
+//! the write began or ended (sampled every millisecond), with the ratio of
+//! the two p99s: the "write p99 while a compaction runs".
 
+use hdrhistogram::Histogram;
 use keel::storage::rng::SplitMix64;
 use keel::{Db, Options, SyncPolicy};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 struct Flags {
     benchmarks: Vec<String>,
@@ -44,6 +51,7 @@ struct Flags {
     rate_limiter_bytes_per_sec: u64,
     use_existing_db: bool,
     reads: Option<u64>,
+    histogram: bool,
     db: std::path::PathBuf,
 }
 
@@ -61,6 +69,7 @@ fn parse() -> anyhow::Result<Flags> {
         rate_limiter_bytes_per_sec: 0,
         use_existing_db: false,
         reads: None,
+        histogram: false,
         db: std::env::temp_dir().join("keel-db-bench"),
     };
     for arg in std::env::args().skip(1) {
@@ -81,6 +90,7 @@ fn parse() -> anyhow::Result<Flags> {
             "rate_limiter_bytes_per_sec" => f.rate_limiter_bytes_per_sec = v.parse()?,
             "use_existing_db" => f.use_existing_db = v == "1" || v == "true",
             "reads" => f.reads = Some(v.parse()?),
+            "histogram" => f.histogram = v == "1" || v == "true",
             "db" => f.db = v.into(),
             other => anyhow::bail!("unknown flag --{other}"),
         }
@@ -136,6 +146,80 @@ fn run_threads(
     )
 }
 
+/// Write latencies in microseconds, split by whether a compaction ran.
+struct Latencies {
+    /// (no compaction running, a compaction running).
+    hist: Mutex<(Histogram<u64>, Histogram<u64>)>,
+    /// Set by the sampler while a compaction runs.
+    compacting: AtomicBool,
+}
+
+impl Latencies {
+    fn new() -> Latencies {
+        let h = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        Latencies {
+            hist: Mutex::new((h(), h())),
+            compacting: AtomicBool::new(false),
+        }
+    }
+
+    /// Times `op`, filed under compaction if one ran when it began or ended.
+    fn time<T>(&self, op: impl FnOnce() -> T) -> T {
+        let before = self.compacting.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let out = op();
+        let micros = (started.elapsed().as_micros() as u64).max(1);
+        let during = before || self.compacting.load(Ordering::Relaxed);
+        let mut h = self.hist.lock().expect("not poisoned");
+        let h = if during { &mut h.1 } else { &mut h.0 };
+        h.saturating_record(micros);
+        out
+    }
+
+    /// Runs `work` while a thread samples whether a compaction runs.
+    fn sampled<T>(&self, db: &Db, work: impl FnOnce() -> T) -> T {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let now = db.stats().tables.is_some_and(|t| t.compacting);
+                    self.compacting.store(now, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            let out = work();
+            stop.store(true, Ordering::Relaxed);
+            out
+        })
+    }
+
+    fn print(&self, name: &str) {
+        let (idle, busy) = &*self.hist.lock().expect("not poisoned");
+        let mut all = idle.clone();
+        all.add(busy).expect("same bounds");
+        let line = |h: &Histogram<u64>| {
+            format!(
+                "{} ops: p50 {} p99 {} p99.9 {} max {} us",
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            )
+        };
+        println!("{name:<13}: latency {}", line(&all));
+        println!("{:<13}  no compaction running: {}", "", line(idle));
+        println!("{:<13}  a compaction running:  {}", "", line(busy));
+        if !idle.is_empty() && !busy.is_empty() {
+            println!(
+                "{:<13}  p99 while compacting / idle: {:.2}x",
+                "",
+                busy.value_at_quantile(0.99) as f64 / idle.value_at_quantile(0.99) as f64
+            );
+        }
+    }
+}
+
 fn report(name: &str, secs: f64, ops: u64, bytes: u64, extra: &str) {
     println!(
         "{name:<12} : {:>11.3} micros/op {} ops/sec {:.3} seconds {ops} operations; {:>5.1} MB/s{extra}",
@@ -160,7 +244,9 @@ fn main() -> anyhow::Result<()> {
         SyncPolicy::Never
     };
     opts.max_value_len = opts.max_value_len.max(f.value_size);
-    opts.memtable_size = f.write_buffer_size;
+    if let Some(m) = f.write_buffer_size {
+        opts.memtable_size = Some(m).filter(|m| *m > 0);
+    }
     // db_bench's pace of background writes (0: unlimited, its default) is
     // keel's pace of checkpoints and compactions.
     opts.checkpoint_bytes_per_sec = Some(f.rate_limiter_bytes_per_sec).filter(|r| *r > 0);
@@ -177,7 +263,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut db = Arc::new(db);
     let reads = f.reads.unwrap_or(f.num);
-    let layout = match f.write_buffer_size {
+    let layout = match opts.memtable_size {
         Some(m) => format!(
             "on tables: memtable {m} bytes, block cache {}",
             f.cache_size
@@ -192,21 +278,31 @@ fn main() -> anyhow::Result<()> {
     let kv = (ks + vs) as u64;
     for bench in &f.benchmarks {
         match bench.as_str() {
-            "fillseq" => {
-                // Each thread writes keys 0..num in order, as db_bench's
-                // fillseq does per thread.
-                let (s, ops, b) = run_threads(f.threads, n, |i, rng| {
-                    db.put(key(i, ks), value(rng, vs)).expect("put");
+            "fillseq" | "fillrandom" | "overwrite" => {
+                // fillseq: each thread writes keys 0..num in order, as
+                // db_bench's fillseq does per thread.
+                let seq = bench == "fillseq";
+                let lat = Latencies::new();
+                let put = |i: u64, rng: &mut SplitMix64| {
+                    let k = key(if seq { i } else { rng.below(n) }, ks);
+                    let v = value(rng, vs);
+                    if f.histogram {
+                        lat.time(|| db.put(k, v))
+                    } else {
+                        db.put(k, v)
+                    }
+                    .expect("put");
                     kv
-                });
+                };
+                let (s, ops, b) = if f.histogram {
+                    lat.sampled(&db, || run_threads(f.threads, n, put))
+                } else {
+                    run_threads(f.threads, n, put)
+                };
                 report(bench, s, ops, b, "");
-            }
-            "fillrandom" | "overwrite" => {
-                let (s, ops, b) = run_threads(f.threads, n, |_, rng| {
-                    db.put(key(rng.below(n), ks), value(rng, vs)).expect("put");
-                    kv
-                });
-                report(bench, s, ops, b, "");
+                if f.histogram {
+                    lat.print(bench);
+                }
             }
             "readrandom" => {
                 let found = AtomicU64::new(0);

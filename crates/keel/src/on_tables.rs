@@ -40,7 +40,7 @@ use crate::recovery::{self, RecoveryReport, TablesUsed, RECORD_OVERHEAD};
 use crate::CheckpointOutcome;
 use keel_storage::Storage;
 use keel_wal::Wal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,8 @@ pub struct TablesStats {
     pub cache_misses: u64,
     /// The last flush or compaction failure, if the last attempt failed.
     pub last_error: Option<String>,
+    /// Whether a compaction is running now.
+    pub compacting: bool,
 }
 
 impl TablesStats {
@@ -125,6 +127,8 @@ impl TablesStats {
 
 #[derive(Default)]
 struct Counters {
+    /// A compaction is running.
+    compacting: AtomicBool,
     flushes: AtomicU64,
     flush_bytes: AtomicU64,
     compactions: AtomicU64,
@@ -618,7 +622,10 @@ impl OnTables {
                 break;
             };
             // Without the tree's lock: flushes go on meanwhile.
-            let Some(out) = self.files.write_compaction(&c, &|| self.stopping(poison))? else {
+            self.counters.compacting.store(true, Ordering::Relaxed);
+            let written = self.files.write_compaction(&c, &|| self.stopping(poison));
+            self.counters.compacting.store(false, Ordering::Relaxed);
+            let Some(out) = written? else {
                 break; // stopping
             };
             let stats = {
@@ -696,6 +703,7 @@ impl OnTables {
                 .lock(&self.flush_error, "tables error")
                 .clone()
                 .or_else(|| poison.lock(&self.compact_error, "tables error").clone()),
+            compacting: c.compacting.load(Ordering::Relaxed),
         }
     }
 }

@@ -77,6 +77,7 @@ fn render_tables(t: &keel::TablesStats) {
     metrics::gauge!("keel_flushes").set(t.flushes as f64);
     metrics::gauge!("keel_flush_bytes_written").set(t.flush_bytes as f64);
     metrics::gauge!("keel_compactions").set(t.compactions as f64);
+    metrics::gauge!("keel_compaction_running").set(f64::from(u8::from(t.compacting)));
     metrics::gauge!("keel_compaction_bytes_read").set(t.compaction_bytes_read as f64);
     metrics::gauge!("keel_compaction_bytes_written").set(t.compaction_bytes_written as f64);
     metrics::gauge!("keel_write_amplification").set(t.write_amplification());
