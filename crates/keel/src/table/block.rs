@@ -243,14 +243,20 @@ impl Block {
     pub fn iter(&self) -> BlockIter<'_> {
         BlockIter {
             block: self,
-            pos: 0,
-            key: Vec::new(),
-            next_restart: 0,
+            cursor: Cursor::default(),
         }
     }
 
     /// An iterator from the first entry whose key is `>= target`.
     pub fn seek(&self, target: &[u8]) -> Result<BlockIter<'_>, BlockError> {
+        Ok(BlockIter {
+            block: self,
+            cursor: self.seek_cursor(target)?,
+        })
+    }
+
+    /// A [`Cursor`] at the first entry whose key is `>= target`.
+    pub fn seek_cursor(&self, target: &[u8]) -> Result<Cursor, BlockError> {
         // The last restart whose key is < target: every entry before it is
         // smaller, so the scan starts there.
         let (mut lo, mut hi) = (0usize, self.restarts.len());
@@ -263,15 +269,14 @@ impl Block {
             }
         }
         let start = lo.saturating_sub(1);
-        let mut it = BlockIter {
-            block: self,
+        let mut it = Cursor {
             pos: self.restarts.get(start).map_or(0, |&r| r as usize),
             key: Vec::new(),
             next_restart: start,
         };
         loop {
             let before = (it.pos, it.key.len(), it.next_restart);
-            match it.next() {
+            match it.next(self) {
                 None => return Ok(it),
                 Some(Err(e)) => return Err(e),
                 Some(Ok((k, _))) if k.as_slice() >= target => {
@@ -293,40 +298,58 @@ impl Block {
 /// rebuilt from the shared prefix), the value borrowed from the block.
 pub struct BlockIter<'a> {
     block: &'a Block,
-    pos: usize,
-    key: Vec<u8>,
-    /// Index of the next restart point at or after `pos`.
-    next_restart: usize,
+    cursor: Cursor,
 }
 
 impl<'a> Iterator for BlockIter<'a> {
     type Item = Result<(Vec<u8>, Stored<'a>), BlockError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.block.entries_end {
+        self.cursor.next(self.block)
+    }
+}
+
+/// A position in a block, kept apart from the block so that an iterator
+/// owning its block (an `Arc` from the cache) can decode one entry at a
+/// time instead of the whole block up front.
+#[derive(Debug, Default)]
+pub struct Cursor {
+    pos: usize,
+    key: Vec<u8>,
+    /// Index of the next restart point at or after `pos`.
+    next_restart: usize,
+}
+
+impl Cursor {
+    /// The entry at the cursor in `block` (the block it was made for), and
+    /// the cursor moved past it; `None` at the end. After an error, `None`.
+    pub fn next<'b>(
+        &mut self,
+        block: &'b Block,
+    ) -> Option<Result<(Vec<u8>, Stored<'b>), BlockError>> {
+        if self.pos >= block.entries_end {
             return None;
         }
-        let at_restart = self
-            .block
+        let at_restart = block
             .restarts
             .get(self.next_restart)
             .is_some_and(|&r| r as usize == self.pos);
-        let raw = match self.block.raw_at(self.pos) {
+        let raw = match block.raw_at(self.pos) {
             Ok(r) => r,
             Err(e) => {
-                self.pos = self.block.entries_end;
+                self.pos = block.entries_end;
                 return Some(Err(e));
             }
         };
         if at_restart {
             self.next_restart += 1;
             if raw.shared != 0 {
-                self.pos = self.block.entries_end;
+                self.pos = block.entries_end;
                 return Some(Err(BlockError("a restart entry shares a prefix")));
             }
         }
         if raw.shared > self.key.len() {
-            self.pos = self.block.entries_end;
+            self.pos = block.entries_end;
             return Some(Err(BlockError(
                 "an entry shares more than the previous key",
             )));

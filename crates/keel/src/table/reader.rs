@@ -4,7 +4,7 @@
 //! Every error names the file and the block; damage is never read as a
 //! wrong value or a missing key.
 
-use super::block::{Block, Stored};
+use super::block::{Block, Cursor, Stored};
 use super::bloom::{self, Bloom};
 use super::footer::{check_block, Footer, Handle, Properties, FOOTER_LEN};
 use super::{BlockCache, TableError};
@@ -266,13 +266,15 @@ impl Table {
     }
 }
 
-/// A table's entries in key order, a data block at a time; `T` holds the
-/// table (`&Table` or `Arc<Table>`).
+/// A table's entries in key order, decoded one at a time from the current
+/// data block (a seek followed by a few nexts decodes only those); `T`
+/// holds the table (`&Table` or `Arc<Table>`).
 pub struct TableIter<T> {
     table: T,
     next_block: usize,
     from: Vec<u8>,
-    entries: std::vec::IntoIter<(Vec<u8>, Entry)>,
+    /// The block being read (its index), and the position in it.
+    current: Option<(usize, Arc<Block>, Cursor)>,
     failed: bool,
 }
 
@@ -285,7 +287,7 @@ impl<T: std::ops::Deref<Target = Table>> TableIter<T> {
             table,
             next_block,
             from: from.to_vec(),
-            entries: Vec::new().into_iter(),
+            current: None,
             failed: false,
         }
     }
@@ -295,28 +297,34 @@ impl<T: std::ops::Deref<Target = Table>> Iterator for TableIter<T> {
     type Item = Result<(Vec<u8>, Entry), TableError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let at = |t: &Table, i: usize| format!("the data block at offset {}", t.index[i].1.offset);
         loop {
-            if let Some(e) = self.entries.next() {
-                return Some(Ok(e));
+            if self.failed {
+                return None;
             }
-            if self.failed || self.next_block >= self.table.index.len() {
+            if let Some((i, block, cursor)) = &mut self.current {
+                match cursor.next(block) {
+                    Some(Ok((k, v))) => return Some(Ok((k, Entry::from(v)))),
+                    Some(Err(e)) => {
+                        self.failed = true;
+                        return Some(Err(self.table.damaged(&at(&self.table, *i), e.0)));
+                    }
+                    None => self.current = None,
+                }
+            }
+            if self.next_block >= self.table.index.len() {
                 return None;
             }
             let i = self.next_block;
             self.next_block += 1;
-            let decoded = self.table.data_block(i).and_then(|block| {
-                let at = || format!("the data block at offset {}", self.table.index[i].1.offset);
-                let it = block
-                    .seek(&self.from)
-                    .map_err(|e| self.table.damaged(&at(), e.0))?;
-                it.map(|r| {
-                    r.map(|(k, v)| (k, Entry::from(v)))
-                        .map_err(|e| self.table.damaged(&at(), e.0))
-                })
-                .collect::<Result<Vec<_>, _>>()
+            let positioned = self.table.data_block(i).and_then(|block| {
+                let cursor = block
+                    .seek_cursor(&self.from)
+                    .map_err(|e| self.table.damaged(&at(&self.table, i), e.0))?;
+                Ok((i, block, cursor))
             });
-            match decoded {
-                Ok(v) => self.entries = v.into_iter(),
+            match positioned {
+                Ok(c) => self.current = Some(c),
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(e));
