@@ -144,6 +144,41 @@ fn flushes_and_compactions_agree_with_a_model() {
     println!("{compactions} compactions, down to level {deepest}: the tree agrees with the model; block cache {cache:?}");
 }
 
+/// The level most over its target goes first: L0 at its trigger does not
+/// starve a level 1 far over its own (each L0 compaction would then
+/// rewrite all of an ever larger L1).
+#[test]
+fn the_level_most_over_its_target_is_compacted_first() {
+    let s: Arc<dyn Storage> = Arc::new(SimStorage::new(8));
+    let opts = small();
+    let mut tree = Tree::open(s, Path::new("/db"), opts).unwrap();
+    let mut rng = SplitMix64::new(8);
+    let mut lsn = 0;
+    let mut flush_some = |tree: &mut Tree, n: usize| {
+        for _ in 0..n {
+            lsn += 1;
+            flush(tree, &memtable(&mut rng, 60), lsn).unwrap();
+        }
+    };
+    flush_some(&mut tree, opts.l0_trigger);
+    let c = tree.pick_compaction().unwrap();
+    assert_eq!(c.level, 0);
+    tree.compact(&c).unwrap();
+    drop(c);
+    let l1: u64 = tree.version().level(1).iter().map(|t| t.meta.size).sum();
+    assert!(
+        l1 > opts.level1_bytes * 3 / 2,
+        "level 1 holds {l1} bytes: the test needs it far over its target"
+    );
+    flush_some(&mut tree, opts.l0_trigger);
+    assert_eq!(tree.version().level(0).len(), opts.l0_trigger);
+    let c = tree.pick_compaction().unwrap();
+    assert_eq!(
+        c.level, 1,
+        "L0 is at its trigger, L1 at {l1} bytes is further over"
+    );
+}
+
 /// A flush recorded while a compaction writes its outputs (each on its own
 /// thread in `Db`, the tree's lock taken only to record): the compaction is
 /// installed after it, over the new L0 table; and once a flush after a

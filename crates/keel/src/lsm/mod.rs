@@ -23,7 +23,8 @@
 //! into L1 once it holds [`TreeOptions::l0_trigger`] tables; level `n >= 1`
 //! is compacted into `n + 1` once it holds more than
 //! `level1_bytes * ratio^(n-1)`, one table (round-robin by key) and the
-//! tables of the next level it overlaps at a time. Outputs are split at
+//! tables of the next level it overlaps at a time; the level with the
+//! highest score (tables or bytes over the trigger) goes first. Outputs are split at
 //! [`TreeOptions::table_bytes`]. Tombstones are dropped only when no deeper
 //! level holds tables.
 
@@ -345,19 +346,25 @@ impl Tree {
             .saturating_mul(o.ratio.saturating_pow(level.saturating_sub(1) as u32))
     }
 
-    /// The compaction most needed now, if any: L0 past its trigger first,
-    /// then the level most over its target.
+    /// The compaction most needed now, if any: the level with the highest
+    /// score, as RocksDB scores them: L0's tables over its trigger, a
+    /// deeper level's bytes over its target; due from 1 (L0) or above 1.
+    /// L0 does not simply come first: under a steady fill it is always at
+    /// its trigger, L1 then never moves down, and every L0 compaction
+    /// rewrites all of an ever larger L1 (measured: a 2 GiB fill grew L1 to
+    /// 675 MB against a 256 MB target, 7.6 GB compacted, write
+    /// amplification 2.88).
     pub fn pick_compaction(&self) -> Option<Compaction> {
         let v = &self.current;
-        let level = if v.level(0).len() >= self.options.l0_trigger {
-            0
-        } else {
-            (1..LEVELS - 1)
-                .filter(|&l| self.level_bytes(l) > self.level_target(l))
-                .max_by(|&a, &b| {
-                    let over = |l: usize| self.level_bytes(l) as f64 / self.level_target(l) as f64;
-                    over(a).total_cmp(&over(b))
-                })?
+        let l0 = v.level(0).len() as f64 / self.options.l0_trigger as f64;
+        let deeper = (1..LEVELS - 1)
+            .map(|l| (l, self.level_bytes(l) as f64 / self.level_target(l) as f64))
+            .filter(|&(_, score)| score > 1.0)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let level = match deeper {
+            Some((l, score)) if score > l0 || l0 < 1.0 => l,
+            _ if l0 >= 1.0 => 0,
+            _ => return None,
         };
         let inputs: Vec<Arc<LiveTable>> = if level == 0 {
             v.level(0).to_vec()
