@@ -233,6 +233,8 @@ fn report(name: &str, secs: f64, ops: u64, bytes: u64, extra: &str) {
 /// One arm per db_bench workload, in one place so the workloads can be
 /// compared with db_bench's own at a glance.
 fn main() -> anyhow::Result<()> {
+    // As the keel server does (keel::malloc): two malloc arenas.
+    keel::malloc::limit_arenas();
     let f = parse()?;
     if !f.use_existing_db {
         let _ = std::fs::remove_dir_all(&f.db);

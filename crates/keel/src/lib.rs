@@ -37,6 +37,7 @@ mod keyspace;
 mod layers;
 pub mod layout;
 pub mod lsm;
+pub mod malloc;
 pub mod manifest;
 mod memtable;
 mod on_tables;

@@ -53,6 +53,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: two malloc arenas, not one per thread.
+    keel::malloc::limit_arenas();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),
