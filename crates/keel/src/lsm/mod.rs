@@ -397,6 +397,12 @@ impl Tree {
     /// Runs `c` to the end under this tree: see
     /// [`TableFiles::write_compaction`] and
     /// [`install_compaction`](Self::install_compaction).
+    ///
+    /// # Panics
+    ///
+    /// If a flush after a clear removed `c`'s inputs since it was picked
+    /// (pick it again after a flush; `Db` installs with
+    /// `install_compaction`, which abandons such a compaction instead).
     pub fn compact(&mut self, c: &Compaction) -> Result<CompactionStats, LsmError> {
         let out = self
             .files
