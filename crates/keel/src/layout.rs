@@ -31,6 +31,8 @@ pub const LOG_DIR: &str = "wal";
 pub const MANIFEST_DIR: &str = "manifest";
 /// The tables' directory.
 pub const TABLES_DIR: &str = "tables";
+/// Where `keel repair` moves damaged tables (never read by keel again).
+pub const DAMAGED_DIR: &str = "damaged";
 const TABLE_SUFFIX: &str = ".sst";
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
 const CHECKPOINT_SUFFIX: &str = ".ckpt";

@@ -239,7 +239,7 @@ impl VersionEdit {
 /// The live tables and the log start, as the edits so far make them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionState {
-    /// Tables per level: L0 newest first (by number); L1.. in key order.
+    /// Tables per level: L0 newest first (by max LSN); L1.. in key order.
     pub levels: Vec<Vec<TableMeta>>,
     /// The log is needed from this LSN on.
     pub log_start: u64,
@@ -322,7 +322,10 @@ impl VersionState {
             }
             level.push(t.clone());
         }
-        s.levels[0].sort_by_key(|t| std::cmp::Reverse(t.number));
+        // Newest first by the writes they hold: a flush's table is newer
+        // than every L0 table before it, and a table `keel repair` rewrote
+        // keeps its LSN range (and its place) under a new number.
+        s.levels[0].sort_by_key(|t| std::cmp::Reverse((t.max_lsn, t.number)));
         for level in &mut s.levels[1..] {
             level.sort_by(|a, b| a.smallest.cmp(&b.smallest));
         }
@@ -602,6 +605,24 @@ mod tests {
             removed: vec![(level, number)],
             ..VersionEdit::default()
         };
+        // A table rewritten by repair: a new number, the LSN range of the
+        // table 2 it replaces, so older than table 3 (its place kept).
+        let rewritten = TableMeta {
+            number: 9,
+            ..table(0, 2, "e", "k")
+        };
+        let r = s
+            .apply(&VersionEdit {
+                removed: vec![(0, 2)],
+                added: vec![rewritten],
+                ..VersionEdit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            r.levels[0].iter().map(|t| t.number).collect::<Vec<_>>(),
+            [3, 9],
+            "L0 ordered by the writes its tables hold"
+        );
         assert!(s.apply(&remove(1, 2)).is_err(), "not at that level");
         assert!(s.apply(&remove(0, 2)).is_ok());
         let back = VersionEdit {

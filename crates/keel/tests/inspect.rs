@@ -52,6 +52,17 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
+/// Writes `bytes` at the first record boundary after the last record of
+/// the log in `dir` (into its preallocated zeros).
+fn write_after_the_last_record(dir: &Path, bytes: &[u8]) {
+    let last = files(dir, "wal").pop().unwrap();
+    let data = std::fs::read(&last).unwrap();
+    let end = data.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let at = (end as u64).div_ceil(8) * 8;
+    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, bytes, at).unwrap();
+}
+
 #[test]
 fn a_sound_store_verifies_and_dumps_every_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,14 +148,8 @@ fn a_directory_that_is_not_a_store_is_named_as_such() {
 fn repair_cuts_a_torn_tail_saves_it_and_refuses_while_the_store_is_locked() {
     let dir = tempfile::tempdir().unwrap();
     store(dir.path());
-    let last = files(&dir.path().join("wal"), "wal").pop().unwrap();
-    let data = std::fs::read(&last).unwrap();
-    let end = data.iter().rposition(|&b| b != 0).unwrap() + 1;
-    let at = (end as u64).div_ceil(8) * 8;
     // Garbage after the last record, nothing vouching for it: a torn tail.
-    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
-    std::os::unix::fs::FileExt::write_at(&f, &[0xAB; 24], at).unwrap();
-    drop(f);
+    write_after_the_last_record(&dir.path().join("wal"), &[0xAB; 24]);
 
     let fs: Arc<dyn Storage> = Arc::new(FsStorage::new());
     let target = Target::resolve(&*fs, dir.path()).unwrap();
@@ -285,6 +290,26 @@ fn dump_of_a_store_on_tables_lists_its_tables_then_its_log() {
     let (damaged, seen, _, _) = dump(dir.path());
     assert!(damaged);
     assert!(seen.iter().any(|s| s == "table false"), "{seen:?}");
+}
+
+/// A crash in the middle of a manifest append leaves a torn tail, which
+/// the open cuts: verify judges as the open does (it called such a store
+/// damaged, and repair refused to plan over its manifest).
+#[test]
+fn a_torn_tail_of_the_manifest_is_no_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    tables_store(dir.path());
+    // The start of a record header, then nothing: an append cut short.
+    write_after_the_last_record(&dir.path().join("manifest"), &[0xAB; 12]);
+    let report = verify(dir.path());
+    assert!(report.is_sound(), "{:?}", report.problems);
+    let fs: Arc<dyn Storage> = Arc::new(FsStorage::new());
+    let target = Target::resolve(&*fs, dir.path()).unwrap();
+    assert!(!Repair::prepare(fs, &target).unwrap().is_needed());
+    let mut o = opts();
+    o.memtable_size = Some(16 << 10);
+    let (db, _) = Db::open(dir.path(), o).unwrap();
+    assert_eq!(db.len(), 200);
 }
 
 /// On tables, records below the manifest's log start are in tables: damage

@@ -269,6 +269,14 @@ fn open_store(dir: &Path, opts: Options, storage: Arc<dyn Storage>) -> anyhow::R
                 "\nInspect the damage with `keel verify {0}`; `keel repair {0}` cuts the log back to its last valid record (saving what it cuts).",
                 dir.display()
             ),
+            keel::Error::Table(keel::table::TableError::Damaged { .. })
+            | keel::Error::Tables(
+                keel::lsm::LsmError::Table(keel::table::TableError::Damaged { .. })
+                | keel::lsm::LsmError::MissingTable { .. },
+            ) => format!(
+                "\nInspect the damage with `keel verify {0}`; `keel repair {0}` moves a damaged table aside and keeps what of it reads back (it says first which keys are lost).",
+                dir.display()
+            ),
             _ => String::new(),
         };
         anyhow::anyhow!("cannot open the store in {}: {e}{hint}", dir.display())

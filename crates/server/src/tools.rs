@@ -290,11 +290,41 @@ pub fn repair(path: &Path, yes: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print!("{repair}");
-    if !yes && !confirm(plan.last_lsn)? {
+    let question = if repair.damaged_tables().is_empty() {
+        format!("Cut the log back to LSN {}?", plan.last_lsn)
+    } else {
+        format!(
+            "Replace the damaged tables as above and cut the log back to LSN {}?",
+            plan.last_lsn
+        )
+    };
+    if !yes && !confirm(&question)? {
         println!("nothing changed");
         return Ok(ExitCode::from(1));
     }
+    let data_dir = repair.data_dir().map(Path::to_path_buf);
+    let tables: Vec<_> = repair
+        .damaged_tables()
+        .iter()
+        .map(|t| {
+            (
+                t.path.clone(),
+                t.present,
+                t.moved_to(data_dir.as_deref().unwrap_or(Path::new(""))),
+            )
+        })
+        .collect();
     let report = repair.apply()?;
+    for (path, present, moved_to) in tables {
+        if present {
+            println!("moved {} to {}", path.display(), moved_to.display());
+        } else {
+            println!(
+                "dropped the missing table {} from the manifest",
+                path.display()
+            );
+        }
+    }
     println!("repaired: {report}");
     if let Some(p) = report.torn_tail.as_ref().and_then(|t| t.saved_to.as_ref()) {
         println!("cut bytes saved to {}", p.display());
@@ -302,12 +332,12 @@ pub fn repair(path: &Path, yes: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Asks on the terminal; refuses without one.
-fn confirm(last_lsn: u64) -> anyhow::Result<bool> {
+/// Asks `question` on the terminal; refuses without one.
+fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
-        bail!("not cutting anything without confirmation: run again with --yes");
+        bail!("not changing anything without confirmation: run again with --yes");
     }
-    print!("Cut the log back to LSN {last_lsn}? [y/N] ");
+    print!("{question} [y/N] ");
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;

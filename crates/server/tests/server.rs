@@ -497,13 +497,7 @@ fn a_damaged_log_refuses_to_start_and_the_tools_find_and_cut_it() {
         })
         .count();
     assert_eq!(saved, 1, "repair did not save what it cut");
-    let v = Command::new(BIN).arg("verify").arg(&data).output().unwrap();
-    assert_eq!(
-        v.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&v.stdout)
-    );
+    assert_verifies(&data);
     s.restart(&cfg);
     assert_eq!(call(&a, "GET", &s.url("/kv/k000"), None).0, 200);
 }
@@ -988,4 +982,73 @@ fn dump_and_verify_read_a_manifest() {
     let out = String::from_utf8_lossy(&v.stdout);
     assert_eq!(v.status.code(), Some(1), "{out}");
     assert!(out.contains("manifest") && out.contains("DAMAGED"), "{out}");
+}
+
+/// `keel repair` on tables: says which keys a damaged table loses, asks
+/// before changing anything, moves the table aside; the store then
+/// verifies.
+#[test]
+fn repair_moves_a_damaged_table_aside_and_says_what_is_lost() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let mut o = keel::Options::default();
+    o.memtable_size = Some(1 << 20);
+    let (db, _) = keel::Db::open(&data, o).unwrap();
+    for i in 0..200 {
+        db.put(format!("k{i:03}"), format!("value {i}")).unwrap();
+    }
+    db.checkpoint().unwrap();
+    db.close().unwrap();
+    let table = std::fs::read_dir(data.join("tables"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&table).unwrap();
+    let end = bytes.len() - 1;
+    bytes[end] ^= 0x01; // the footer
+    std::fs::write(&table, &bytes).unwrap();
+
+    let repair = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("repair")
+            .args(args)
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, stdout, stderr) = repair(&[]);
+    assert!(!status.success(), "repaired without confirmation");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert!(
+        stdout.contains("LOSES 200 entries")
+            && stdout.contains("keys from \"k000\" through \"k199\""),
+        "{stdout}"
+    );
+    assert!(table.exists(), "nothing changed");
+
+    let (status, stdout, stderr) = repair(&["--yes"]);
+    assert!(status.success(), "{stderr}");
+    let moved = data.join("damaged").join(table.file_name().unwrap());
+    assert!(stdout.contains(&*moved.to_string_lossy()), "{stdout}");
+    assert_eq!(std::fs::read(&moved).unwrap(), bytes);
+    assert_verifies(&data);
+}
+
+/// `keel verify DATA` says the store is sound.
+fn assert_verifies(data: &Path) {
+    let v = Command::new(BIN).arg("verify").arg(data).output().unwrap();
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
 }

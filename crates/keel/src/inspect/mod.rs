@@ -10,18 +10,22 @@
 //!   (`crate::recovery`), so it says "sound" only of a store that opens and
 //!   loses nothing;
 //! - [`Repair`] holds the store's lock, shows what it would cut, and cuts the
-//!   log back to its last valid record, saving every cut byte beside it.
+//!   log back to its last valid record, saving every cut byte beside it; on
+//!   tables, it first replaces each damaged table by what of it still reads
+//!   back ([`DamagedTable`]), moving the damaged file aside.
 //!
 //! All of it reads through the storage trait, and only [`Repair::apply`]
 //! changes anything.
 
 mod dump;
 mod repair;
+mod salvage;
 mod target;
 mod verify;
 
 pub use dump::{dump, DumpDamage, DumpEvent};
 pub use repair::Repair;
+pub use salvage::{DamagedTable, LostKeys};
 pub use target::Target;
 pub use verify::{verify, LogSummary, Problem, VerifyReport};
 

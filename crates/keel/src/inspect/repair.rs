@@ -2,10 +2,14 @@
 //! destroying a byte (point-in-time recovery saves what it cuts beside the
 //! log as `*.cut-at-N` and `*.dropped`), never racing a running store (it
 //! holds the store's lock from plan to cut), and never cutting records that
-//! the newest sound checkpoint needs the log to follow.
+//! the newest sound checkpoint needs the log to follow. On tables it also
+//! replaces every damaged live table by what of it still reads back, the
+//! damaged file moved aside (`super::salvage`), before the log.
 
+use super::salvage::{find_damaged, replace_damaged, DamagedTable};
 use super::{Target, ANY_RECORD_SIZE};
 use crate::error::{Error, Result};
+use crate::layout::DataDir;
 use crate::recovery::choose_checkpoint;
 use keel_storage::{LockGuard, Storage};
 use keel_wal::{RecoveryMode, RecoveryReport, Wal, WalOptions};
@@ -18,6 +22,10 @@ pub struct Repair {
     log_dir: PathBuf,
     checkpoint_lsn: Option<u64>,
     plan: RecoveryReport,
+    /// The data directory (none when only a log directory was given).
+    data_dir: Option<DataDir>,
+    /// Live tables that do not read back whole.
+    tables: Vec<DamagedTable>,
     _lock: Option<LockGuard>,
 }
 
@@ -44,9 +52,13 @@ impl Repair {
         };
         // On tables, the manifest's log start plays the checkpoint's part:
         // records below it are in tables, the log must go on from it.
+        let mut tables = Vec::new();
         let checkpoint_lsn = match &data_dir {
-            Some(d) => match super::verify::tables_base_lsn(&*storage, d)? {
-                Some(base) => Some(base).filter(|b| *b > 0),
+            Some(d) => match super::verify::manifest_state(&*storage, d)? {
+                Some(state) => {
+                    tables = find_damaged(&*storage, d, &state)?;
+                    Some(state.log_start - 1).filter(|b| *b > 0)
+                }
                 None => {
                     let choice = choose_checkpoint(&*storage, d, usize::MAX, usize::MAX)?;
                     choice.base.map(|(used, _)| used.lsn)
@@ -61,9 +73,11 @@ impl Repair {
             log_dir,
             checkpoint_lsn,
             plan,
+            data_dir,
+            tables,
             _lock: lock,
         };
-        if repair.is_needed() && repair.plan.last_lsn + 1 < from {
+        if repair.log_is_damaged() && repair.plan.last_lsn + 1 < from {
             return Err(Error::RepairBehindCheckpoint {
                 damage_lsn: repair.plan.last_lsn + 1,
                 checkpoint_lsn: from - 1,
@@ -83,19 +97,38 @@ impl Repair {
         &self.log_dir
     }
 
+    /// The data directory repaired (none when a log directory was given).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_ref().map(DataDir::root)
+    }
+
     /// The LSN of the newest sound checkpoint, if any.
     pub fn checkpoint_lsn(&self) -> Option<u64> {
         self.checkpoint_lsn
     }
 
-    /// Whether anything would be cut.
+    /// The live tables that do not read back whole, and what the repair
+    /// keeps and loses of each.
+    pub fn damaged_tables(&self) -> &[DamagedTable] {
+        &self.tables
+    }
+
+    /// Whether anything would be changed: a table replaced, or the log cut.
     pub fn is_needed(&self) -> bool {
+        !self.tables.is_empty() || self.log_is_damaged()
+    }
+
+    fn log_is_damaged(&self) -> bool {
         self.plan.torn_tail.is_some() || self.plan.set_aside.is_some()
     }
 
-    /// Cuts the log as planned, saving what it cuts, and syncs it. Returns
-    /// what recovery did.
+    /// Replaces the damaged tables as planned (each moved aside, what reads
+    /// back of it kept), then cuts the log as planned, saving what it cuts,
+    /// and syncs it. Returns what the log's recovery did.
     pub fn apply(self) -> Result<RecoveryReport> {
+        if let Some(d) = &self.data_dir {
+            replace_damaged(&self.storage, d, &self.tables)?;
+        }
         let from = self.checkpoint_lsn.map_or(1, |n| n + 1);
         let (wal, report) =
             Wal::open_with_replay(self.storage, &self.log_dir, options(), from, |_, _| {})?;
@@ -110,6 +143,9 @@ impl Repair {
 impl std::fmt::Display for Repair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let plan = &self.plan;
+        for t in &self.tables {
+            write!(f, "{t}")?;
+        }
         writeln!(
             f,
             "{}: the log is valid up to LSN {}.",

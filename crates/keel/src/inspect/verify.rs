@@ -204,13 +204,6 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
     Ok(report)
 }
 
-/// For a store on tables, the LSN its tables hold the log up to (the
-/// manifest's log start - 1), read without changing anything: `Ok(None)`
-/// for a store that is not on tables; an error if its manifest is damaged.
-pub(crate) fn tables_base_lsn(storage: &dyn Storage, d: &DataDir) -> Result<Option<u64>> {
-    Ok(manifest_state(storage, d)?.map(|s| s.log_start - 1))
-}
-
 /// For a store on tables, the state its manifest's edits make, read without
 /// changing anything: `Ok(None)` for a store that is not on tables (no
 /// manifest, or one still empty); an error if the manifest is damaged.
@@ -414,8 +407,13 @@ fn verify_log(
 /// Reads a manifest's log (every checksum, in absolute-consistency mode) and
 /// replays its edits from the last snapshot as an open would.
 fn verify_manifest(storage: &dyn Storage, dir: &Path, report: &mut VerifyReport) -> Result<()> {
+    // The judgment `Manifest::open` applies: a torn tail (an edit whose
+    // append a crash cut short) is no damage, the open cuts it. Nothing
+    // acted on that edit: its flush or compaction had not returned, so
+    // the log below it and the tables it removed are all still there.
+    // Damage before the tail is refused, as the open refuses it.
     let opts = WalOptions {
-        recovery: RecoveryMode::AbsoluteConsistency,
+        recovery: RecoveryMode::TolerateCorruptedTail,
         max_record_size: ANY_RECORD_SIZE,
         ..WalOptions::default()
     };

@@ -27,7 +27,7 @@ pub use block::Stored;
 pub use builder::{TableBuilder, DATA_BLOCK_SIZE, PACED_SYNC_BYTES, RESTART_INTERVAL};
 pub use cache::{BlockCache, CacheStats};
 pub use footer::{Compression, Properties, FOOTER_LEN};
-pub use reader::{Entry, Table, TableIter};
+pub use reader::{Entry, LostBlock, Table, TableIter};
 
 use keel_storage::{IoError, Storage};
 use std::path::{Path, PathBuf};

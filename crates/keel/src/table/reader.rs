@@ -266,6 +266,75 @@ impl Table {
     }
 }
 
+/// A data block [`Table::salvage`] could not keep: the keys it held lie
+/// after `after` (or from the table's smallest key, if it is the first
+/// block) up to and including `through`.
+#[derive(Debug)]
+pub struct LostBlock {
+    /// The previous block's last key, or `None` for the first block.
+    pub after: Option<Vec<u8>>,
+    /// This block's last key, as the index gives it.
+    pub through: Vec<u8>,
+    /// Why the block cannot be read.
+    pub why: TableError,
+}
+
+impl Table {
+    /// For repair: hands `keep` every entry of every data block that reads
+    /// back whole (checksum, entries, keys increasing and within the range
+    /// the index gives the block), in key order, and returns the blocks that
+    /// do not. Damage outside the data blocks (footer, properties, filter,
+    /// index) fails [`open`](Self::open) instead, and then nothing of the
+    /// table can be placed. An error from `keep` stops it and is returned.
+    pub fn salvage<E>(
+        &self,
+        mut keep: impl FnMut(&[u8], Stored<'_>) -> Result<(), E>,
+    ) -> Result<Vec<LostBlock>, E> {
+        let mut lost = Vec::new();
+        let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for (i, (index_key, h)) in self.index.iter().enumerate() {
+            let after = i.checked_sub(1).map(|p| self.index[p].0.clone());
+            let at = format!("the data block at offset {}", h.offset);
+            entries.clear();
+            let read = self.data_block(i).and_then(|block| {
+                for e in block.iter() {
+                    let (k, v) = e.map_err(|e| self.damaged(&at, e.0))?;
+                    let previous = entries
+                        .last()
+                        .map(|(k, _)| k.as_slice())
+                        .or(after.as_deref());
+                    if k.is_empty() || previous.is_some_and(|p| p >= k.as_slice()) {
+                        return Err(self.damaged(&at, "keys out of order"));
+                    }
+                    let value = match v {
+                        Stored::Put(v) => Some(v.to_vec()),
+                        Stored::Tombstone => None,
+                    };
+                    entries.push((k, value));
+                }
+                match entries.last() {
+                    Some((k, _)) if k == index_key => Ok(()),
+                    _ => Err(self.damaged(&at, "the block does not end at its index key")),
+                }
+            });
+            match read {
+                Ok(()) => {
+                    for (k, v) in &entries {
+                        let stored = v.as_deref().map_or(Stored::Tombstone, Stored::Put);
+                        keep(k, stored)?;
+                    }
+                }
+                Err(why) => lost.push(LostBlock {
+                    after,
+                    through: index_key.clone(),
+                    why,
+                }),
+            }
+        }
+        Ok(lost)
+    }
+}
+
 /// A table's entries in key order, decoded one at a time from the current
 /// data block (a seek followed by a few nexts decodes only those); `T`
 /// holds the table (`&Table` or `Arc<Table>`).
