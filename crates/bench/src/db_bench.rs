@@ -357,7 +357,7 @@ fn main() -> anyhow::Result<()> {
             "reopen" => {
                 // As after kill -9: no flush on the way down (close only
                 // syncs the log), so the open replays the memtable's log.
-                print_shape(&db);
+                print_shape(&db, &f);
                 drop(db);
                 let started = Instant::now();
                 let (reopened, report) = Db::builder(&f.db).options(opts.clone()).open()?;
@@ -371,12 +371,13 @@ fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown benchmark {other}"),
         }
     }
-    print_shape(&db);
+    print_shape(&db, &f);
     Ok(())
 }
 
-/// The tree's shape and costs after the run, and the process's peak RSS.
-fn print_shape(db: &Db) {
+/// The tree's shape and costs after the run, the live data and the
+/// process's peak RSS.
+fn print_shape(db: &Db, f: &Flags) {
     let peak = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -385,6 +386,13 @@ fn print_shape(db: &Db) {
                 .map(|v| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
+    // Every key is key_size + value_size bytes: the live data, against
+    // which the harness reports space amplification.
+    let live = db.len() as u64;
+    println!(
+        "keel: live keys {live} ({:.1} MB of keys and values)",
+        (live * (f.key_size + f.value_size) as u64) as f64 / 1e6
+    );
     let Some(t) = db.stats().tables else {
         println!("keel: peak RSS {peak}");
         return;

@@ -9,10 +9,70 @@
 //!
 //! RocksDB runs with LZ4 (keel's table default) and `--cache_size`; both
 //! write a fresh store in a temp directory for each run.
+//!
+//! After each run it measures space amplification: the bytes the store
+//! takes on disk (allocated blocks), its tables alone and the whole
+//! directory (logs and manifest too), over the live data (live keys times
+//! key and value size). keel prints its live keys; RocksDB's are counted
+//! with its own `ldb scan`, after the directory is measured (ldb's open
+//! recovers the log into a new table).
 
 use keel_bench::{loadavg, median};
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::Command;
+
+/// Bytes allocated on disk under `dir`: (`*.sst` files, every file).
+fn disk_bytes(dir: &Path) -> anyhow::Result<(u64, u64)> {
+    let (mut tables, mut all) = (0, 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            let (t, a) = disk_bytes(&entry.path())?;
+            tables += t;
+            all += a;
+        } else {
+            let bytes = meta.blocks() * 512;
+            all += bytes;
+            if entry.path().extension().is_some_and(|e| e == "sst") {
+                tables += bytes;
+            }
+        }
+    }
+    Ok((tables, all))
+}
+
+/// Live keys of the RocksDB store at `db`, by its own `ldb scan`.
+fn rocksdb_live_keys(db: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("ldb")
+        .arg(format!("--db={}", db.display()))
+        .arg("scan")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ldb scan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout.iter().filter(|b| **b == b'\n').count() as u64)
+}
+
+/// Live keys keel-db-bench printed ("keel: live keys N ...").
+fn keel_live_keys(out: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("keel: live keys "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// Space amplification of one run: tables and whole directory over the
+/// live data.
+#[derive(Clone, Copy)]
+struct Space {
+    tables: f64,
+    dir: f64,
+    live_mb: f64,
+}
 
 /// ops/sec per benchmark name, from db_bench-style output.
 fn parse(out: &str) -> BTreeMap<String, f64> {
@@ -70,6 +130,9 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut keel: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut rocks: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let entry_bytes: u64 = flags.get("key_size").map_or(Ok(16), |v| v.parse())?
+        + flags["value_size"].parse::<u64>()?;
+    let (mut keel_space, mut rocks_space): (Vec<Space>, Vec<Space>) = (Vec::new(), Vec::new());
     println!(
         "{} rounds of: {} (load average {})",
         rounds,
@@ -78,14 +141,14 @@ fn main() -> anyhow::Result<()> {
     );
     for round in 0..rounds {
         for first_keel in [round % 2 == 0, round % 2 != 0] {
+            let db = dir.path().join(if first_keel { "keel" } else { "rocksdb" });
+            let _ = std::fs::remove_dir_all(&db);
             let out = if first_keel {
                 Command::new(&keel_bin)
                     .args(&common)
-                    .arg(format!("--db={}", dir.path().join("keel").display()))
+                    .arg(format!("--db={}", db.display()))
                     .output()?
             } else {
-                let db = dir.path().join("rocksdb");
-                let _ = std::fs::remove_dir_all(&db);
                 Command::new("db_bench")
                     .args(&common)
                     .arg(format!("--db={}", db.display()))
@@ -107,6 +170,24 @@ fn main() -> anyhow::Result<()> {
             for (name, ops) in parse(&text) {
                 into.entry(name).or_default().push(ops);
             }
+            let (tables, all) = disk_bytes(&db)?;
+            let live = if first_keel {
+                keel_live_keys(&text)
+                    .ok_or_else(|| anyhow::anyhow!("keel-db-bench printed no live keys"))?
+            } else {
+                rocksdb_live_keys(&db)?
+            };
+            let live_bytes = (live * entry_bytes).max(1) as f64;
+            let space = Space {
+                tables: tables as f64 / live_bytes,
+                dir: all as f64 / live_bytes,
+                live_mb: live_bytes / 1e6,
+            };
+            if first_keel {
+                keel_space.push(space);
+            } else {
+                rocks_space.push(space);
+            }
         }
     }
     println!(
@@ -121,5 +202,17 @@ fn main() -> anyhow::Result<()> {
         let (k, r) = (median(k.clone()), median(r.clone()));
         println!("{name:<17} {k:>14.0} {r:>14.0} {:>7.2}x", k / r);
     }
+    let med = |v: &[Space], f: fn(&Space) -> f64| median(v.iter().map(f).collect::<Vec<_>>());
+    println!(
+        "space amplification (disk bytes / live keys x {entry_bytes} B, medians): \
+         tables keel {:.2}, RocksDB {:.2}; whole directory keel {:.2}, RocksDB {:.2} \
+         (live data keel {:.1} MB, RocksDB {:.1} MB)",
+        med(&keel_space, |s| s.tables),
+        med(&rocks_space, |s| s.tables),
+        med(&keel_space, |s| s.dir),
+        med(&rocks_space, |s| s.dir),
+        med(&keel_space, |s| s.live_mb),
+        med(&rocks_space, |s| s.live_mb),
+    );
     Ok(())
 }
