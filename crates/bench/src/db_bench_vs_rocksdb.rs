@@ -126,6 +126,13 @@ fn main() -> anyhow::Result<()> {
         "{} is missing: cargo build --release -p keel-bench",
         keel_bin.display()
     );
+    // `--keel_*` flags are keel-db-bench's own: not for db_bench.
+    let keel_only: Vec<String> = flags
+        .iter()
+        .filter(|(k, _)| k.starts_with("keel_"))
+        .map(|(k, v)| format!("--{k}={v}"))
+        .collect();
+    flags.retain(|k, _| !k.starts_with("keel_"));
     let common: Vec<String> = flags.iter().map(|(k, v)| format!("--{k}={v}")).collect();
     let dir = tempfile::tempdir()?;
     let mut keel: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -134,9 +141,10 @@ fn main() -> anyhow::Result<()> {
         + flags["value_size"].parse::<u64>()?;
     let (mut keel_space, mut rocks_space): (Vec<Space>, Vec<Space>) = (Vec::new(), Vec::new());
     println!(
-        "{} rounds of: {} (load average {})",
+        "{} rounds of: {} {} (load average {})",
         rounds,
         common.join(" "),
+        keel_only.join(" "),
         loadavg()
     );
     for round in 0..rounds {
@@ -146,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             let out = if first_keel {
                 Command::new(&keel_bin)
                     .args(&common)
+                    .args(&keel_only)
                     .arg(format!("--db={}", db.display()))
                     .output()?
             } else {

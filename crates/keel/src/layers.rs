@@ -172,6 +172,24 @@ impl Layers {
         (count, work)
     }
 
+    /// The key count estimated as RocksDB's `estimate-num-keys` is, for a
+    /// store that keeps no exact count (`Options::exact_key_count` off):
+    /// every memtable's and live table's puts less its tombstones (a
+    /// tombstone assumed to delete a key live below). A key overwritten in
+    /// layers not yet compacted together counts once per layer.
+    pub(crate) fn estimated_len(&self) -> usize {
+        let mems = std::iter::once(&self.mem).chain(self.frozen.iter().map(|m| &**m));
+        let mut count: i64 = mems.map(|m| m.puts() as i64 - m.tombstones() as i64).sum();
+        for t in self.version.levels.iter().flatten() {
+            // Wholly older than the last clear: no longer read.
+            if t.meta.max_lsn >= self.floor {
+                let p = t.table.properties();
+                count += p.entries as i64 - 2 * p.tombstones as i64;
+            }
+        }
+        count.max(0) as usize
+    }
+
     /// Applies the record at `lsn`.
     pub(crate) fn apply(&mut self, lsn: u64, op: Op) {
         match op {

@@ -33,6 +33,11 @@ pub const REWRITE_AFTER: u64 = 256 << 10;
 /// Segment size of the manifest's log: small, since edits are small.
 const SEGMENT_SIZE: u64 = 1 << 20;
 
+/// The live key count of a store that keeps none (a flush by a store
+/// opened with `Options::exact_key_count` off): an exact open counts its
+/// keys by reading every table.
+pub const KEYS_NOT_COUNTED: u64 = u64::MAX;
+
 /// A live table as the manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableMeta {
@@ -106,8 +111,10 @@ impl std::fmt::Display for VersionEdit {
         if let Some(n) = self.next_table {
             parts.push(format!("next table {n}"));
         }
-        if let Some(n) = self.live_keys {
-            parts.push(format!("{n} live keys"));
+        match self.live_keys {
+            Some(KEYS_NOT_COUNTED) => parts.push("live keys not counted".into()),
+            Some(n) => parts.push(format!("{n} live keys")),
+            None => {}
         }
         for (level, number) in &self.removed {
             parts.push(format!("-L{level}/{number}"));

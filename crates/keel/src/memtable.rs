@@ -120,6 +120,11 @@ impl Memtable {
         self.puts
     }
 
+    /// Tombstones it holds.
+    pub(crate) fn tombstones(&self) -> u64 {
+        self.entries.len() as u64 - self.puts
+    }
+
     /// How far its keys were looked up below it.
     pub(crate) fn resolution(&self) -> Resolution {
         *self.resolution.lock().unwrap_or_else(|p| p.into_inner())

@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::layers::{Layers, View};
 use crate::layout::DataDir;
 use crate::lsm::{TableFiles, Tree, TreeOptions};
+use crate::manifest::KEYS_NOT_COUNTED;
 use crate::op::Op;
 use crate::options::Options;
 use crate::poison::Poison;
@@ -166,6 +167,9 @@ pub(crate) struct OnTables {
     counters: Counters,
     /// Wakes the key count's thread: (lookups waiting, stop).
     count_wake: (Mutex<(bool, bool)>, Condvar),
+    /// Whether the key count is exact (`Options::exact_key_count`); if
+    /// not, no lookups are done and `len` is an estimate.
+    exact: bool,
 }
 
 /// What opening a store on tables produced.
@@ -216,9 +220,13 @@ impl OnTables {
         // upgrade interrupted after its edit. They are obsolete.
         remove_files(&**storage, dir, found.into_iter().map(|c| c.1).chain(temps))?;
         let log_start = tree.log_start();
+        let tables_live = match tree.live_keys() {
+            KEYS_NOT_COUNTED if opts.exact_key_count => count_live(&tree)?,
+            n => n,
+        };
         let mut layers = Layers {
             version: tree.version(),
-            tables_live: tree.live_keys(),
+            tables_live,
             applied_lsn: log_start - 1,
             ..Layers::default()
         };
@@ -246,20 +254,24 @@ impl OnTables {
             // Before the replayed keys are looked up in the tables (the
             // background thread does that next): the count at the log
             // start plus the replayed puts, an upper bound.
-            keys: layers.count_work(0).0.max(0) as usize,
+            keys: if opts.exact_key_count {
+                layers.count_work(0).0.max(0) as usize
+            } else {
+                layers.estimated_len()
+            },
             lsn: layers.applied_lsn,
             duration: started.elapsed(),
         };
         tree.delete_obsolete()?;
         Ok(Opened {
-            tables: OnTables::new(layers, tree, memtable_size),
+            tables: OnTables::new(layers, tree, memtable_size, opts.exact_key_count),
             wal,
             report,
             log_bytes: replayed.bytes,
         })
     }
 
-    fn new(layers: Layers, tree: Tree, memtable_size: u64) -> OnTables {
+    fn new(layers: Layers, tree: Tree, memtable_size: u64, exact: bool) -> OnTables {
         OnTables {
             layers: RwLock::new(layers),
             log_start: AtomicU64::new(tree.log_start()),
@@ -276,6 +288,7 @@ impl OnTables {
             counters: Counters::default(),
             // The replayed keys wait for their lookups from the start.
             count_wake: (Mutex::new((true, false)), Condvar::new()),
+            exact,
         }
     }
 
@@ -288,6 +301,9 @@ impl OnTables {
     /// thread are done here. A table that cannot be read makes it an
     /// upper bound, and is logged.
     pub(crate) fn len(&self, poison: &Poison) -> usize {
+        if !self.exact {
+            return poison.read(&self.layers, "layers").estimated_len();
+        }
         match self.resolve(poison) {
             Ok(count) => count,
             Err(e) => {
@@ -301,6 +317,9 @@ impl OnTables {
     /// neither writers nor flushes wait for them (flushes and `len` do
     /// what is left). Returns once [`stop_counting`](Self::stop_counting).
     pub(crate) fn count_loop(&self, poison: &Poison) {
+        if !self.exact {
+            return;
+        }
         let (m, cv) = &self.count_wake;
         loop {
             {
@@ -498,7 +517,7 @@ impl OnTables {
             let Some(mem) = oldest else { break };
             // The key count's lookups for it (the count thread's, or what
             // it has not done yet).
-            if mem.unresolved_len() > 0 {
+            if self.exact && mem.unresolved_len() > 0 {
                 self.resolve_batched(poison, Some(mem.id()))?;
             }
             // What the memtable adds to the keys live in tables.
@@ -516,7 +535,9 @@ impl OnTables {
                 // Without the tree's lock: a compaction may be recording.
                 self.files.write_l0(mem.sorted())?
             };
-            let live_after = if cleared {
+            let live_after = if !self.exact {
+                KEYS_NOT_COUNTED
+            } else if cleared {
                 tables_live
             } else {
                 (tables_live as i64 + adds).max(0) as u64
@@ -731,6 +752,19 @@ fn remove_files(
     Ok(())
 }
 
+/// Counts the keys live in `tree`'s tables by reading them all: for a
+/// store last written without an exact count, opened with one.
+fn count_live(tree: &Tree) -> Result<u64> {
+    let started = Instant::now();
+    let live = tree.version().count_live()?;
+    tracing::info!(
+        keys = live,
+        seconds = started.elapsed().as_secs_f64(),
+        "counted the keys of every table: the store was last written with exact_key_count off"
+    );
+    Ok(live)
+}
+
 /// Opens a data directory the in-memory engine wrote (checkpoint + log) on
 /// tables: recovers it the old way, writes the state as the first table and
 /// records it with the log start after it in one edit; only then deletes
@@ -779,7 +813,7 @@ fn upgrade(
         log_start: lsn + 1,
     });
     Ok(Opened {
-        tables: OnTables::new(layers, tree, memtable_size),
+        tables: OnTables::new(layers, tree, memtable_size, opts.exact_key_count),
         wal: r.wal,
         report,
         log_bytes: 0,

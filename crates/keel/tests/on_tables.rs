@@ -529,3 +529,61 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Without an exact count (`exact_key_count` off), `len` is an estimate
+/// that counts an overwritten key once per layer that holds it, and no
+/// flush records a count; an open with the exact count back on counts
+/// every table once, and is exact again (the open fails the check if it
+/// takes the "not counted" mark for a count).
+#[test]
+fn without_an_exact_count_len_estimates_and_an_exact_open_counts_again() {
+    let s = SimStorage::new(7);
+    let mut opts = options();
+    opts.exact_key_count = false;
+    let db = open(&s, &opts).unwrap();
+    let mut rng = SplitMix64::new(7);
+    let mut model = BTreeMap::new();
+    let mut puts = 0;
+    for round in 0..6 {
+        for _ in 0..400 {
+            let k = key(&mut rng);
+            if rng.chance(1, 8) && model.remove(&k).is_some() {
+                db.delete(&k).unwrap();
+                puts -= 1;
+            } else {
+                let v = value(&mut rng);
+                db.put(&k, &v).unwrap();
+                model.insert(k, v);
+                puts += 1;
+            }
+        }
+        if round % 2 == 1 {
+            db.checkpoint().unwrap();
+        }
+    }
+    let tables = db.stats().tables.unwrap();
+    assert!(tables.flushes >= 3, "{tables:?}");
+    let estimate = db.len();
+    eprintln!(
+        "estimate {estimate}, live {}, puts less deletes {puts}",
+        model.len()
+    );
+    assert!(
+        (model.len()..=puts).contains(&estimate),
+        "estimate {estimate}, live {}",
+        model.len()
+    );
+    assert!(
+        estimate > model.len(),
+        "overwrites across layers count twice"
+    );
+    db.close().unwrap();
+
+    opts.exact_key_count = true;
+    let db = open(&s, &opts).unwrap();
+    assert_eq!(db.len(), model.len());
+    for (k, v) in &model {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]));
+    }
+    db.close().unwrap();
+}

@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// Block cache of the tables (bytes, or e.g. 64MiB; default 64MiB).
     #[arg(long)]
     pub cache_size: Option<String>,
+    /// On tables, whether DBSIZE, INFO's `keys` and `keel_keys` are exact
+    /// (`true`, the default) or an estimate as RocksDB's (`false`: no
+    /// lookup per new key, faster random fills; docs/BENCHMARKS.md).
+    #[arg(long)]
+    pub exact_key_count: Option<bool>,
     /// Also serve the Redis protocol (RESP2) on this port (off unless given).
     #[arg(long)]
     pub resp_port: Option<u16>,
@@ -135,6 +140,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = &args.cache_size {
         opts.cache_size = keel::parse_size(s).context("--cache-size")?;
+    }
+    if let Some(exact) = args.exact_key_count {
+        opts.exact_key_count = exact;
     }
     let opts = keel_server::refusal::server_options(opts);
     let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;

@@ -115,7 +115,11 @@ fn dump_line(event: &DumpEvent<'_>, json: bool) -> Option<String> {
                     .filter(|(_, (n, _))| *n > 0)
                     .map(|(l, (n, bytes))| format!("L{l} {n} tables {bytes} bytes"))
                     .collect();
-                format!("tables: {} ({live_keys} keys live as of LSN {}); the log is needed from LSN {log_start}, the records before it are in tables", shape.join(", "), log_start - 1)
+                let keys = match live_keys {
+                    Some(n) => format!("{n} keys live"),
+                    None => "keys not counted: written with exact_key_count off".into(),
+                };
+                format!("tables: {} ({keys} as of LSN {}); the log is needed from LSN {log_start}, the records before it are in tables", shape.join(", "), log_start - 1)
             }
         }
         DumpEvent::Edit { lsn, edit } => match (edit, json) {

@@ -57,8 +57,9 @@ pub enum DumpEvent<'a> {
     Manifest {
         /// Where the log starts (records below are in tables).
         log_start: u64,
-        /// Keys live as of the log start.
-        live_keys: u64,
+        /// Keys live as of the log start; `None` when not counted (last
+        /// written with `Options::exact_key_count` off).
+        live_keys: Option<u64>,
         /// Live tables per level, and their bytes.
         levels: Vec<(usize, u64)>,
     },
@@ -239,7 +240,7 @@ fn dump_live_tables(
         .collect();
     let event = DumpEvent::Manifest {
         log_start: state.log_start,
-        live_keys: state.live_keys,
+        live_keys: Some(state.live_keys).filter(|n| *n != crate::manifest::KEYS_NOT_COUNTED),
         levels,
     };
     if visit(event).is_break() {

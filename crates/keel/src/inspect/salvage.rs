@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::layout::{table_file_name, DataDir, DAMAGED_DIR, MANIFEST_DIR, TABLES_DIR};
 use crate::lsm::{LiveTable, Version};
 use crate::manifest::{Manifest, TableMeta, VersionEdit, VersionState};
-use crate::table::{Entry, LostBlock, Table, TableBuilder, TableError};
+use crate::table::{LostBlock, Table, TableBuilder, TableError};
 use keel_storage::{OpenMode, Storage};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -383,10 +383,5 @@ fn count_live(storage: &dyn Storage, tables_dir: &Path, state: &VersionState) ->
         }
         levels.push(level);
     }
-    let mut live = 0;
-    for item in (Version { levels }).iter_from(&[]) {
-        let (_, entry) = item?;
-        live += u64::from(matches!(entry, Entry::Put(_)));
-    }
-    Ok(live)
+    Ok((Version { levels }).count_live()?)
 }

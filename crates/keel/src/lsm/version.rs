@@ -50,6 +50,17 @@ impl Version {
         Ok(None)
     }
 
+    /// Keys live in these tables (their newest entry a value), by reading
+    /// every table.
+    pub fn count_live(&self) -> Result<u64, TableError> {
+        let mut live = 0;
+        for item in self.iter_from(&[]) {
+            let (_, entry) = item?;
+            live += u64::from(matches!(entry, Entry::Put(_)));
+        }
+        Ok(live)
+    }
+
     /// Every entry with key `>= from`, merged across tables (newest wins,
     /// tombstones included), holding the tables it reads.
     pub fn iter_from(&self, from: &[u8]) -> MergeIter<'static> {
