@@ -212,6 +212,9 @@ impl Layers {
                 }
             }
         }
+        if self.mem.min_lsn == 0 {
+            self.mem.min_lsn = lsn;
+        }
         self.mem.max_lsn = lsn;
         self.applied_lsn = lsn;
     }

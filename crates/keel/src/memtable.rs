@@ -66,6 +66,8 @@ pub(crate) struct Memtable {
     /// Keys in the order of their first write here.
     pending: Vec<Key>,
     resolution: Mutex<Resolution>,
+    /// The LSN of the first record applied to it (0: none).
+    pub min_lsn: u64,
     /// The LSN of the newest record applied to it (0: none).
     pub max_lsn: u64,
 }
@@ -79,6 +81,7 @@ impl Default for Memtable {
             puts: 0,
             pending: Vec::new(),
             resolution: Mutex::new(Resolution::default()),
+            min_lsn: 0,
             max_lsn: 0,
         }
     }
@@ -167,9 +170,21 @@ impl Memtable {
         self.entries.clone()
     }
 
+    /// The LSNs of the records applied to it, first and last: its table's
+    /// LSN range.
+    pub(crate) fn lsn_range(&self) -> (u64, u64) {
+        let first = if self.min_lsn == 0 {
+            self.max_lsn
+        } else {
+            self.min_lsn
+        };
+        (first, self.max_lsn)
+    }
+
     /// Every entry in key order, as a table builder takes them (each with
-    /// the memtable's newest LSN: a flushed table's LSN range only needs to
-    /// say which clear it comes after).
+    /// the memtable's newest LSN, which decides which clear its table comes
+    /// after; the table's range is widened to [`lsn_range`](Self::lsn_range)
+    /// by the flush).
     pub(crate) fn sorted(&self) -> impl Iterator<Item = (&[u8], Stored<'_>, u64)> {
         self.entries.iter().map(|(k, v)| {
             let stored = match v {

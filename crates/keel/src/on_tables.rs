@@ -533,7 +533,7 @@ impl OnTables {
                 None
             } else {
                 // Without the tree's lock: a compaction may be recording.
-                self.files.write_l0(mem.sorted())?
+                self.files.write_l0(mem.sorted(), Some(mem.lsn_range()))?
             };
             let live_after = if !self.exact {
                 KEYS_NOT_COUNTED

@@ -207,6 +207,8 @@ fn a_table_that_cannot_be_opened_or_is_missing_is_lost_whole() {
             panic!("one damaged table");
         };
         assert_eq!((t.present, t.kept), (!missing, 0));
+        // The flush's table spans its memtable's records: puts 1 to 300.
+        assert_eq!((t.meta.min_lsn, t.meta.max_lsn), (1, KEYS as u64));
         assert_eq!(t.lost_entries(), KEYS as u64);
         assert_eq!(t.lost[0].from, Bound::Included(key(0).into_bytes()));
         assert_eq!(t.lost[0].through, key(KEYS - 1).into_bytes());

@@ -13,7 +13,7 @@ use super::version::LevelIter;
 use super::{Compaction, CompactionStats, LsmError, TreeOptions};
 use crate::layout::table_file_name;
 use crate::manifest::TableMeta;
-use crate::table::{write_table, Entry, Stored, TableBuilder, TableError};
+use crate::table::{write_table_spanning, Entry, Stored, TableBuilder, TableError};
 use keel_storage::{IoError, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,17 +76,20 @@ impl TableFiles {
     }
 
     /// Writes sorted `entries` as a new level-0 table, durable under its
-    /// final name; `None` if there are none (no file).
+    /// final name, its LSN range widened to `lsns` if given (a memtable's
+    /// first and last); `None` if there are none (no file).
     pub fn write_l0<'e>(
         &self,
         entries: impl IntoIterator<Item = (&'e [u8], Stored<'e>, u64)>,
+        lsns: Option<(u64, u64)>,
     ) -> Result<Option<TableMeta>, LsmError> {
         let mut entries = entries.into_iter().peekable();
         if entries.peek().is_none() {
             return Ok(None);
         }
         let number = self.reserve();
-        let (props, size) = write_table(&*self.storage, &self.path(number), entries)?;
+        let (props, size) =
+            write_table_spanning(&*self.storage, &self.path(number), lsns, entries)?;
         Ok(Some(TableMeta::new(0, number, size, &props)))
     }
 

@@ -284,7 +284,7 @@ impl Tree {
         live_keys: u64,
         floor: u64,
     ) -> Result<Option<TableMeta>, LsmError> {
-        let added = self.files.write_l0(entries)?;
+        let added = self.files.write_l0(entries, None)?;
         self.install_flush(added.clone(), log_start, live_keys, floor)?;
         Ok(added)
     }

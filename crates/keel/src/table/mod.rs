@@ -73,9 +73,23 @@ pub fn write_table<'e>(
     path: &Path,
     entries: impl IntoIterator<Item = (&'e [u8], Stored<'e>, u64)>,
 ) -> Result<(Properties, u64), IoError> {
+    write_table_spanning(storage, path, None, entries)
+}
+
+/// [`write_table`], its properties' LSN range widened to `lsns` (a
+/// memtable's: its entries carry only its last LSN).
+pub fn write_table_spanning<'e>(
+    storage: &dyn Storage,
+    path: &Path,
+    lsns: Option<(u64, u64)>,
+    entries: impl IntoIterator<Item = (&'e [u8], Stored<'e>, u64)>,
+) -> Result<(Properties, u64), IoError> {
     let mut out = None;
     keel_storage::write_atomic(storage, path, |file, _| {
         let mut b = TableBuilder::new(file);
+        if let Some((lo, hi)) = lsns {
+            b.extend_lsn_range(lo, hi);
+        }
         for (k, v, lsn) in entries {
             b.add(k, v, lsn)?;
         }
