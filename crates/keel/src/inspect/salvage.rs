@@ -242,8 +242,19 @@ pub(crate) fn replace_damaged(
         if t.kept == 0 {
             continue;
         }
-        let Ok(Some(table)) = open(&**storage, &t.path)? else {
-            unreachable!("a table with entries kept opened when planned");
+        // It opened when planned, under the same lock: only a change from
+        // outside keel makes this fail, and then nothing has changed yet.
+        let table = match open(&**storage, &t.path)? {
+            Ok(Some(table)) => table,
+            Ok(None) => {
+                let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+                return Err(Error::io(
+                    "reopening a damaged table to rewrite it",
+                    &t.path,
+                    gone,
+                ));
+            }
+            Err(e) => return Err(e.into()),
         };
         let path = tables_dir.join(table_file_name(next));
         let props = rewrite(&**storage, &table, &t.meta, &path)?;
