@@ -677,6 +677,7 @@ fn a_store_on_tables_serves_flushes_compacts_and_survives_kill_9() {
     );
     let info = String::from_utf8(ask(&mut s, &[b"INFO"])).unwrap();
     assert!(info.contains("# Tables"), "{info}");
+    assert!(info.contains("key_count:exact"), "{info}");
     let flushes: u64 = info
         .lines()
         .find_map(|l| l.strip_prefix("flushes:"))

@@ -246,15 +246,21 @@ fn info(db: &Db, out: &mut Vec<u8>) {
         st.recovery.to_string().replace(['\r', '\n'], " ")
     );
     let text = match &st.tables {
-        Some(t) => text + &tables_info(t),
+        Some(t) => text + &tables_info(t, db.options().exact_key_count),
         None => text,
     };
     bulk(out, Some(text.as_bytes()))
 }
 
-/// INFO's `# Tables` section (a store on tables).
-fn tables_info(t: &keel::TablesStats) -> String {
+/// INFO's `# Tables` section (a store on tables); `exact`: whether
+/// `keys` is exact or an estimate (`exact_key_count`).
+fn tables_info(t: &keel::TablesStats, exact: bool) -> String {
     let mut s = String::from("# Tables\r\n");
+    s += if exact {
+        "key_count:exact\r\n"
+    } else {
+        "key_count:estimate\r\n"
+    };
     for (level, (tables, bytes)) in t.levels.iter().enumerate() {
         s += &format!("level{level}:tables={tables},bytes={bytes}\r\n");
     }
