@@ -51,6 +51,7 @@ pub mod table;
 pub use db::{CheckpointOutcome, Db, DbBuilder, Deferred, Stats, WriteBatch};
 pub use error::{Error, Result};
 pub use keel_storage as storage;
+pub use keel_wal as wal;
 pub use keel_wal::{RecoveryMode, SyncPolicy};
 pub use on_tables::TablesStats;
 pub use options::{parse_duration, parse_size, parse_sync, Options};

@@ -404,8 +404,8 @@ impl Manifest {
             ..WalOptions::default()
         };
         let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
-        let (wal, _report) = Wal::open_with_replay(storage, dir, opts, 1, |lsn, payload| {
-            records.push((lsn, payload.to_vec()));
+        let (wal, _report) = Wal::open_with_replay(storage, dir, opts, 1, |record| {
+            records.push((record.lsn, record.payload.to_vec()));
         })?;
         let edits = records
             .into_iter()

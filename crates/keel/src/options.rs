@@ -15,7 +15,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use keel_wal::{RecoveryMode, SyncPolicy};
+use keel_wal::{Compression, RecoveryMode, SyncPolicy};
 use serde::{Deserialize, Deserializer};
 use std::path::Path;
 use std::time::Duration;
@@ -142,6 +142,14 @@ pub struct Options {
     /// keys once, at open, by reading every table. In memory
     /// (`memtable_size` 0) the count is always exact and free.
     pub exact_key_count: bool,
+    /// How log records are stored: [`Compression::None`] (the default),
+    /// `Snappy` or `Zstd`. A record of at least 64 bytes is compressed when
+    /// that saves an eighth of it; each record says how it is stored, so
+    /// this may change between opens. It compresses the log only (tables
+    /// have their own block compression). TOML: `"none"`, `"snappy"`,
+    /// `"zstd"`.
+    #[serde(deserialize_with = "de_compression")]
+    pub wal_compression: Compression,
 }
 
 impl Default for Options {
@@ -161,8 +169,15 @@ impl Default for Options {
             memtable_size: Some(DEFAULT_MEMTABLE_SIZE),
             cache_size: DEFAULT_CACHE_SIZE,
             exact_key_count: true,
+            wal_compression: Compression::None,
         }
     }
+}
+
+fn de_compression<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Compression, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
 fn de_sync<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<SyncPolicy, D::Error> {
@@ -284,6 +299,8 @@ impl Options {
             preallocate: self.preallocate,
             max_record_size: self.max_batch_bytes as u32,
             start_lsn,
+            compression: self.wal_compression,
+            ..keel_wal::WalOptions::default()
         }
     }
 }

@@ -14,4 +14,5 @@ pub mod http_server;
 pub mod metrics;
 pub mod refusal;
 pub mod resp;
+pub mod rfc3339;
 pub mod tls;

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// lookup per new key, faster random fills; docs/BENCHMARKS.md).
     #[arg(long)]
     pub exact_key_count: Option<bool>,
+    /// How log records are stored: `none` (the default), `snappy` or `zstd`
+    /// (records of 64 bytes or more, when that saves an eighth). May change
+    /// from run to run: each record says how it is stored.
+    #[arg(long)]
+    pub wal_compression: Option<keel_wal::Compression>,
     /// Also serve the Redis protocol (RESP2) on this port (off unless given).
     #[arg(long)]
     pub resp_port: Option<u16>,
@@ -143,6 +148,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(exact) = args.exact_key_count {
         opts.exact_key_count = exact;
+    }
+    if let Some(c) = args.wal_compression {
+        opts.wal_compression = c;
     }
     let opts = keel_server::refusal::server_options(opts);
     let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;

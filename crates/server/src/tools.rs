@@ -92,17 +92,31 @@ fn dump_line(event: &DumpEvent<'_>, json: bool) -> Option<String> {
             (Err(why), true) => serde_json::json!({"type": "checkpoint", "path": path, "error": why.to_string()}).to_string(),
             (Err(why), false) => format!("checkpoint {}: BAD HEADER ({why})", path.display()),
         },
-        DumpEvent::Record { lsn, segment, offset, len, op } => {
+        DumpEvent::Record { lsn, segment, offset, len, time_us, compression, stored_len, op } => {
             let seg = name(segment);
+            let time = keel_server::rfc3339::format_us(*time_us);
+            let stored = match compression {
+                keel_wal::Compression::None => String::new(),
+                c => format!("  [{c}: {len} bytes stored in {stored_len}]"),
+            };
+            let mut o = serde_json::json!({"type": "record", "lsn": lsn, "time": time, "time_us": time_us, "segment": seg, "offset": offset});
+            if *compression != keel_wal::Compression::None {
+                o["compression"] = compression.name().into();
+                o["stored_bytes"] = (*stored_len).into();
+            }
             match (op, json) {
                 (Ok(op), true) => {
-                    let mut o = serde_json::json!({"type": "record", "lsn": lsn, "segment": seg, "offset": offset});
                     describe_json(op, &mut o);
                     o.to_string()
                 }
-                (Ok(op), false) => format!("LSN {lsn:>8}  {seg} @{offset:<10} {op}"),
-                (Err(e), true) => serde_json::json!({"type": "record", "lsn": lsn, "segment": seg, "offset": offset, "op": "unknown", "error": e.to_string(), "bytes": len}).to_string(),
-                (Err(e), false) => format!("LSN {lsn:>8}  {seg} @{offset:<10} not a keel operation ({e}), {len} bytes"),
+                (Ok(op), false) => format!("LSN {lsn:>8}  {time}  {seg} @{offset:<10} {op}{stored}"),
+                (Err(e), true) => {
+                    o["op"] = "unknown".into();
+                    o["error"] = e.to_string().into();
+                    o["bytes"] = (*len).into();
+                    o.to_string()
+                }
+                (Err(e), false) => format!("LSN {lsn:>8}  {time}  {seg} @{offset:<10} not a keel operation ({e}), {len} bytes{stored}"),
             }
         }
         DumpEvent::Manifest { log_start, live_keys, levels } => {

@@ -561,6 +561,54 @@ fn dump_prints_every_record() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
 
+/// `wal_compression` from the config file: a large compressible value is
+/// stored compressed, a small one as is, and `keel dump` shows each
+/// record's commit time (RFC 3339, in the write's time window) and how it
+/// is stored.
+#[test]
+fn dump_shows_record_times_and_compression() {
+    let before = keel_wal::Clock::system().now_us();
+    let (t, _cfg, mut s) = setup("wal_compression = \"zstd\"\n");
+    let a = agent();
+    let big = "{\"name\":\"keel\",\"kind\":\"store\"},".repeat(32);
+    call(&a, "PUT", &s.url("/kv/big"), Some(big.as_bytes()));
+    call(&a, "PUT", &s.url("/kv/small"), Some(b"tiny"));
+    assert!(s.term().success());
+    let after = keel_wal::Clock::system().now_us();
+    let out = Command::new(BIN)
+        .args(["dump", "--json"])
+        .arg(t.path().join("data"))
+        .output()
+        .unwrap();
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["type"] == "record")
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for r in &records {
+        let time = keel_server::rfc3339::parse_us(r["time"].as_str().unwrap()).unwrap();
+        assert_eq!(Some(time), r["time_us"].as_u64());
+        assert!((before..=after).contains(&time), "{r}");
+    }
+    assert_eq!(records[0]["compression"], "zstd");
+    assert!(records[0]["stored_bytes"].as_u64().unwrap() < big.len() as u64 / 4);
+    assert!(records[1].get("compression").is_none(), "{}", records[1]);
+    let text = Command::new(BIN)
+        .arg("dump")
+        .arg(t.path().join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    let line = text.lines().find(|l| l.contains("key=\"big\"")).unwrap();
+    assert!(
+        line.contains("[zstd: ") && line.contains(" bytes stored in "),
+        "{text}"
+    );
+    let time = records[0]["time"].as_str().unwrap();
+    assert!(line.contains(&format!("  {time}  ")), "{text}");
+}
+
 #[test]
 fn a_full_disk_stops_writes_with_an_error_and_a_restart_recovers() {
     let t = tempfile::tempdir().unwrap();

@@ -154,7 +154,7 @@ fn replay(total: u64, reps: usize) -> f64 {
             &dir,
             WalOptions::default(),
             1,
-            |_, p| bytes += p.len() as u64,
+            |r| bytes += r.payload.len() as u64,
         )
         .unwrap();
         let secs = t.elapsed().as_secs_f64();

@@ -20,9 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut records = 0u64;
     let (wal, report) =
-        Wal::open_with_replay(Arc::new(FsStorage::new()), &dir, opts, 1, |_, _| {
-            records += 1
-        })?;
+        Wal::open_with_replay(Arc::new(FsStorage::new()), &dir, opts, 1, |_| records += 1)?;
     println!("opened {dir}: {report}");
     let wal = Arc::new(wal);
     let threads = 8;

@@ -46,6 +46,10 @@ pub enum DamageKind {
     },
     /// A record that was already durable (a later record says so) is damaged.
     SyncedRecordDamaged(DamageDetail),
+    /// A record's checksum matches but its contents cannot be read: an
+    /// unknown compression or reserved field (a newer keel wrote it), or a
+    /// payload that does not decompress to its recorded length.
+    Undecodable(String),
 }
 
 /// The detail of damage to a record that had been synced.
@@ -75,6 +79,7 @@ impl fmt::Display for DamageKind {
                 "records {expected}..{} are missing (a segment is gone)",
                 found.saturating_sub(1)
             ),
+            DamageKind::Undecodable(why) => write!(f, "record cannot be decoded: {why}"),
             DamageKind::SyncedRecordDamaged(d) => write!(
                 f,
                 "{} in a record that had been made durable (record {} was written after it was synced)",

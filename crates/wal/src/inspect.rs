@@ -5,7 +5,7 @@
 
 use crate::error::{DamageKind, Result};
 use crate::format::{HeaderError, SegmentHeader, SEGMENT_HEADER_LEN};
-use crate::reader::{examine_after, scan_records, ScanStop};
+use crate::reader::{examine_after, scan_records, Record, ScanStop};
 use keel_storage::Storage;
 use std::path::{Path, PathBuf};
 
@@ -40,20 +40,23 @@ pub struct SegmentSummary {
     pub records: u64,
     /// LSN of the first and last valid record.
     pub lsn_range: Option<(u64, u64)>,
+    /// Commit times of the first and last valid record that has one
+    /// (microseconds since the Unix epoch; none in a version 1 segment).
+    pub time_range: Option<(u64, u64)>,
     /// Offset after the last valid record before any damage.
     pub end: u64,
     /// Damage found (only the first unless continuing past damage).
     pub damage: Vec<SegmentDamage>,
 }
 
-/// Reads `path` and calls `visit(lsn, offset, payload)` for each valid
-/// record. With `continue_past_damage`, resumes after each damaged region.
+/// Reads `path` and calls `visit(record, offset)` for each valid record.
+/// With `continue_past_damage`, resumes after each damaged region.
 pub fn inspect_segment(
     storage: &dyn Storage,
     path: &Path,
     max_record_size: u32,
     continue_past_damage: bool,
-    mut visit: impl FnMut(u64, u64, &[u8]),
+    mut visit: impl FnMut(Record<'_>, u64),
 ) -> Result<SegmentSummary> {
     let mut data = Vec::new();
     let seg = crate::segment::read_segment(storage, path, false, false, &mut data)?;
@@ -63,6 +66,7 @@ pub fn inspect_segment(
         header: seg.header,
         records: 0,
         lsn_range: None,
+        time_range: None,
         end: SEGMENT_HEADER_LEN as u64,
         damage: Vec::new(),
     };
@@ -71,20 +75,28 @@ pub fn inspect_segment(
     };
     let mut offset = SEGMENT_HEADER_LEN;
     let mut lsn = header.first_lsn;
+    let mut scratch = Vec::new();
     loop {
         let scan = scan_records(
             &data,
             offset,
             lsn,
-            header.salt,
+            &header,
             max_record_size,
-            &mut |l, p, off| {
+            &mut scratch,
+            &mut |r, off| {
                 summary.records += 1;
                 summary.lsn_range = Some(match summary.lsn_range {
-                    None => (l, l),
-                    Some((a, _)) => (a, l),
+                    None => (r.lsn, r.lsn),
+                    Some((a, _)) => (a, r.lsn),
                 });
-                visit(l, off, p);
+                if r.time_us != 0 {
+                    summary.time_range = Some(match summary.time_range {
+                        None => (r.time_us, r.time_us),
+                        Some((first, _)) => (first, r.time_us),
+                    });
+                }
+                visit(r, off);
             },
         );
         lsn = scan.next_lsn;
@@ -99,7 +111,7 @@ pub fn inspect_segment(
                 if summary.damage.is_empty() {
                     summary.end = at;
                 }
-                let ev = examine_after(&data, at as usize, lsn, header.salt, max_record_size);
+                let ev = examine_after(&data, at as usize, lsn, &header, max_record_size);
                 summary.damage.push(SegmentDamage {
                     offset: at,
                     lsn,
@@ -148,17 +160,17 @@ mod tests {
         drop(wal);
         let seg = segment_files(&s, &dir).unwrap().remove(0);
         let mut d = s.read_file(&seg).unwrap();
-        d[48 + 30] ^= 1; // record 1's payload
+        d[48 + 45] ^= 1; // record 1's payload (after its 40-byte header)
         s.write_file_durably(&seg, &d).unwrap();
         let mut seen = vec![];
         let sum =
-            inspect_segment(&s, &seg, 1 << 20, true, |l, off, _| seen.push((l, off))).unwrap();
+            inspect_segment(&s, &seg, 1 << 20, true, |r, off| seen.push((r.lsn, off))).unwrap();
         assert_eq!(sum.damage.len(), 1);
         assert_eq!(sum.damage[0].offset, 48);
         assert!(sum.damage[0].proven_synced);
         assert_eq!(seen.len(), 9);
-        assert_eq!(seen[0], (2, 48 + 48));
-        let stop = inspect_segment(&s, &seg, 1 << 20, false, |_, _, _| {}).unwrap();
+        assert_eq!(seen[0], (2, 48 + 64));
+        let stop = inspect_segment(&s, &seg, 1 << 20, false, |_, _| {}).unwrap();
         assert_eq!(stop.records, 0);
         assert_eq!(stop.end, 48);
     }

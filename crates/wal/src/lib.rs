@@ -26,7 +26,7 @@
 //! let mut seen = Vec::new();
 //! let (_wal, report) = Wal::open_with_replay(
 //!     Arc::new(FsStorage::new()), dir.path(), opts, 1,
-//!     |lsn, payload| seen.push((lsn, payload.to_vec())),
+//!     |record| seen.push((record.lsn, record.payload.to_vec())),
 //! ).unwrap();
 //! assert_eq!(seen, vec![(1, b"hello".to_vec())]);
 //! assert!(report.torn_tail.is_none());
@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod compression;
 pub mod error;
 pub mod format;
 pub mod fuzzing;
@@ -44,7 +45,9 @@ pub mod recovery;
 pub mod segment;
 mod wal;
 
+pub use compression::Compression;
 pub use error::{Damage, DamageKind, Result, StopCause, WalError};
-pub use options::{RecoveryMode, SyncPolicy, WalOptions};
+pub use options::{Clock, RecoveryMode, SyncPolicy, WalOptions};
+pub use reader::Record;
 pub use recovery::{RecoveryReport, SetAside, TornTail};
 pub use wal::{AppendFuture, Wal, WalStats};

@@ -1,7 +1,53 @@
-//! Options of the log: sync policy, recovery mode, segment and record sizes.
+//! Options of the log: sync policy, recovery mode, segment and record
+//! sizes, compression, and the clock that stamps records.
 
+use crate::compression::Compression;
 use crate::error::{Result, WalError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where records' commit times come from: microseconds since the Unix epoch.
+///
+/// The log stamps each record with `max(clock, time of the record before)`,
+/// so times never go backwards in LSN order even when the clock does (an
+/// NTP step, a VM restored from a snapshot): a record then carries its
+/// predecessor's time until the clock catches up.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system's wall clock (0 if it reads before 1970).
+    pub fn system() -> Clock {
+        Clock(Arc::new(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        }))
+    }
+
+    /// A clock read by calling `now` (tests use it to make time go
+    /// backwards, or to step it exactly).
+    pub fn from_fn(now: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    /// The clock's reading, microseconds since the Unix epoch.
+    pub fn now_us(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
 
 /// When appended records are made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -62,6 +108,16 @@ pub struct WalOptions {
     /// Default 1. A store that keeps a checkpoint at LSN N and must start a
     /// new log sets N + 1, so LSNs never go back.
     pub start_lsn: u64,
+    /// How payloads of at least `compression_min_size` bytes are stored.
+    /// Default [`Compression::None`]. Each record says how it is stored, so
+    /// changing this between opens is safe: old records read as written.
+    pub compression: Compression,
+    /// Payloads shorter than this are stored as is whatever `compression`
+    /// says: too small to gain. Default 64 bytes.
+    pub compression_min_size: usize,
+    /// What stamps records with their commit time. Default: the system
+    /// clock.
+    pub clock: Clock,
 }
 
 impl Default for WalOptions {
@@ -73,6 +129,9 @@ impl Default for WalOptions {
             preallocate: true,
             max_record_size: 128 << 20,
             start_lsn: 1,
+            compression: Compression::None,
+            compression_min_size: 64,
+            clock: Clock::system(),
         }
     }
 }

@@ -8,8 +8,27 @@
 //! a segment that is not the last) is corruption. Unproven damage at the end
 //! of the last segment can only be bytes that were never acknowledged.
 
+use crate::compression::{self, Compression};
 use crate::error::DamageKind;
-use crate::format::{self, Decoded, RECORD_ALIGN, RECORD_HEADER_LEN};
+use crate::format::{self, Decoded, SegmentHeader, RECORD_ALIGN};
+
+/// One record as a reader sees it: the payload as it was appended
+/// (decompressed, if it was stored compressed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// The record's log sequence number.
+    pub lsn: u64,
+    /// Commit time, microseconds since the Unix epoch; never less than the
+    /// time of the record before it. 0 for records of version 1 segments,
+    /// which carry no time.
+    pub time_us: u64,
+    /// The payload as appended.
+    pub payload: &'a [u8],
+    /// How the payload was stored.
+    pub compression: Compression,
+    /// Bytes the payload took in the segment (after compression).
+    pub stored_len: u32,
+}
 
 /// How a scan of a segment's records ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,15 +66,17 @@ pub(crate) fn first_nonzero(data: &[u8]) -> Option<usize> {
         .map(|i| base + i)
 }
 
-/// Scans records from `offset`, expecting LSN `lsn` first, calling `visit`
-/// with each valid record's LSN, payload and offset.
+/// Scans the records of the segment `header` heads from `offset`, expecting
+/// LSN `lsn` first, calling `visit` with each valid record and its offset.
+/// `scratch` holds decompressed payloads (reused from call to call).
 pub(crate) fn scan_records(
     data: &[u8],
     mut offset: usize,
     mut lsn: u64,
-    salt: u64,
+    header: &SegmentHeader,
     max_len: u32,
-    visit: &mut dyn FnMut(u64, &[u8], u64),
+    scratch: &mut Vec<u8>,
+    visit: &mut dyn FnMut(Record<'_>, u64),
 ) -> Scan {
     loop {
         if offset >= data.len() {
@@ -73,13 +94,31 @@ pub(crate) fn scan_records(
                 kind,
             },
         };
-        match format::decode_record(&data[offset..], salt, max_len) {
-            Decoded::Record(r) if r.lsn == lsn => {
-                visit(r.lsn, r.payload, offset as u64);
+        match format::decode_record(&data[offset..], header.version, header.salt, max_len) {
+            Decoded::Record(r) if r.lsn() == lsn => {
+                let payload = match r.meta.compression {
+                    Compression::None => r.stored,
+                    codec => {
+                        if let Err(e) =
+                            compression::decompress(codec, r.stored, r.meta.raw_len, scratch)
+                        {
+                            return damaged(DamageKind::Undecodable(e.to_string()));
+                        }
+                        &scratch[..]
+                    }
+                };
+                let record = Record {
+                    lsn,
+                    time_us: r.meta.time_us,
+                    payload,
+                    compression: r.meta.compression,
+                    stored_len: r.stored.len() as u32,
+                };
+                visit(record, offset as u64);
                 lsn += 1;
                 offset += r.size;
             }
-            Decoded::Record(r) => return damaged(DamageKind::UnexpectedLsn(r.lsn)),
+            Decoded::Record(r) => return damaged(DamageKind::UnexpectedLsn(r.lsn())),
             Decoded::Zero => {
                 return match first_nonzero(&data[offset..]) {
                     None => Scan {
@@ -92,6 +131,7 @@ pub(crate) fn scan_records(
             Decoded::Truncated => return damaged(DamageKind::Truncated),
             Decoded::TooLong(n) => return damaged(DamageKind::LengthTooLarge(n)),
             Decoded::BadChecksum => return damaged(DamageKind::BadChecksum),
+            Decoded::Undecodable(why) => return damaged(DamageKind::Undecodable(why.into())),
         }
     }
 }
@@ -116,9 +156,10 @@ pub(crate) fn examine_after(
     data: &[u8],
     offset: usize,
     lsn: u64,
-    salt: u64,
+    header: &SegmentHeader,
     max_len: u32,
 ) -> AfterDamage {
+    let header_len = header.record_header_len();
     let data_end = data
         .iter()
         .rposition(|&b| b != 0)
@@ -130,27 +171,28 @@ pub(crate) fn examine_after(
         resume: None,
     };
     // No more records can follow than headers fit in what remains.
-    let max_lsn = lsn.saturating_add((data.len() / RECORD_HEADER_LEN) as u64 + 1);
+    let max_lsn = lsn.saturating_add((data.len() / header_len) as u64 + 1);
     let mut p = offset + RECORD_ALIGN;
     // Nothing past the last non-zero byte can be a record (zero headers
     // never are): preallocated space costs nothing to pass over.
-    while p + RECORD_HEADER_LEN <= data.len() && (p as u64) < data_end {
-        let Some((len, rlsn, durable)) = format::peek_header(&data[p..]) else {
+    while p + header_len <= data.len() && (p as u64) < data_end {
+        let Some((len, rlsn, durable)) = format::peek_header(&data[p..], header.version) else {
             break;
         };
         let plausible = rlsn >= lsn
             && rlsn <= max_lsn
             && durable < rlsn
             && len <= max_len
-            && p + RECORD_HEADER_LEN + len as usize <= data.len();
+            && p + header_len + len as usize <= data.len();
         if plausible {
-            if let Decoded::Record(r) = format::decode_record(&data[p..], salt, max_len) {
+            let decoded = format::decode_record(&data[p..], header.version, header.salt, max_len);
+            if let Decoded::Record(r) = decoded {
                 out.valid_records += 1;
                 if out.resume.is_none() {
-                    out.resume = Some((p as u64, r.lsn));
+                    out.resume = Some((p as u64, r.lsn()));
                 }
-                if r.durable_lsn >= lsn && out.proof.is_none() {
-                    out.proof = Some(r.lsn);
+                if r.meta.durable_lsn >= lsn && out.proof.is_none() {
+                    out.proof = Some(r.lsn());
                 }
                 p += r.size;
                 continue;
@@ -164,14 +206,35 @@ pub(crate) fn examine_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::encode_record;
+    use crate::format::{encode_record, RecordMeta};
 
+    /// Records of 13 bytes each after an 8-byte stand-in for the header.
     fn log(records: &[(u64, u64)]) -> Vec<u8> {
         let mut buf = vec![0u8; 8];
         for &(lsn, durable) in records {
-            encode_record(&mut buf, 5, lsn, durable, &[lsn as u8; 13]);
+            let meta = RecordMeta {
+                lsn,
+                durable_lsn: durable,
+                time_us: 1000 + lsn,
+                compression: Compression::None,
+                raw_len: 13,
+            };
+            encode_record(&mut buf, 5, &meta, &[lsn as u8; 13]);
         }
         buf
+    }
+
+    const H: SegmentHeader = SegmentHeader {
+        version: 2,
+        log_id: 1,
+        first_lsn: 1,
+        salt: 5,
+    };
+
+    fn scan(d: &[u8], seen: &mut Vec<(u64, u64)>) -> Scan {
+        scan_records(d, 8, 1, &H, 1024, &mut Vec::new(), &mut |r, _| {
+            seen.push((r.lsn, r.time_us))
+        })
     }
 
     #[test]
@@ -190,8 +253,8 @@ mod tests {
         let end = d.len() as u64;
         d.resize(d.len() + 200, 0);
         let mut seen = vec![];
-        let s = scan_records(&d, 8, 1, 5, 1024, &mut |l, _, _| seen.push(l));
-        assert_eq!(seen, vec![1, 2, 3]);
+        let s = scan(&d, &mut seen);
+        assert_eq!(seen, vec![(1, 1001), (2, 1002), (3, 1003)]);
         assert_eq!(s.next_lsn, 4);
         assert_eq!(s.stop, ScanStop::Clean { end });
     }
@@ -199,16 +262,16 @@ mod tests {
     #[test]
     fn damage_with_proof_after_it_is_found() {
         let mut d = log(&[(1, 0), (2, 1), (3, 2)]);
-        d[40] ^= 1; // inside record 1's payload (record 1 spans 8..48)
-        let s = scan_records(&d, 8, 1, 5, 1024, &mut |_, _, _| {});
+        d[50] ^= 1; // inside record 1's payload (record 1 spans 8..64)
+        let s = scan(&d, &mut vec![]);
         let ScanStop::Damaged { offset, .. } = s.stop else {
             panic!("no damage found")
         };
         assert_eq!(offset, 8);
-        let ev = examine_after(&d, 8, 1, 5, 1024);
+        let ev = examine_after(&d, 8, 1, &H, 1024);
         assert_eq!(ev.valid_records, 2);
         assert_eq!(ev.proof, Some(2));
-        assert_eq!(ev.resume, Some((48, 2)));
+        assert_eq!(ev.resume, Some((64, 2)));
     }
 
     #[test]
@@ -216,7 +279,7 @@ mod tests {
         // Records 2 and 3 were written before record 1 was synced.
         let mut d = log(&[(1, 0), (2, 0), (3, 0)]);
         d[10] ^= 0xff;
-        let ev = examine_after(&d, 8, 1, 5, 1024);
+        let ev = examine_after(&d, 8, 1, &H, 1024);
         assert_eq!(ev.proof, None);
         assert_eq!(ev.valid_records, 2);
     }
@@ -224,8 +287,8 @@ mod tests {
     #[test]
     fn zero_hole_before_data_is_damage() {
         let mut d = log(&[(1, 0), (2, 1)]);
-        d[8..48].fill(0);
-        let s = scan_records(&d, 8, 1, 5, 1024, &mut |_, _, _| {});
+        d[8..64].fill(0);
+        let s = scan(&d, &mut vec![]);
         assert_eq!(
             s.stop,
             ScanStop::Damaged {
@@ -233,5 +296,65 @@ mod tests {
                 kind: DamageKind::HoleBeforeData
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod compressed_tests {
+    use super::*;
+    use crate::format::{encode_record, RecordMeta};
+
+    /// A compressed record reads back as the payload appended, and one whose
+    /// bytes verify but do not decompress is damage, not a record.
+    #[test]
+    fn compressed_records_read_back_and_bad_ones_are_damage() {
+        let raw = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(4);
+        let header = SegmentHeader::new(1, 1, 5);
+        for codec in [Compression::Snappy, Compression::Zstd] {
+            let mut stored = Vec::new();
+            assert!(compression::compress(codec, &raw, &mut stored));
+            let mut d = vec![0u8; 8];
+            let meta = RecordMeta {
+                lsn: 1,
+                durable_lsn: 0,
+                time_us: 7,
+                compression: codec,
+                raw_len: raw.len() as u32,
+            };
+            encode_record(&mut d, 5, &meta, &stored);
+            let mut got = Vec::new();
+            let s = scan_records(&d, 8, 1, &header, 1 << 20, &mut Vec::new(), &mut |r, _| {
+                got.push((r.payload.to_vec(), r.compression, r.stored_len))
+            });
+            assert_eq!(s.next_lsn, 2, "{codec}");
+            assert_eq!(got, vec![(raw.clone(), codec, stored.len() as u32)]);
+
+            let mut bad = vec![0u8; 8];
+            let wrong = RecordMeta {
+                raw_len: raw.len() as u32 + 1,
+                ..meta
+            };
+            encode_record(&mut bad, 5, &wrong, &stored);
+            let s = scan_records(
+                &bad,
+                8,
+                1,
+                &header,
+                1 << 20,
+                &mut Vec::new(),
+                &mut |_, _| panic!("an undecodable record was visited"),
+            );
+            assert!(
+                matches!(
+                    s.stop,
+                    ScanStop::Damaged {
+                        offset: 8,
+                        kind: DamageKind::Undecodable(_)
+                    }
+                ),
+                "{codec}: {:?}",
+                s.stop
+            );
+        }
     }
 }

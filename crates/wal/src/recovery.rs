@@ -14,7 +14,7 @@
 use crate::error::{Damage, DamageDetail, DamageKind, Result, WalError};
 use crate::format::{HeaderError, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::options::{RecoveryMode, WalOptions};
-use crate::reader::{examine_after, scan_records, AfterDamage, ScanStop};
+use crate::reader::{examine_after, scan_records, AfterDamage, Record, ScanStop};
 use crate::segment::{list_segments, read_segment, OpenedSegment};
 use keel_storage::{Storage, StorageFile};
 use std::fmt;
@@ -57,6 +57,9 @@ pub struct RecoveryReport {
     pub first_lsn: u64,
     /// The last valid LSN (0 when the log is empty).
     pub last_lsn: u64,
+    /// Commit time of the last valid record, microseconds since the Unix
+    /// epoch (0 when the log is empty or its records carry no time).
+    pub last_time_us: u64,
     /// Valid records read.
     pub records_read: u64,
     /// Records handed to the replay callback (those at or after its start).
@@ -132,6 +135,9 @@ pub(crate) struct KeptSegment {
     pub path: PathBuf,
     pub first_lsn: u64,
     pub salt: u64,
+    /// The segment's format version (the writer never appends to an older
+    /// one: it begins a new segment).
+    pub version: u32,
     /// Offset after the last valid record.
     pub end: u64,
     pub file: Arc<dyn StorageFile>,
@@ -254,7 +260,7 @@ enum SegmentEnd {
 struct Pass<'a> {
     opts: &'a WalOptions,
     replay_from: u64,
-    visit: &'a mut dyn FnMut(u64, &[u8]),
+    visit: &'a mut dyn FnMut(Record<'_>),
     report: RecoveryReport,
     kept: Vec<KeptSegment>,
     fixes: Vec<Fix>,
@@ -271,7 +277,7 @@ pub(crate) fn recover(
     opts: &WalOptions,
     replay_from: u64,
     read_only: bool,
-    visit: &mut dyn FnMut(u64, &[u8]),
+    visit: &mut dyn FnMut(Record<'_>),
 ) -> Result<Recovered> {
     let started = Instant::now();
     let (segs, prepared) = list_segments(storage, dir)?;
@@ -284,6 +290,7 @@ pub(crate) fn recover(
             segments: segs.len(),
             first_lsn: segs.first().map_or(opts.start_lsn, |s| s.0),
             last_lsn: 0,
+            last_time_us: 0,
             records_read: 0,
             records_replayed: 0,
             bytes_read: 0,
@@ -367,6 +374,7 @@ impl Pass<'_> {
             path: path.to_path_buf(),
             first_lsn: header.first_lsn,
             salt: header.salt,
+            version: header.version,
             end,
             file: seg.file,
         });
@@ -430,14 +438,16 @@ impl Pass<'_> {
         let max = self.opts.max_record_size;
         let mut lsn = header.first_lsn;
         let mut offset = SEGMENT_HEADER_LEN;
+        let mut scratch = Vec::new();
         loop {
             let report = &mut self.report;
             let (replay_from, visit) = (self.replay_from, &mut *self.visit);
-            let scan = scan_records(data, offset, lsn, header.salt, max, &mut |l, payload, _| {
+            let scan = scan_records(data, offset, lsn, header, max, &mut scratch, &mut |r, _| {
                 report.records_read += 1;
-                if l >= replay_from {
+                report.last_time_us = r.time_us;
+                if r.lsn >= replay_from {
                     report.records_replayed += 1;
-                    visit(l, payload);
+                    visit(r);
                 }
             });
             lsn = scan.next_lsn;
@@ -451,7 +461,7 @@ impl Pass<'_> {
                 lsn,
                 kind,
             };
-            let ev = examine_after(data, at as usize, lsn, header.salt, max);
+            let ev = examine_after(data, at as usize, lsn, header, max);
             match self.on_damage(damage, &ev, data, is_last, later)? {
                 AfterDamageStep::Resume(roff, rlsn) => (offset, lsn) = (roff as usize, rlsn),
                 AfterDamageStep::End(end) => return Ok((end, lsn)),

@@ -20,16 +20,25 @@
 //!   data while reporting later syncs as successful.
 //! - Each record carries the durable watermark at the time it was encoded;
 //!   recovery relies on it (see [`crate::reader`]).
+//! - Each record's time is `max(clock, previous record's time)`, assigned
+//!   with its LSN under the state lock, so times never decrease in LSN
+//!   order, across restarts too (the last time is recovered at open).
+//! - Records are appended only to segments of the current format version:
+//!   after an upgrade the first append begins a new segment.
+//! - Compression happens before the lock is taken: a record is compressed
+//!   on its appender's thread, never while others wait.
 
+use crate::compression::{self, Compression};
 use crate::error::Damage;
 use crate::error::{Result, StopCause, WalError};
-use crate::format::{self, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{self, RecordMeta, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
 use crate::options::{SyncPolicy, WalOptions};
-use crate::reader::{scan_records, ScanStop};
+use crate::reader::{scan_records, Record, ScanStop};
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{read_segment, segment_file_name, Preparer};
 use keel_storage::rng::SplitMix64;
 use keel_storage::{Storage, StorageFile};
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -69,6 +78,13 @@ struct AtomicStats {
     max_sync_nanos: AtomicU64,
 }
 
+/// A payload ready to encode: checked, and compressed if that pays.
+struct Prepared<'p> {
+    stored: Cow<'p, [u8]>,
+    compression: Compression,
+    raw_len: u32,
+}
+
 /// Encoded records waiting to be written, all bound for one segment.
 struct Batch {
     /// Set when these records begin a new segment: (first LSN, salt).
@@ -97,6 +113,10 @@ const SPARE_BUFFERS: usize = 4;
 
 struct State {
     next_lsn: u64,
+    /// Commit time of the last record given an LSN (microseconds).
+    last_time_us: u64,
+    /// Format version of the segment the last pending batch targets.
+    plan_version: u32,
     pending: Vec<Batch>,
     /// Salt and end offset of the segment the last pending batch targets.
     plan_salt: u64,
@@ -155,12 +175,12 @@ impl Wal {
         opts: WalOptions,
     ) -> Result<(Wal, RecoveryReport)> {
         // Every record is needed: damage anywhere counts.
-        Wal::open_with_replay(storage, dir, opts, 1, |_, _| {})
+        Wal::open_with_replay(storage, dir, opts, 1, |_| {})
     }
 
     /// Opens (or creates) the log in `dir`, recovering it and calling
-    /// `replay(lsn, payload)` for every record with LSN >= `replay_from`, in
-    /// LSN order, in the same single read of the log.
+    /// `replay(record)` for every record with LSN >= `replay_from`, in LSN
+    /// order, in the same single read of the log.
     ///
     /// Records below `replay_from` are ones the caller no longer needs (a
     /// checkpoint holds them): damage confined to them does not fail the
@@ -170,7 +190,7 @@ impl Wal {
         dir: impl AsRef<Path>,
         opts: WalOptions,
         replay_from: u64,
-        mut replay: impl FnMut(u64, &[u8]),
+        mut replay: impl FnMut(Record<'_>),
     ) -> Result<(Wal, RecoveryReport)> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -211,7 +231,7 @@ impl Wal {
         dir: impl AsRef<Path>,
         opts: &WalOptions,
         from: u64,
-        mut visit: impl FnMut(u64, &[u8]),
+        mut visit: impl FnMut(Record<'_>),
     ) -> Result<RecoveryReport> {
         Ok(recover(storage, dir.as_ref(), opts, from, true, &mut visit)?.report)
     }
@@ -232,8 +252,9 @@ impl Wal {
     /// the record is refused before it gets an LSN.
     pub fn append_with(&self, payload: &[u8], on_lsn: impl FnOnce(u64)) -> Result<u64> {
         let inner = &*self.inner;
+        let stored = inner.prepare(payload)?;
         let mut st = inner.lock();
-        let lsn = inner.enqueue(&mut st, payload)?;
+        let lsn = inner.enqueue(&mut st, &stored)?;
         on_lsn(lsn);
         let need_sync = inner.opts.sync == SyncPolicy::Always;
         inner.drive(st, lsn, need_sync).map(|_| lsn)
@@ -251,8 +272,9 @@ impl Wal {
     /// goes out with the next flush, the next interval sync, or at close.
     pub fn enqueue_with(&self, payload: &[u8], on_lsn: impl FnOnce(u64)) -> Result<u64> {
         let inner = &*self.inner;
+        let stored = inner.prepare(payload)?;
         let mut st = inner.lock();
-        let lsn = inner.enqueue(&mut st, payload)?;
+        let lsn = inner.enqueue(&mut st, &stored)?;
         on_lsn(lsn);
         Ok(lsn)
     }
@@ -290,8 +312,9 @@ impl Wal {
     /// [`append_with`](Self::append_with).
     pub fn append_async_with(&self, payload: &[u8], on_lsn: impl FnOnce(u64)) -> AppendFuture {
         let inner = &*self.inner;
+        let prepared = inner.prepare(payload);
         let mut st = inner.lock();
-        let state = match inner.enqueue(&mut st, payload) {
+        let state = match prepared.and_then(|stored| inner.enqueue(&mut st, &stored)) {
             Ok(lsn) => {
                 on_lsn(lsn);
                 st.flush_requested = true;
@@ -347,7 +370,7 @@ impl Wal {
 
     /// Calls `visit` for every acknowledged record with LSN >= `from`, in
     /// order, reading the segment files. Appends may go on meanwhile.
-    pub fn read_from(&self, from: u64, mut visit: impl FnMut(u64, &[u8])) -> Result<()> {
+    pub fn read_from(&self, from: u64, mut visit: impl FnMut(Record<'_>)) -> Result<()> {
         let inner = &*self.inner;
         let upto = {
             let st = inner.lock();
@@ -357,6 +380,7 @@ impl Wal {
             }
         };
         let segs = inner.segments().clone();
+        let mut scratch = Vec::new();
         for (i, (first, path)) in segs.iter().enumerate() {
             if segs.get(i + 1).is_some_and(|next| next.0 <= from) || *first > upto {
                 continue;
@@ -376,13 +400,14 @@ impl Wal {
                 &data,
                 SEGMENT_HEADER_LEN,
                 header.first_lsn,
-                header.salt,
+                &header,
                 inner.opts.max_record_size,
-                &mut |l, p, _| {
-                    if l > upto {
+                &mut scratch,
+                &mut |r, _| {
+                    if r.lsn > upto {
                         done = true;
-                    } else if l >= from && !done {
-                        visit(l, p);
+                    } else if r.lsn >= from && !done {
+                        visit(r);
                     }
                 },
             );
@@ -512,7 +537,7 @@ impl Inner {
             .iter()
             .map(|s| (s.first_lsn, s.path.clone()))
             .collect();
-        let (tail, plan_salt) = match recovered.segments.into_iter().last() {
+        let (tail, plan_salt, plan_version) = match recovered.segments.into_iter().last() {
             Some(s) => (
                 Some(Tail {
                     path: s.path,
@@ -520,8 +545,9 @@ impl Inner {
                     end: s.end,
                 }),
                 s.salt,
+                s.version,
             ),
-            None => (None, 0),
+            None => (None, 0, FORMAT_VERSION),
         };
         let plan_end = tail.as_ref().map_or(0, |t| t.end);
         Inner {
@@ -531,6 +557,8 @@ impl Inner {
             log_id,
             state: Mutex::new(State {
                 next_lsn,
+                last_time_us: recovered.report.last_time_us,
+                plan_version,
                 pending: Vec::new(),
                 plan_salt,
                 plan_end,
@@ -566,6 +594,7 @@ impl Inner {
         self.rotate(&mut tail, first_lsn, salt)?;
         let mut st = self.lock();
         st.plan_salt = salt;
+        st.plan_version = FORMAT_VERSION;
         st.plan_end = SEGMENT_HEADER_LEN as u64;
         st.sync_file = tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone()));
         st.tail = tail;
@@ -623,14 +652,38 @@ impl Inner {
         }
     }
 
-    /// Encodes a record into the pending batches and assigns its LSN.
-    fn enqueue(&self, st: &mut State, payload: &[u8]) -> Result<u64> {
+    /// Checks a payload's size and compresses it if the options say so:
+    /// the work of an append that needs no lock.
+    fn prepare<'p>(&self, payload: &'p [u8]) -> Result<Prepared<'p>> {
         if payload.len() > self.opts.max_record_size as usize {
             return Err(WalError::RecordTooLarge {
                 len: payload.len(),
                 max: self.opts.max_record_size,
             });
         }
+        // Invariant: max_record_size <= MAX_RECORD_LEN_LIMIT < u32::MAX.
+        let raw_len = payload.len() as u32;
+        let codec = self.opts.compression;
+        if codec != Compression::None && payload.len() >= self.opts.compression_min_size {
+            let mut out = Vec::new();
+            if compression::compress(codec, payload, &mut out) {
+                return Ok(Prepared {
+                    stored: Cow::Owned(out),
+                    compression: codec,
+                    raw_len,
+                });
+            }
+        }
+        Ok(Prepared {
+            stored: Cow::Borrowed(payload),
+            compression: Compression::None,
+            raw_len,
+        })
+    }
+
+    /// Encodes a record into the pending batches and assigns its LSN and
+    /// time.
+    fn enqueue(&self, st: &mut State, rec: &Prepared<'_>) -> Result<u64> {
         if self.poisoned.load(Ordering::SeqCst) {
             self.poison_stop(st, "the segment list");
         }
@@ -641,15 +694,19 @@ impl Inner {
             return Err(WalError::Closed);
         }
         let lsn = st.next_lsn;
-        let size = format::record_size(payload.len()) as u64;
+        let size = format::record_size(rec.stored.len()) as u64;
         let has_records = st.plan_end > SEGMENT_HEADER_LEN as u64;
-        if has_records && st.plan_end + size > self.opts.segment_size {
+        let full = has_records && st.plan_end + size > self.opts.segment_size;
+        // A segment of an older format (the tail after an upgrade) takes
+        // no new record: a new segment begins, replacing it if it is empty.
+        if full || st.plan_version != FORMAT_VERSION {
             let salt = st.rng.next_u64();
             st.pending.push(Batch {
                 new_segment: Some((lsn, salt)),
                 bytes: Vec::new(),
             });
             st.plan_salt = salt;
+            st.plan_version = FORMAT_VERSION;
             st.plan_end = SEGMENT_HEADER_LEN as u64;
         } else if st.pending.is_empty() {
             let bytes = st
@@ -662,10 +719,18 @@ impl Inner {
             });
         }
         let salt = st.plan_salt;
-        let durable = st.durable_lsn;
+        let time_us = self.opts.clock.now_us().max(st.last_time_us);
+        st.last_time_us = time_us;
+        let meta = RecordMeta {
+            lsn,
+            durable_lsn: st.durable_lsn,
+            time_us,
+            compression: rec.compression,
+            raw_len: rec.raw_len,
+        };
         // Invariant: both branches above leave a batch in `pending`.
         let batch = st.pending.last_mut().expect("a batch was just ensured");
-        format::encode_record(&mut batch.bytes, salt, lsn, durable, payload);
+        format::encode_record(&mut batch.bytes, salt, &meta, &rec.stored);
         st.plan_end += size;
         st.next_lsn += 1;
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
@@ -935,22 +1000,26 @@ impl Inner {
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
         let prepared = self.preparer.take()?;
-        let header = SegmentHeader {
-            log_id: self.log_id,
-            first_lsn,
-            salt,
-        }
-        .encode();
+        let header = SegmentHeader::new(self.log_id, first_lsn, salt).encode();
         prepared
             .file
             .write_at(&header, 0)
             .map_err(|e| WalError::io("writing a segment header", &prepared.path, e))?;
         // Header fdatasynced, then renamed, then the directory fsynced: a
         // file named as a segment always has a durable header, and the new
-        // name is durable before any record in it is acknowledged.
+        // name is durable before any record in it is acknowledged. The
+        // rename replaces an empty segment of an older format that began
+        // at the same LSN (atomically: a crash leaves one or the other,
+        // neither holding a record).
         let path = self.dir.join(segment_file_name(first_lsn));
         keel_storage::publish_temp(&*self.storage, &*prepared.file, &prepared.path, &path)?;
-        self.segments().push((first_lsn, path.clone()));
+        {
+            let mut segs = self.segments();
+            if segs.last().is_some_and(|s| s.0 == first_lsn) {
+                segs.pop();
+            }
+            segs.push((first_lsn, path.clone()));
+        }
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_written
@@ -1067,7 +1136,7 @@ mod tests {
         assert!(err.is_stopped(), "{err}");
         assert!(err.to_string().contains("poisoned lock"), "{err}");
         let mut seen = Vec::new();
-        wal.read_from(1, |lsn, p| seen.push((lsn, p.to_vec())))
+        wal.read_from(1, |r| seen.push((r.lsn, r.payload.to_vec())))
             .unwrap();
         assert_eq!(seen, vec![(1, b"before".to_vec())]);
     }

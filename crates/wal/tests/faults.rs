@@ -78,7 +78,7 @@ fn failed_fdatasync_stops_the_log_and_wakes_every_waiter() {
         );
         // Reads go on.
         let mut read = 0;
-        wal.read_from(1, |_, _| read += 1).unwrap();
+        wal.read_from(1, |_| read += 1).unwrap();
         assert!(read >= 5);
         // Even keeping every pending write, nothing acknowledged is lost, and
         // what the failed sync covered never became durable.

@@ -13,6 +13,14 @@ fn record_decoding_seeds() {
 }
 
 #[test]
+fn record_decompression_seeds() {
+    replay(
+        "record_decompression",
+        keel_wal::fuzzing::record_decompression,
+    );
+}
+
+#[test]
 fn segment_reading_seeds() {
     replay("segment_reading", keel_wal::fuzzing::segment_reading);
 }

@@ -349,7 +349,7 @@ fn real_files_round_trip_across_rotation_and_truncation() {
     assert!(removed > 0 && wal.first_lsn() <= 250);
     assert_eq!(wal.segment_paths().len(), before - removed);
     let mut read = Vec::new();
-    wal.read_from(490, |l, p| read.push((l, p.to_vec())))
+    wal.read_from(490, |r| read.push((r.lsn, r.payload.to_vec())))
         .unwrap();
     assert_eq!(read.len(), 11);
     wal.close().unwrap();

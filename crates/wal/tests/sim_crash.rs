@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use keel_storage::rng::SplitMix64;
 use keel_storage::{Fault, FaultKind, FaultOp, SimStorage};
-use keel_wal::WalOptions;
+use keel_wal::{Compression, WalOptions};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -135,6 +135,10 @@ fn acknowledged_records_survive_power_loss_under_concurrent_appenders() {
         let opts = WalOptions {
             segment_size: 4096 + rng.below(8) * 2048,
             preallocate: rng.chance(3, 4),
+            // A third of the seeds store their (compressible) records
+            // compressed, a third with each codec.
+            compression: [Compression::None, Compression::Snappy, Compression::Zstd]
+                [seed as usize % 3],
             ..WalOptions::default()
         };
         let s = sim(seed);

@@ -49,6 +49,13 @@ pub enum DumpEvent<'a> {
         offset: u64,
         /// Its payload's length.
         len: usize,
+        /// Its commit time, microseconds since the Unix epoch (0: written
+        /// before records carried a time, log format version 1).
+        time_us: u64,
+        /// How its payload is stored in the log.
+        compression: keel_wal::Compression,
+        /// Bytes its payload takes in the log (after compression).
+        stored_len: u32,
         /// The operation it holds, or why it is not one.
         op: std::result::Result<Op, DecodeError>,
     },
@@ -175,32 +182,30 @@ fn dump_segment(
     visit: &mut dyn FnMut(DumpEvent<'_>) -> ControlFlow<()>,
 ) -> Result<ControlFlow<(), bool>> {
     let mut stopped = false;
-    let summary = inspect_segment(
-        storage,
-        seg,
-        ANY_RECORD_SIZE,
-        true,
-        |lsn, offset, payload| {
-            if lsn < from || stopped {
-                return;
+    let summary = inspect_segment(storage, seg, ANY_RECORD_SIZE, true, |record, offset| {
+        let (lsn, payload) = (record.lsn, record.payload);
+        if lsn < from || stopped {
+            return;
+        }
+        let event = if edits {
+            DumpEvent::Edit {
+                lsn,
+                edit: crate::manifest::VersionEdit::decode(payload),
             }
-            let event = if edits {
-                DumpEvent::Edit {
-                    lsn,
-                    edit: crate::manifest::VersionEdit::decode(payload),
-                }
-            } else {
-                DumpEvent::Record {
-                    lsn,
-                    segment: seg,
-                    offset,
-                    len: payload.len(),
-                    op: Op::decode(payload),
-                }
-            };
-            stopped = visit(event).is_break();
-        },
-    )?;
+        } else {
+            DumpEvent::Record {
+                lsn,
+                segment: seg,
+                offset,
+                len: payload.len(),
+                time_us: record.time_us,
+                compression: record.compression,
+                stored_len: record.stored_len,
+                op: Op::decode(payload),
+            }
+        };
+        stopped = visit(event).is_break();
+    })?;
     if stopped {
         return Ok(ControlFlow::Break(()));
     }

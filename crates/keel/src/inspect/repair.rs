@@ -67,7 +67,7 @@ impl Repair {
             None => None,
         };
         let from = checkpoint_lsn.map_or(1, |n| n + 1);
-        let plan = Wal::read_dir(&*storage, &log_dir, &options(), from, |_, _| {})?;
+        let plan = Wal::read_dir(&*storage, &log_dir, &options(), from, |_| {})?;
         let repair = Repair {
             storage,
             log_dir,
@@ -131,7 +131,7 @@ impl Repair {
         }
         let from = self.checkpoint_lsn.map_or(1, |n| n + 1);
         let (wal, report) =
-            Wal::open_with_replay(self.storage, &self.log_dir, options(), from, |_, _| {})?;
+            Wal::open_with_replay(self.storage, &self.log_dir, options(), from, |_| {})?;
         wal.close()?;
         Ok(report)
     }

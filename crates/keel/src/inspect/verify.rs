@@ -356,10 +356,10 @@ fn verify_log(
     let mut first_bad = None;
     // Records the base checkpoint holds are not needed for recovery: damage
     // among them is reported, but does not stop the read.
-    let read = Wal::read_dir(storage, dir, &opts, base_lsn + 1, |lsn, payload| {
-        if Op::decode(payload).is_err() {
+    let read = Wal::read_dir(storage, dir, &opts, base_lsn + 1, |record| {
+        if Op::decode(record.payload).is_err() {
             bad += 1;
-            first_bad.get_or_insert(lsn);
+            first_bad.get_or_insert(record.lsn);
         }
     });
     let dir = dir.to_path_buf();
@@ -418,8 +418,9 @@ fn verify_manifest(storage: &dyn Storage, dir: &Path, report: &mut VerifyReport)
         ..WalOptions::default()
     };
     let mut records = Vec::new();
-    let read = Wal::read_dir(storage, dir, &opts, 1, |lsn, payload| {
-        records.push((lsn, crate::manifest::VersionEdit::decode(payload)));
+    let read = Wal::read_dir(storage, dir, &opts, 1, |record| {
+        let edit = crate::manifest::VersionEdit::decode(record.payload);
+        records.push((record.lsn, edit));
     });
     let problem = |why: String| Problem::ManifestInvalid {
         dir: dir.to_path_buf(),

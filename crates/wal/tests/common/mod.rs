@@ -40,8 +40,8 @@ pub fn open_at(
     opts: &WalOptions,
 ) -> Result<(Wal, RecoveryReport, Records), WalError> {
     let mut records = Vec::new();
-    let (wal, report) = Wal::open_with_replay(storage.arc(), dir, opts.clone(), 1, |l, p| {
-        records.push((l, p.to_vec()))
+    let (wal, report) = Wal::open_with_replay(storage.arc(), dir, opts.clone(), 1, |r| {
+        records.push((r.lsn, r.payload.to_vec()))
     })?;
     Ok((wal, report, records))
 }
