@@ -13,6 +13,10 @@
 //! throughput against clients to docs/bench/keel-vs-redis.svg (a `--quick`
 //! run's plot goes to target/keel-vs-redis-quick.svg instead).
 //!
+//! `--keel-wal-compression zstd` (or `snappy`) starts keel with its log
+//! records compressed (`--wal-compression`); redis-benchmark's values
+//! (repeated `x`) compress well.
+//!
 //! Needs redis-server and redis-benchmark (Debian packages redis-server and
 //! redis-tools) and `cargo build --release -p keel-server`. Run:
 //! `cargo run --release -p keel-bench --bin keel-vs-redis [-- --quick]`.
@@ -57,7 +61,13 @@ fn wait_ready(port: u16) -> anyhow::Result<()> {
     bail!("server on port {port} did not answer PING within 30 s")
 }
 
-fn start(store: Store, durable: bool, keel: &Path, dir: &Path) -> anyhow::Result<(Child, u16)> {
+fn start(
+    store: Store,
+    durable: bool,
+    keel: &Path,
+    dir: &Path,
+    wal_compression: &str,
+) -> anyhow::Result<(Child, u16)> {
     let port = free_port()?;
     std::fs::create_dir_all(dir)?;
     let child = match store {
@@ -70,6 +80,7 @@ fn start(store: Store, durable: bool, keel: &Path, dir: &Path) -> anyhow::Result
                 &port.to_string(),
             ])
             .args(["--sync", if durable { "always" } else { "interval:1s" }])
+            .args(["--wal-compression", wal_compression])
             .arg("--working-dir")
             .arg(dir)
             .env("RUST_LOG", "warn")
@@ -158,7 +169,13 @@ type Results = BTreeMap<(bool, &'static str, u32, Store), (f64, f64, f64)>;
 /// start both servers, run every point, print, plot. Splitting it would
 /// only pass its dozen settings from function to function.
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let wal_compression = args
+        .iter()
+        .position(|a| a == "--keel-wal-compression")
+        .and_then(|i| args.get(i + 1))
+        .map_or("none", |s| s.as_str());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let keel = root.join("target/release/keel");
     if !keel.exists() {
@@ -179,19 +196,21 @@ fn main() -> anyhow::Result<()> {
     // machine's load drifts, and a pair shares most of it.
     let mut paired: BTreeMap<(bool, &'static str, u32), Vec<f64>> = BTreeMap::new();
     let repeats = if quick { QUICK_REPEATS } else { REPEATS };
-    println!("keel vs Redis ({}), SET/GET with 100-byte values, redis-benchmark -r 1000000, median of {repeats}; ratio: median (min-max) of keel/Redis over back-to-back pairs", if quick { "quick" } else { "full" });
+    println!("keel vs Redis ({}), SET/GET with 100-byte values, redis-benchmark -r 1000000, median of {repeats}; ratio: median (min-max) of keel/Redis over back-to-back pairs; keel --wal-compression {wal_compression}", if quick { "quick" } else { "full" });
     for durable in [true, false] {
         let (k, kp) = start(
             Store::Keel,
             durable,
             &keel,
             &scratch.join(format!("keel-{durable}")),
+            wal_compression,
         )?;
         let (r, rp) = start(
             Store::Redis,
             durable,
             &keel,
             &scratch.join(format!("redis-{durable}")),
+            wal_compression,
         )?;
         let mut servers = [(Store::Keel, k, kp), (Store::Redis, r, rp)];
         println!(
