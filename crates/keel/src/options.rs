@@ -17,7 +17,7 @@
 use crate::error::{Error, Result};
 use keel_wal::{Compression, RecoveryMode, SyncPolicy};
 use serde::{Deserialize, Deserializer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Default log segment size: large enough that rotation (an fdatasync of
@@ -150,6 +150,26 @@ pub struct Options {
     /// `"zstd"`.
     #[serde(deserialize_with = "de_compression")]
     pub wal_compression: Compression,
+    /// Copy each log segment the store no longer needs (its records are in
+    /// a checkpoint or in tables) into this directory, durably, before
+    /// deleting it: with a backup, `keel restore` replays the archive to
+    /// any point in time. If archiving fails (the archive's disk full, the
+    /// directory gone), segments stay in the log, the failure is logged
+    /// and counted (`Stats::wal.archive_failures`; the server's
+    /// `keel_wal_archive_failures`), and writes go on;
+    /// the log then grows until archiving works again or the data disk
+    /// fills, when writes are refused (reads go on). Default `None`. Must
+    /// not be the data directory or its log directory. Created at open.
+    pub archive_dir: Option<PathBuf>,
+    /// Delete archived segments whose every record is older than this
+    /// (TOML: `"7d"`). Default `None`: kept whatever their age.
+    #[serde(deserialize_with = "de_duration")]
+    pub archive_retention_age: Option<Duration>,
+    /// Delete the oldest archived segments while the archive holds more
+    /// than this (TOML: bytes or `"10GiB"`; 0: no limit). The newest
+    /// archived segment is always kept. Default `None`.
+    #[serde(deserialize_with = "de_size_zero_is_none")]
+    pub archive_retention_bytes: Option<u64>,
 }
 
 impl Default for Options {
@@ -170,6 +190,9 @@ impl Default for Options {
             cache_size: DEFAULT_CACHE_SIZE,
             exact_key_count: true,
             wal_compression: Compression::None,
+            archive_dir: None,
+            archive_retention_age: None,
+            archive_retention_bytes: None,
         }
     }
 }
@@ -300,6 +323,14 @@ impl Options {
             max_record_size: self.max_batch_bytes as u32,
             start_lsn,
             compression: self.wal_compression,
+            archive: self
+                .archive_dir
+                .as_ref()
+                .map(|dir| keel_wal::ArchiveOptions {
+                    dir: dir.clone(),
+                    max_age: self.archive_retention_age,
+                    max_bytes: self.archive_retention_bytes,
+                }),
             ..keel_wal::WalOptions::default()
         }
     }
@@ -362,11 +393,20 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" | "h" | "d" => {
+            let unit = match unit {
+                "m" => 60,
+                "h" => 3600,
+                _ => 86_400,
+            };
+            Duration::from_secs(
+                n.checked_mul(unit)
+                    .ok_or_else(|| Error::InvalidOptions(format!("duration {s:?} is too long")))?,
+            )
+        }
         _ => {
             return Err(Error::InvalidOptions(format!(
-                "bad duration unit in {s:?}: use ms, s, m or h"
+                "bad duration unit in {s:?}: use ms, s, m, h or d"
             )))
         }
     };

@@ -306,6 +306,14 @@ pub(crate) fn replay_ops(
     progress: &dyn Fn(u64),
     mut apply: impl FnMut(u64, Op) -> Result<()>,
 ) -> Result<OpsReplayed> {
+    if let Some(archive) = &opts.archive_dir {
+        if archive == dir.root() || *archive == dir.log_dir() {
+            return Err(Error::InvalidOptions(format!(
+                "archive_dir {} is the data directory or its log: give the archive a directory of its own (another disk is best)",
+                archive.display()
+            )));
+        }
+    }
     let mut records = 0u64;
     let mut bytes = 0u64;
     let mut failed: Option<Error> = None;

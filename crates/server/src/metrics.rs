@@ -36,6 +36,8 @@ pub fn render(handle: &PrometheusHandle, db: &Db) -> String {
     metrics::gauge!("keel_wal_fsyncs").set(st.wal.syncs as f64);
     metrics::gauge!("keel_wal_appends").set(st.wal.appends as f64);
     metrics::gauge!("keel_wal_bytes_written").set(st.wal.bytes_written as f64);
+    metrics::gauge!("keel_wal_segments_archived").set(st.wal.segments_archived as f64);
+    metrics::gauge!("keel_wal_archive_failures").set(st.wal.archive_failures as f64);
     metrics::gauge!("keel_wal_bytes_since_checkpoint").set(st.log_bytes_since_checkpoint as f64);
     metrics::gauge!("keel_stopped").set(if st.stopped { 1.0 } else { 0.0 });
     metrics::gauge!("keel_checkpoint_lsn").set(st.checkpoint_lsn.unwrap_or(0) as f64);

@@ -51,6 +51,18 @@ pub struct ServeArgs {
     /// from run to run: each record says how it is stored.
     #[arg(long)]
     pub wal_compression: Option<keel_wal::Compression>,
+    /// Archive each log segment the store no longer needs into this
+    /// directory (durably, before deleting it), for `keel restore` to any
+    /// point in time. If archiving fails, segments stay in the log and
+    /// writes go on (docs/DESIGN.md).
+    #[arg(long)]
+    pub archive_dir: Option<PathBuf>,
+    /// Delete archived segments older than this (e.g. `7d`, `12h`).
+    #[arg(long)]
+    pub archive_retention_age: Option<String>,
+    /// Keep the archive under this size (e.g. `10GiB`), oldest deleted first.
+    #[arg(long)]
+    pub archive_retention_bytes: Option<String>,
     /// Also serve the Redis protocol (RESP2) on this port (off unless given).
     #[arg(long)]
     pub resp_port: Option<u16>,
@@ -151,6 +163,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(c) = args.wal_compression {
         opts.wal_compression = c;
+    }
+    if let Some(d) = &args.archive_dir {
+        opts.archive_dir = Some(d.clone());
+    }
+    if let Some(a) = &args.archive_retention_age {
+        opts.archive_retention_age =
+            Some(keel::parse_duration(a).context("--archive-retention-age")?);
+    }
+    if let Some(b) = &args.archive_retention_bytes {
+        opts.archive_retention_bytes =
+            Some(keel::parse_size(b).context("--archive-retention-bytes")?).filter(|n| *n > 0);
     }
     let opts = keel_server::refusal::server_options(opts);
     let metrics = keel_server::metrics::install().context("installing the metrics recorder")?;

@@ -396,6 +396,12 @@ impl SimStorage {
         self.lock().capacity = bytes;
     }
 
+    /// Bytes held by all files now (what [`set_capacity`](Self::set_capacity)
+    /// counts against).
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
+    }
+
     /// Operations counted so far (mutations and syncs; reads are not counted).
     pub fn op_count(&self) -> u64 {
         self.lock().ops

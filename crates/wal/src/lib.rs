@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod compression;
 pub mod error;
 pub mod format;
@@ -45,6 +46,7 @@ pub mod recovery;
 pub mod segment;
 mod wal;
 
+pub use archive::ArchiveOptions;
 pub use compression::Compression;
 pub use error::{Damage, DamageKind, Result, StopCause, WalError};
 pub use options::{Clock, RecoveryMode, SyncPolicy, WalOptions};

@@ -1,6 +1,7 @@
 //! Options of the log: sync policy, recovery mode, segment and record
 //! sizes, compression, and the clock that stamps records.
 
+use crate::archive::ArchiveOptions;
 use crate::compression::Compression;
 use crate::error::{Result, WalError};
 use std::sync::Arc;
@@ -118,6 +119,10 @@ pub struct WalOptions {
     /// What stamps records with their commit time. Default: the system
     /// clock.
     pub clock: Clock,
+    /// Copy each segment into an archive before deleting it
+    /// ([`truncate_before`](crate::Wal::truncate_before)). Default `None`:
+    /// deleted segments are gone.
+    pub archive: Option<ArchiveOptions>,
 }
 
 impl Default for WalOptions {
@@ -132,6 +137,7 @@ impl Default for WalOptions {
             compression: Compression::None,
             compression_min_size: 64,
             clock: Clock::system(),
+            archive: None,
         }
     }
 }

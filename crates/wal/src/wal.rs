@@ -65,6 +65,10 @@ pub struct WalStats {
     pub sync_nanos: u64,
     /// The longest of those fdatasync calls, in nanoseconds.
     pub max_sync_nanos: u64,
+    /// Segments copied into the archive (then deleted from the log).
+    pub segments_archived: u64,
+    /// Attempts to archive a segment that failed (the segment was kept).
+    pub archive_failures: u64,
 }
 
 #[derive(Default)]
@@ -76,6 +80,8 @@ struct AtomicStats {
     rotations: AtomicU64,
     sync_nanos: AtomicU64,
     max_sync_nanos: AtomicU64,
+    segments_archived: AtomicU64,
+    archive_failures: AtomicU64,
 }
 
 /// A payload ready to encode: checked, and compressed if that pays.
@@ -159,6 +165,9 @@ struct Inner {
     /// Set when a lock other than `state` was found poisoned; the next
     /// append (holding `state`) stops the log.
     poisoned: AtomicBool,
+    /// Held while segments are deleted (and archived): one truncation at a
+    /// time, without holding `segments` during the copies.
+    truncation: Mutex<()>,
 }
 
 /// A write-ahead log in one directory. Share it between threads with `Arc`.
@@ -196,6 +205,9 @@ impl Wal {
         let dir = dir.as_ref().to_path_buf();
         // Durably: a log whose directory a power loss can take away is no log.
         keel_storage::create_dir_durable(&*storage, &dir)?;
+        if let Some(archive) = &opts.archive {
+            keel_storage::create_dir_durable(&*storage, &archive.dir)?;
+        }
         let recovered = recover(&*storage, &dir, &opts, replay_from, false, &mut replay)?;
         let report = recovered.report.clone();
         let inner = Arc::new(Inner::resume(storage, dir, opts, recovered));
@@ -341,17 +353,82 @@ impl Wal {
     /// the segment being written). Crash-safe: oldest first, then the
     /// directory is synced, so the log always starts at a segment boundary.
     /// Returns how many segments were removed.
+    ///
+    /// With an archive ([`WalOptions::archive`]) each segment is first
+    /// copied there durably. If that fails (the archive's disk is full, its
+    /// directory gone), the segment and every later one stay in the log,
+    /// the failure is logged and counted ([`WalStats::archive_failures`]),
+    /// and this returns `Ok` with what was removed before it: writes go on,
+    /// and the next truncation tries again. Then archive retention runs.
     pub fn truncate_before(&self, lsn: u64) -> Result<usize> {
         let inner = &*self.inner;
-        let mut segs = inner.segments();
+        let _one_at_a_time = inner
+            .truncation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The segments to delete, oldest first; the list is not held while
+        // they are archived (rotation appends to it meanwhile).
+        let doomed: Vec<(u64, PathBuf)> = {
+            let segs = inner.segments();
+            segs.windows(2)
+                .take_while(|w| w[1].0 <= lsn)
+                .map(|w| w[0].clone())
+                .collect()
+        };
         let mut removed = 0;
-        while segs.len() > 1 && segs[1].0 <= lsn {
-            let (_, path) = segs.remove(0);
+        let mut archived = 0;
+        for (first, path) in doomed {
+            if let Some(archive) = &inner.opts.archive {
+                let copied = crate::archive::archive_segment(
+                    &*inner.storage,
+                    &path,
+                    archive,
+                    inner.log_id,
+                    inner.opts.max_record_size,
+                );
+                match copied {
+                    Ok(a) => {
+                        archived += 1;
+                        inner
+                            .stats
+                            .segments_archived
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(segment = %a.path.display(), first = a.lsns.0, last = a.lsns.1, bytes = a.bytes, "segment archived");
+                    }
+                    Err(error) => {
+                        inner.stats.archive_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(segment = %path.display(), archive = %archive.dir.display(), %error,
+                            "archiving a log segment failed; it and every later segment stay in the log (which grows) until archiving succeeds: fix the archive directory");
+                        break;
+                    }
+                }
+            }
             inner
                 .storage
                 .remove(&path)
                 .map_err(|e| WalError::io("removing an old segment", &path, e))?;
+            {
+                let mut segs = inner.segments();
+                // Invariant: only truncation removes from the front, and it
+                // runs one at a time.
+                debug_assert_eq!(segs.first().map(|s| s.0), Some(first));
+                segs.remove(0);
+            }
             removed += 1;
+        }
+        if archived > 0 {
+            if let Some(archive) = &inner.opts.archive {
+                let now = inner.opts.clock.now_us();
+                let retention = crate::archive::apply_retention(
+                    &*inner.storage,
+                    archive,
+                    now,
+                    inner.opts.max_record_size,
+                );
+                if let Err(error) = retention {
+                    tracing::error!(archive = %archive.dir.display(), %error, "archive retention failed; old archived segments stay until the next try");
+                }
+            }
         }
         if removed > 0 {
             // The removals are durable only once the directory is.
@@ -474,6 +551,8 @@ impl Wal {
             rotations: s.rotations.load(Ordering::Relaxed),
             sync_nanos: s.sync_nanos.load(Ordering::Relaxed),
             max_sync_nanos: s.max_sync_nanos.load(Ordering::Relaxed),
+            segments_archived: s.segments_archived.load(Ordering::Relaxed),
+            archive_failures: s.archive_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -581,6 +660,7 @@ impl Inner {
             preparer,
             stats: AtomicStats::default(),
             poisoned: AtomicBool::new(false),
+            truncation: Mutex::new(()),
         }
     }
 
