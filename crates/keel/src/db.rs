@@ -253,6 +253,7 @@ impl<'a> DbBuilder<'a> {
             .unwrap_or_else(|| Arc::new(keel_storage::FsStorage::new()));
         let dir = DataDir::new(self.dir);
         keel_storage::create_dir_durable(&*storage, dir.root())?;
+        refuse_a_backup(&*storage, dir.root())?;
         let lock = dir.lock(&*storage, "keel")?;
         let progress = self.progress.unwrap_or_else(|| Box::new(|_| {}));
         let (r, tables) = match self.options.memtable_size {
@@ -350,6 +351,21 @@ fn spawn_table_threads(shared: &Arc<Shared>, threads: &mut Vec<JoinHandle<()>>) 
         threads.push(t);
     }
     Ok(())
+}
+
+/// A backup is not a store: opening one would write to it and make its
+/// marker false. An interrupted one is incomplete and never opens.
+fn refuse_a_backup(storage: &dyn Storage, root: &Path) -> Result<()> {
+    use crate::backup::{backup_state, BackupState};
+    let why = match backup_state(storage, root)? {
+        BackupState::NotABackup => return Ok(()),
+        BackupState::Incomplete => format!("is an interrupted backup (it holds {}): it is incomplete and never a store; delete it and back up again", crate::backup::BACKUP_IN_PROGRESS),
+        BackupState::Complete(m) => format!("is a keel backup (complete at LSN {}), not a store: restore it into a new directory with `keel restore {} --into NEW_DIR`, and open that", m.lsn, root.display()),
+    };
+    Err(Error::NotAStoreButABackup {
+        dir: root.to_path_buf(),
+        why,
+    })
 }
 
 impl Db {
@@ -591,6 +607,77 @@ impl Db {
             t.compact_while_due(&self.shared.poison)?;
         }
         Ok(outcome)
+    }
+
+    /// Writes a backup of the store into `dest`, a directory that must not
+    /// exist yet, while writes go on: consistent at one LSN (the last one
+    /// durable when it starts), table and checkpoint files hard-linked where
+    /// the file system allows (copied otherwise), the log copied up to that
+    /// LSN, everything fsynced, and the directory marked complete last
+    /// (`BACKUP`). A crash in between leaves `BACKUP-IN-PROGRESS` in it,
+    /// which restore refuses. See [`crate::backup`].
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::backup::BackupReport> {
+        let sh = &self.shared;
+        let dest = dest.as_ref();
+        crate::backup::check_destination(&*sh.storage, dest)?;
+        let root = sh.dir.root();
+        // The capture: no flush or checkpoint runs meanwhile (they delete
+        // log segments and checkpoints), so the files, the log start and
+        // the LSN agree.
+        let no_flush = sh.poison.lock(&sh.checkpoint_running, "checkpoint");
+        let (files, manifest, version, log_from) = match &sh.tables {
+            Some(t) => {
+                let (version, edit) = t.backup_snapshot(&sh.poison);
+                let files = edit
+                    .added
+                    .iter()
+                    .map(|m| {
+                        let name = crate::layout::table_file_name(m.number);
+                        (
+                            root.join(crate::layout::TABLES_DIR).join(&name),
+                            PathBuf::from(crate::layout::TABLES_DIR).join(name),
+                        )
+                    })
+                    .collect();
+                let from = edit.log_start.unwrap_or(1);
+                (files, Some(edit), Some(version), from)
+            }
+            None => {
+                let newest = sh
+                    .poison
+                    .lock(&sh.checkpoints, "checkpoints")
+                    .newest
+                    .clone();
+                match newest {
+                    Some((lsn, path)) => {
+                        let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+                        (vec![(path, name)], None, None, lsn + 1)
+                    }
+                    None => (Vec::new(), None, None, sh.wal.first_lsn()),
+                }
+            }
+        };
+        let pin = sh.wal.pin_from(log_from)?;
+        let captured = crate::backup::Captured {
+            storage: Arc::clone(&sh.storage),
+            log_dir: sh.dir.log_dir(),
+            files,
+            manifest,
+            log_from,
+            lsn: sh.wal.durable_lsn().max(log_from - 1),
+            _pin: pin,
+            _version: version,
+        };
+        if sh.tables.is_some() {
+            // Tables stay pinned by the version; flushes may go on.
+            drop(no_flush);
+            return crate::backup::write(captured, dest);
+        }
+        // A checkpoint file is deleted two checkpoints later: checkpoints
+        // wait until it is linked or copied (writes go on).
+        let report = crate::backup::write(captured, dest);
+        drop(no_flush);
+        report
     }
 
     /// Counters and positions.

@@ -145,6 +145,31 @@ pub enum Error {
         /// What failed, and how.
         why: String,
     },
+    /// A backup goes into a new directory; this one exists.
+    #[error("the backup destination {} exists; give a directory that does not exist yet (a backup never writes into an existing one)", dest.display())]
+    BackupDestinationExists {
+        /// The destination asked for.
+        dest: PathBuf,
+    },
+    /// The directory is a backup (or an interrupted one), not a store.
+    #[error("{} {why}", dir.display())]
+    NotAStoreButABackup {
+        /// The directory.
+        dir: PathBuf,
+        /// What it is, and what to do.
+        why: String,
+    },
+    /// A restore cannot reach its target, or its log cannot be replayed.
+    #[error("restore refused: {0}")]
+    RestoreTarget(String),
+    /// The directory is not a usable backup.
+    #[error("{} is not a usable keel backup: {why}", dir.display())]
+    NotABackup {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        why: String,
+    },
 }
 
 impl Error {

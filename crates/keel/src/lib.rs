@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod checkpoint;
 mod db;
 pub mod error;
@@ -46,6 +47,7 @@ pub mod options;
 mod poison;
 mod range;
 pub mod recovery;
+pub mod restore;
 pub mod table;
 
 pub use db::{CheckpointOutcome, Db, DbBuilder, Deferred, Stats, WriteBatch};

@@ -684,6 +684,16 @@ impl OnTables {
         Ok(done)
     }
 
+    /// The current version (pinning its tables) and the manifest state
+    /// that names them, taken together under the tree's lock.
+    pub(crate) fn backup_snapshot(
+        &self,
+        poison: &Poison,
+    ) -> (Arc<crate::lsm::Version>, crate::manifest::VersionEdit) {
+        let tree = poison.lock(&self.tree, "tree");
+        (tree.version(), tree.state_snapshot())
+    }
+
     /// The log start the manifest records (records below are in tables).
     pub(crate) fn log_start(&self) -> u64 {
         self.log_start.load(Ordering::Relaxed)

@@ -20,6 +20,7 @@
 //! 401 without `Authorization: Bearer <token>`.
 //!
 //! Also `GET /health`, `GET /metrics`, `POST /admin/checkpoint`,
+//! `POST /admin/backup` (`{"dest": "/absolute/new/dir"}`),
 //! `GET /kv?prefix=..&limit=..` and `POST /batch`.
 //!
 //! Writes go through `Db::put_async` and friends: the record is queued in
@@ -169,6 +170,14 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
             }
             _ => method_not_allowed(),
         },
+        "/admin/backup" => match method {
+            Method::POST if !is_json(&req) => text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "POST /admin/backup needs Content-Type: application/json",
+            ),
+            Method::POST => backup(&st.db, req).await,
+            _ => method_not_allowed(),
+        },
         "/kv" => match method {
             Method::GET => list(&st.db, query.as_deref()),
             _ => method_not_allowed(),
@@ -185,7 +194,7 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
             let raw = p["/kv/".len()..].to_string();
             key_request(&st.db, method, &raw, req).await
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: the API is /kv/{key}, /kv?prefix=, /batch, /clear, /health, /metrics, /admin/checkpoint"),
+        _ => text(StatusCode::NOT_FOUND, "not found: the API is /kv/{key}, /kv?prefix=, /batch, /clear, /health, /metrics, /admin/checkpoint, /admin/backup"),
     }
 }
 
@@ -417,6 +426,56 @@ struct BatchRequest {
 enum BatchItem {
     Put { key: String, value: String },
     Delete { key: String },
+}
+
+/// The body of `POST /admin/backup`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupRequest {
+    /// Where the backup goes: an absolute path that does not exist yet.
+    dest: std::path::PathBuf,
+}
+
+/// `POST /admin/backup {"dest": "/path"}`: an online backup
+/// ([`Db::backup`]) on a blocking thread; writes go on meanwhile.
+async fn backup(db: &Arc<Db>, req: Request) -> Response {
+    let bytes = match read_body(req, 64 << 10, "backup request").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let dest = match serde_json::from_slice::<BackupRequest>(&bytes) {
+        Ok(r) if r.dest.is_absolute() => r.dest,
+        Ok(_) => return text(StatusCode::BAD_REQUEST, "dest must be an absolute path (the server's working directory is not the client's)"),
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("malformed backup request ({e}); expected {{\"dest\":\"/absolute/path/that/does/not/exist\"}}"),
+            )
+        }
+    };
+    let db = Arc::clone(db);
+    match tokio::task::spawn_blocking(move || db.backup(dest)).await {
+        Ok(Ok(r)) => json(
+            StatusCode::OK,
+            serde_json::json!({"dir": r.dir, "lsn": r.marker.lsn, "time_us": r.marker.time_us,
+                "files_linked": r.files_linked, "files_copied": r.files_copied,
+                "bytes_copied": r.bytes_copied, "seconds": r.duration.as_secs_f64()}),
+        ),
+        Ok(Err(e @ keel::Error::BackupDestinationExists { .. })) => {
+            text(StatusCode::CONFLICT, e.to_string())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "backup failed");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("backup failed: {e}"),
+            )
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("backup task failed: {e}"),
+        ),
+    }
 }
 
 async fn batch(db: &Db, req: Request) -> Response {

@@ -4,6 +4,7 @@
 //! - `keel dump | verify | repair PATH`: inspect, check and repair a data
 //!   directory, a log directory or one file, without a server running.
 
+mod backup_cli;
 mod serve;
 mod tools;
 
@@ -50,6 +51,44 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Back up a store no server holds (a running server: POST
+    /// /admin/backup) into DEST, a directory that must not exist: consistent
+    /// at one LSN, tables linked where possible, marked complete last.
+    Backup {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// The new backup directory.
+        dest: PathBuf,
+        /// The store's config file (its options, archive_dir included).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Restore a backup into a new data directory, then replay the log
+    /// archive and a stopped store's log up to a point in time.
+    Restore {
+        /// A complete backup directory.
+        backup: PathBuf,
+        /// The new data directory (must not exist).
+        #[arg(long)]
+        into: PathBuf,
+        /// A log archive (`archive_dir`) to replay.
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
+        /// A stopped data directory whose log is replayed after the
+        /// archive (read only, never changed).
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Stop after the record with this LSN.
+        #[arg(long, conflicts_with_all = ["to_time", "latest"])]
+        to_lsn: Option<u64>,
+        /// Stop after the last record committed at or before this time
+        /// (RFC 3339, e.g. 2026-12-03T06:41:02Z).
+        #[arg(long, conflicts_with = "latest")]
+        to_time: Option<String>,
+        /// Replay everything the archive and the source hold.
+        #[arg(long)]
+        latest: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +100,28 @@ fn main() -> ExitCode {
         Cmd::Dump { path, from, json } => tools::dump(&path, from.unwrap_or(0), json),
         Cmd::Verify { path } => tools::verify(&path),
         Cmd::Repair { path, yes } => tools::repair(&path, yes),
+        Cmd::Backup {
+            data_dir,
+            dest,
+            config,
+        } => backup_cli::backup(&data_dir, &dest, config.as_deref()),
+        Cmd::Restore {
+            backup,
+            into,
+            archive_dir,
+            source,
+            to_lsn,
+            to_time,
+            latest,
+        } => backup_cli::restore_cmd(&backup_cli::RestoreArgs {
+            backup: &backup,
+            into: &into,
+            archive_dir: archive_dir.as_deref(),
+            source: source.as_deref(),
+            to_lsn,
+            to_time: to_time.as_deref(),
+            latest,
+        }),
     };
     match result {
         Ok(code) => code,

@@ -233,7 +233,52 @@ pub fn verify(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
+    let backup = match &target {
+        Target::DataDir(d) => Some(keel::backup::backup_state(&fs, d.root())?),
+        _ => None,
+    };
+    match &backup {
+        Some(keel::backup::BackupState::Incomplete) => {
+            println!(
+                "{}: an INCOMPLETE backup (it holds {}: interrupted before it was marked complete); never restore it",
+                path.display(),
+                keel::backup::BACKUP_IN_PROGRESS
+            );
+            println!("DAMAGED");
+            return Ok(ExitCode::from(1));
+        }
+        Some(keel::backup::BackupState::Complete(m)) => println!(
+            "backup {}: marked complete at LSN {} (committed {})",
+            path.display(),
+            m.lsn,
+            keel_server::rfc3339::format_us(m.time_us)
+        ),
+        _ => {}
+    }
     let report = inspect::verify(&fs, &target)?;
+    if let Some(keel::backup::BackupState::Complete(m)) = &backup {
+        // The backup holds exactly the records up to its LSN.
+        let last = match (&report.log, &report.manifest) {
+            (Some(log), _) if log.report.last_lsn > 0 => log.report.last_lsn,
+            (_, Some((_, state))) => state.log_start - 1,
+            _ => report
+                .checkpoints
+                .iter()
+                .filter_map(|(_, h)| h.as_ref().ok())
+                .map(|h| h.lsn)
+                .max()
+                .unwrap_or(0),
+        };
+        if last != m.lsn {
+            println!(
+                "backup {}: its files end at LSN {last}, not at the LSN {} its marker names",
+                path.display(),
+                m.lsn
+            );
+            println!("DAMAGED");
+            return Ok(ExitCode::from(1));
+        }
+    }
     for (p, header) in &report.checkpoints {
         if let Ok(h) = header {
             let (lsn, n) = (h.lsn, h.count);

@@ -609,6 +609,165 @@ fn dump_shows_record_times_and_compression() {
     assert!(line.contains(&format!("  {time}  ")), "{text}");
 }
 
+/// The operator's path: a server archiving its log (small segments, a
+/// small memtable, so flushes archive segments), an online backup over
+/// HTTP while writes go on, more writes, a stop; then `keel verify` of the
+/// backup, `keel restore` to an LSN and to the latest record (the stores
+/// they make hold exactly those writes), and an interrupted backup refused
+/// by name.
+#[test]
+fn backup_over_http_then_verify_and_restore_to_a_point_in_time() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("archive");
+    let cfg = t.path().join("keel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "segment_size = 65536\nmemtable_size = \"64KiB\"\ncheckpoint_log_bytes = 65536\ncheckpoint_bytes_per_sec = 0\narchive_dir = {:?}\n",
+            archive.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut s = Server::start(t.path(), &cfg, &[]);
+    let a = agent();
+    let value = |i: u32| format!("value-{i}-{}", "x".repeat(200));
+    for i in 0..1500u32 {
+        call(
+            &a,
+            "PUT",
+            &s.url(&format!("/kv/k{}", i % 500)),
+            Some(value(i).as_bytes()),
+        );
+    }
+    let backup = t.path().join("backup");
+    let body = serde_json::json!({"dest": backup}).to_string();
+    let (code, resp) = call(&a, "POST", &s.url("/admin/backup"), Some(body.as_bytes()));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
+    let resp: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+    let backup_lsn = resp["lsn"].as_u64().unwrap();
+    assert!(backup_lsn >= 1500, "{resp}");
+    let (code, again) = call(&a, "POST", &s.url("/admin/backup"), Some(body.as_bytes()));
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&again));
+    let (code, _) = call(
+        &a,
+        "POST",
+        &s.url("/admin/backup"),
+        Some(b"{\"dest\":\"relative\"}"),
+    );
+    assert_eq!(code, 400);
+    // LSN of the middle write after the backup, then more.
+    let mut lsn_after = 0;
+    for i in 1500..3000u32 {
+        call(
+            &a,
+            "PUT",
+            &s.url(&format!("/kv/k{}", i % 500)),
+            Some(value(i).as_bytes()),
+        );
+        if i == 2200 {
+            let (_, m) = call(&a, "GET", &s.url("/metrics"), None);
+            let m = String::from_utf8_lossy(&m).to_string();
+            lsn_after = m
+                .lines()
+                .find_map(|l| l.strip_prefix("keel_wal_durable_lsn "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap() as u64;
+        }
+    }
+    let (_, m) = call(&a, "GET", &s.url("/metrics"), None);
+    let m = String::from_utf8_lossy(&m).to_string();
+    let archived: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("keel_wal_segments_archived "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(archived >= 1.0, "{m}");
+    assert!(s.term().success());
+    let data = t.path().join("data");
+
+    let v = Command::new(BIN)
+        .arg("verify")
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(&format!("marked complete at LSN {backup_lsn}")),
+        "{out}"
+    );
+
+    let restore = |into: &str, target: &[&str]| {
+        Command::new(BIN)
+            .arg("restore")
+            .arg(&backup)
+            .arg("--into")
+            .arg(t.path().join(into))
+            .arg("--archive-dir")
+            .arg(&archive)
+            .arg("--source")
+            .arg(&data)
+            .args(target)
+            .output()
+            .unwrap()
+    };
+    let contents = |dir: &str| -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        let (db, _) = keel::Db::open(t.path().join(dir), keel::Options::default()).unwrap();
+        db.iter().collect()
+    };
+    let model = |writes: u32| {
+        let mut m = std::collections::BTreeMap::new();
+        for i in 0..writes {
+            m.insert(format!("k{}", i % 500).into_bytes(), value(i).into_bytes());
+        }
+        m
+    };
+    let r = restore("at-lsn", &["--to-lsn", &lsn_after.to_string()]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        out.contains(&format!("LSN {lsn_after}")) && out.contains("the target was reached"),
+        "{out}"
+    );
+    // The LSNs of puts are 1, 2, 3...: LSN n holds write n - 1.
+    assert!(
+        contents("at-lsn") == model(lsn_after as u32),
+        "restored to LSN {lsn_after}"
+    );
+    let r = restore("latest", &["--latest"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(contents("latest") == model(3000));
+    let r = restore("too-far", &["--to-lsn", "999999"]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("ran out") && err.contains("--latest"), "{err}");
+    assert!(!t.path().join("too-far").exists(), "nothing written");
+
+    // An interrupted backup is refused by name, by verify and by restore.
+    let partial = t.path().join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("BACKUP-IN-PROGRESS"), b"x").unwrap();
+    let v = Command::new(BIN).arg("verify").arg(&partial).output();
+    let v = v.unwrap();
+    assert_ne!(v.status.code(), Some(0));
+    let r = Command::new(BIN)
+        .args(["restore"])
+        .arg(&partial)
+        .arg("--into")
+        .arg(t.path().join("from-partial"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("BACKUP-IN-PROGRESS"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_full_disk_stops_writes_with_an_error_and_a_restart_recovers() {
     let t = tempfile::tempdir().unwrap();

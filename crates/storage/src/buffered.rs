@@ -57,6 +57,16 @@ impl Storage for BufferedStorage {
     fn exists(&self, path: &Path) -> io::Result<bool> {
         self.inner.exists(path)
     }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        // A link shares the file: its unsynced bytes, buffered in this
+        // process under the old name, would not be seen under the new one.
+        // Every file keel links is complete and synced; copies are safe.
+        let _ = (from, to);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "hard links are not supported by buffered storage",
+        ))
+    }
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
         self.inner.lock_exclusive(path, holder)
     }

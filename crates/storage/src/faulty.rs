@@ -148,6 +148,12 @@ impl Storage for FaultyStorage {
     fn exists(&self, path: &Path) -> io::Result<bool> {
         self.inner.exists(path)
     }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match check(&self.plan, FaultOp::Create) {
+            Some(k) => Err(fault_error(k)),
+            None => self.inner.hard_link(from, to),
+        }
+    }
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
         self.inner.lock_exclusive(path, holder)
     }

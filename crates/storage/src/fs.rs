@@ -74,6 +74,10 @@ impl Storage for FsStorage {
         path.try_exists()
     }
 
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::hard_link(from, to)
+    }
+
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
         let mut file = OpenOptions::new()
             .read(true)

@@ -80,6 +80,18 @@ pub trait Storage: Send + Sync + 'static {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether a file exists.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Gives the file at `from` a second name `to` (a hard link; `to` must
+    /// not exist). The new name is durable after `sync_dir` of its
+    /// directory. Fails (as with `EXDEV` across file systems, or
+    /// `Unsupported` here by default) where links cannot be made: callers
+    /// then copy.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _ = (from, to);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "hard links are not supported by this storage",
+        ))
+    }
     /// Takes an exclusive advisory lock on `path` (creating the file if it
     /// is missing) for as long as the returned guard lives, and records
     /// `holder` in it. Fails with `ErrorKind::WouldBlock` if another holder

@@ -597,6 +597,29 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        if st.frozen {
+            return Err(frozen_err());
+        }
+        let inode = *st.names.get(from).ok_or_else(not_found)?;
+        if !st.dir_exists(&super::parent_dir(to)) {
+            return Err(not_found());
+        }
+        if st.names.contains_key(to) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
+        }
+        if let Some(kind) = st.check(FaultOp::Create)? {
+            return Err(fault_error(kind));
+        }
+        st.names.insert(to.to_path_buf(), inode);
+        st.dir_log.push(DirOp::Link {
+            path: to.to_path_buf(),
+            inode,
+        });
+        Ok(())
+    }
+
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
         if !st.names.contains_key(path) {
@@ -907,6 +930,38 @@ mod tests {
             let names = after.list(&dir()).unwrap();
             assert_eq!(names.len(), 1, "seed {seed}: {names:?}");
         }
+    }
+
+    #[test]
+    fn a_hard_link_shares_the_file_and_is_durable_after_its_directory_sync() {
+        let a = dir().join("a");
+        let linked = || {
+            let s = setup(8);
+            let f = s.open(&a, OpenMode::CreateNew).unwrap();
+            f.write_at(b"table", 0).unwrap();
+            f.sync_all().unwrap();
+            s.sync_dir(&dir()).unwrap();
+            s.hard_link(&a, &dir().join("b")).unwrap();
+            s
+        };
+        let s = linked();
+        assert_eq!(s.read_file(&dir().join("b")).unwrap(), b"table");
+        assert!(
+            s.hard_link(&a, &dir().join("b")).is_err(),
+            "the target exists"
+        );
+        let lost = s.crash_with(CrashMode::DropUnsynced);
+        assert!(
+            !lost.exists(&dir().join("b")).unwrap(),
+            "undurable link kept"
+        );
+        let s = linked();
+        s.sync_dir(&dir()).unwrap();
+        s.remove(&a).unwrap();
+        s.sync_dir(&dir()).unwrap();
+        let kept = s.crash_with(CrashMode::DropUnsynced);
+        assert_eq!(kept.read_file(&dir().join("b")).unwrap(), b"table");
+        assert!(!kept.exists(&a).unwrap());
     }
 
     #[test]

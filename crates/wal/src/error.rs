@@ -141,6 +141,15 @@ pub enum WalError {
     /// The options are invalid.
     #[error("invalid log options: {0}")]
     InvalidOptions(String),
+    /// Records asked for are no longer in the log (deleted after a
+    /// checkpoint or flush, or archived).
+    #[error("LSN {lsn} is no longer in the log, which starts at LSN {first}")]
+    NotInLog {
+        /// The LSN asked for.
+        lsn: u64,
+        /// The first LSN the log holds.
+        first: u64,
+    },
     /// A caller waited for an LSN the log has not handed out yet.
     #[error("LSN {lsn} has not been appended (the next LSN is {next}); wait only for LSNs that an append returned")]
     NotAppended {

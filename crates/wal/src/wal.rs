@@ -166,8 +166,34 @@ struct Inner {
     /// append (holding `state`) stops the log.
     poisoned: AtomicBool,
     /// Held while segments are deleted (and archived): one truncation at a
-    /// time, without holding `segments` during the copies.
-    truncation: Mutex<()>,
+    /// time, without holding `segments` during the copies. Guards `pins`.
+    truncation: Mutex<Pins>,
+}
+
+/// LSNs whose segments [`LogPin`]s keep from deletion: (pin id, LSN).
+#[derive(Default)]
+struct Pins {
+    next_id: u64,
+    held: Vec<(u64, u64)>,
+}
+
+/// Keeps every segment that holds records at or after an LSN from being
+/// deleted by [`Wal::truncate_before`] while it lives (a backup copying
+/// them, for one). Made by [`Wal::pin_from`].
+pub struct LogPin {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for LogPin {
+    fn drop(&mut self) {
+        let mut pins = self
+            .inner
+            .truncation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pins.held.retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// A write-ahead log in one directory. Share it between threads with `Arc`.
@@ -362,10 +388,12 @@ impl Wal {
     /// and the next truncation tries again. Then archive retention runs.
     pub fn truncate_before(&self, lsn: u64) -> Result<usize> {
         let inner = &*self.inner;
-        let _one_at_a_time = inner
+        let pins = inner
             .truncation
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Segments a pin holds stay, whatever the caller asks.
+        let lsn = pins.held.iter().map(|p| p.1).fold(lsn, u64::min);
         // The segments to delete, oldest first; the list is not held while
         // they are archived (rotation appends to it meanwhile).
         let doomed: Vec<(u64, PathBuf)> = {
@@ -443,6 +471,29 @@ impl Wal {
             }
         }
         Ok(removed)
+    }
+
+    /// Keeps every segment holding records at or after `lsn` in the log
+    /// until the returned pin is dropped: [`truncate_before`](Self::truncate_before)
+    /// deletes none of them meanwhile (it deletes what is older). Fails if
+    /// the log no longer holds `lsn` (its segment was deleted already).
+    pub fn pin_from(&self, lsn: u64) -> Result<LogPin> {
+        let inner = &self.inner;
+        let mut pins = inner
+            .truncation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let first = self.first_lsn();
+        if lsn < first {
+            return Err(WalError::NotInLog { lsn, first });
+        }
+        let id = pins.next_id;
+        pins.next_id += 1;
+        pins.held.push((id, lsn));
+        Ok(LogPin {
+            inner: Arc::clone(inner),
+            id,
+        })
     }
 
     /// Calls `visit` for every acknowledged record with LSN >= `from`, in
@@ -660,7 +711,7 @@ impl Inner {
             preparer,
             stats: AtomicStats::default(),
             poisoned: AtomicBool::new(false),
-            truncation: Mutex::new(()),
+            truncation: Mutex::new(Pins::default()),
         }
     }
 

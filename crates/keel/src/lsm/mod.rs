@@ -243,6 +243,12 @@ impl Tree {
         Arc::clone(&self.current)
     }
 
+    /// The edit that recreates the manifest's current state from nothing
+    /// (for a backup's manifest).
+    pub fn state_snapshot(&self) -> crate::manifest::VersionEdit {
+        self.manifest.state().snapshot()
+    }
+
     /// Where the log must start: records below are in tables.
     pub fn log_start(&self) -> u64 {
         self.manifest.state().log_start
