@@ -119,6 +119,17 @@ pub struct RestoreReport {
     pub records_after_backup: u64,
     /// Log segments copied from the archive or the source.
     pub segments_copied: usize,
+    /// Bytes of those segments read and checked while planning.
+    pub log_bytes_scanned: u64,
+    /// How long planning took: reading and checking every record after
+    /// the backup's LSN (the replay of the archived log, before a byte is
+    /// written).
+    pub plan_duration: std::time::Duration,
+    /// How long copying the backup and the segments took (with fsyncs).
+    pub copy_duration: std::time::Duration,
+    /// How long the check took: opening the result, which applies the
+    /// records to the engine as any recovery does.
+    pub open_duration: std::time::Duration,
 }
 
 /// One segment of the plan: copy `path` cut at `cut` bytes.
@@ -159,8 +170,11 @@ pub fn restore(
         _ => {}
     }
     crate::backup::check_destination(st, req.into)?;
+    let started = std::time::Instant::now();
     let log_id = backup_log_id(st, req.backup)?;
-    let (plan, report) = plan(st, req, &marker, log_id)?;
+    let (plan, mut report) = plan(st, req, &marker, log_id)?;
+    report.plan_duration = started.elapsed();
+    let started = std::time::Instant::now();
     copy_backup(st, req.backup, req.into)?;
     let log_dir = req.into.join(LOG_DIR);
     keel_storage::create_dir_durable(st, &log_dir)?;
@@ -175,6 +189,8 @@ pub fn restore(
         // Replaces the backup's shorter copy of the same segment, if any.
         keel_storage::write_atomic(st, &target, |f, _| f.write_at(&bytes, 0))?;
     }
+    report.copy_duration = started.elapsed();
+    let started = std::time::Instant::now();
     // Open it once: it must recover to exactly the reached LSN. (No
     // preallocated segment: the store's own open makes one.)
     let mut opts = crate::Options::default();
@@ -194,6 +210,7 @@ pub fn restore(
         .open()?;
     let applied = db.stats().applied_lsn;
     db.close()?;
+    report.open_duration = started.elapsed();
     if applied != report.reached_lsn {
         return Err(Error::RestoreTarget(format!(
             "the restored store recovered to LSN {applied}, not the planned {}: report this",
@@ -256,6 +273,10 @@ fn plan(
         },
         records_after_backup: 0,
         segments_copied: 0,
+        log_bytes_scanned: 0,
+        plan_duration: std::time::Duration::ZERO,
+        copy_duration: std::time::Duration::ZERO,
+        open_duration: std::time::Duration::ZERO,
     };
     let mut plan = Vec::new();
     let mut expected = marker.lsn + 1;
@@ -299,6 +320,7 @@ fn plan(
                 }
             },
         )?;
+        report.log_bytes_scanned += summary.file_len;
         let header = summary.header.map_err(|e| {
             Error::RestoreTarget(format!(
                 "segment {} has a bad header ({e}); it cannot be replayed",
