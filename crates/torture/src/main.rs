@@ -100,6 +100,13 @@ struct Args {
     /// unique prefix, so log records are big enough to be compressed.
     #[arg(long)]
     wal_compression: Option<String>,
+    /// Archive the server's log (`--archive-dir`) and back it up over HTTP
+    /// before the first load; at the end, restore the backup to the latest
+    /// record from the archive and the last data directory (`keel restore
+    /// --latest`) and check that the restored store holds exactly what the
+    /// last check read back.
+    #[arg(long)]
+    archive: bool,
 }
 
 /// The fail point of a cycle in `--failpoints` mode (`KEEL_FAULT` syntax).
@@ -172,6 +179,14 @@ fn start(
                 .map(|c| vec!["--wal-compression".to_string(), c.clone()])
                 .unwrap_or_default(),
         )
+        .args(if args.archive {
+            vec![
+                "--archive-dir".into(),
+                dir.join("archive").display().to_string(),
+            ]
+        } else {
+            vec![]
+        })
         .env(
             "KEEL_STORAGE",
             if args.storage == "buffered" {
@@ -216,7 +231,7 @@ fn raw(port: u16, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        if path == "/batch" { "application/json" } else { "application/octet-stream" },
+        if path == "/batch" || path == "/admin/backup" { "application/json" } else { "application/octet-stream" },
         body.len()
     );
     s.write_all(head.as_bytes()).map_err(|_| Sent::Maybe)?;
@@ -469,6 +484,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(server) => server,
             Err(violated) => return Ok(violated),
         };
+        if cycle == 0 && run.args.archive {
+            let dest = serde_json::json!({"dest": run.dir.join("backup")}).to_string();
+            match raw(server.port, "POST", "/admin/backup", dest.as_bytes()) {
+                Ok((200, _)) => {}
+                other => bail!("the backup over HTTP failed: {other:?}"),
+            }
+        }
         if cycle == run.args.cycles {
             let mut child = server.child;
             let _ = child.kill();
@@ -493,6 +515,8 @@ struct Run {
     recoveries: Vec<Duration>,
     next_client: u64,
     self_crashes: u32,
+    /// What the last check read back (`GET /kv?limit=10000`).
+    last_listing: Vec<u8>,
 }
 
 impl Run {
@@ -559,6 +583,7 @@ impl Run {
             recoveries: Vec::new(),
             next_client: 0,
             self_crashes: 0,
+            last_listing: Vec::new(),
         })
     }
 
@@ -603,8 +628,12 @@ impl Run {
         let listing = raw(server.port, "GET", "/kv?limit=10000", b"");
         let ret = self.now();
         let state = match listing {
-            Ok((200, body)) => history::parse_listing(&body)?,
+            Ok((200, ref body)) => history::parse_listing(body)?,
             other => bail!("reading everything back after restart {cycle} failed: {other:?}"),
+        };
+        self.last_listing = match &listing {
+            Ok((_, body)) => body.clone(),
+            Err(_) => Vec::new(),
         };
         let checked = self.history.check_snapshot(&state);
         self.history
@@ -733,10 +762,82 @@ impl Run {
             let what = format!("key {k} is not linearizable");
             return violation(&self.dir, &self.history, self.seed, &what);
         }
+        if self.args.archive {
+            if let Err(what) = self.restore_and_compare() {
+                return violation(&self.dir, &self.history, self.seed, &what);
+            }
+        }
         if std::env::var_os("KEEL_TORTURE_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Run {
+    /// `--archive`: restores the backup taken before the first load to the
+    /// latest record of the archive and the (stopped) data directory, serves
+    /// it, and compares what it holds with what the last check read back.
+    fn restore_and_compare(&self) -> Result<(), String> {
+        let restored = self.dir.join("restored");
+        let out = Command::new(&self.bin)
+            .arg("restore")
+            .arg(self.dir.join("backup"))
+            .arg("--into")
+            .arg(&restored)
+            .arg("--archive-dir")
+            .arg(self.dir.join("archive"))
+            .arg("--source")
+            .arg(self.dir.join("data"))
+            .arg("--latest")
+            .output()
+            .map_err(|e| format!("running keel restore: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "keel restore failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        let port = free_port().map_err(|e| e.to_string())?;
+        let mut child = Command::new(&self.bin)
+            .args(["serve", "--port", &port.to_string(), "--working-dir"])
+            .arg(&restored)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("serving the restored store: {e}"))?;
+        let started = Instant::now();
+        let listing = loop {
+            if matches!(raw(port, "GET", "/health", b""), Ok((200, _))) {
+                break raw(port, "GET", "/kv?limit=10000", b"");
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                break Err(Sent::No);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        match listing {
+            Ok((200, body)) if body == self.last_listing => {
+                let archived = std::fs::read_dir(self.dir.join("archive"))
+                    .map(|d| d.count())
+                    .unwrap_or(0);
+                println!(
+                    "archive: {archived} segments archived; {}",
+                    said.lines().next().unwrap_or_default()
+                );
+                Ok(())
+            }
+            Ok((200, body)) => Err(format!(
+                "the store restored from the backup and the archive differs from the last check: {} vs {} bytes of listing ({})",
+                body.len(),
+                self.last_listing.len(),
+                said.trim()
+            )),
+            other => Err(format!("reading the restored store failed: {other:?}")),
+        }
     }
 }
 
