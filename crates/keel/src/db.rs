@@ -658,6 +658,10 @@ impl Db {
             }
         };
         let pin = sh.wal.pin_from(log_from)?;
+        // Under an interval or no-sync policy, writes are acknowledged
+        // before they are durable: make them durable, so the backup holds
+        // every write acknowledged before it began.
+        sh.wal.sync()?;
         let captured = crate::backup::Captured {
             storage: Arc::clone(&sh.storage),
             log_dir: sh.dir.log_dir(),

@@ -425,3 +425,25 @@ fn restore_to_random_lsns_and_times_equals_the_model_at_that_point() {
     let r = restore(Arc::clone(&storage), &req).unwrap();
     assert_eq!(r.reached_lsn, marker.lsn);
 }
+
+/// Under `sync = never` writes are acknowledged before they are durable; a
+/// backup still holds every write acknowledged before it began.
+#[test]
+fn a_backup_holds_every_acknowledged_write_whatever_the_sync_policy() {
+    for on_tables in [true, false] {
+        let s = SimStorage::new(5);
+        let mut opts = options(on_tables);
+        opts.sync = keel::SyncPolicy::Never;
+        let db = open_at(&s, "/db", &opts).unwrap();
+        for i in 0..700 {
+            write(&db, i).unwrap();
+        }
+        let r = db.backup("/b").unwrap();
+        copy_backup(&s, Path::new("/b"), Path::new("/r")).unwrap();
+        let restored = open_at(&s, "/r", &options(on_tables)).unwrap();
+        assert!(
+            contents(&restored) == model(700),
+            "on tables: {on_tables}: {r}"
+        );
+    }
+}
