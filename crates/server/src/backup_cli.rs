@@ -15,14 +15,23 @@ use std::sync::Arc;
 /// server may hold: a running server backs up with `POST /admin/backup`),
 /// backs it up, closes it.
 pub fn backup(data_dir: &Path, dest: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let mut opts = match config {
+    let opts = match config {
         Some(c) => ConfigFile::load(c)?.options,
-        None => Options::default(),
+        None => {
+            // Without the store's config its archive_dir is unknown: nothing
+            // may delete a log segment (a flush or checkpoint would, without
+            // archiving it), so no flush or checkpoint runs while the store
+            // is open here. A store kept in memory opens so, not upgraded.
+            let mut o = Options::default();
+            o.checkpoint_log_bytes = None;
+            o.checkpoint_interval = None;
+            o.memtable_size = data_dir
+                .join(keel::layout::MANIFEST_DIR)
+                .is_dir()
+                .then_some(u64::MAX / 4);
+            o
+        }
     };
-    if config.is_none() && !data_dir.join(keel::layout::MANIFEST_DIR).is_dir() {
-        // A store kept in memory (checkpoints): open it so, not upgraded.
-        opts.memtable_size = None;
-    }
     let (db, _) = Db::open(data_dir, opts).map_err(|e| match e {
         keel::Error::Locked { .. } => anyhow::anyhow!(
             "{e}\nA running server backs up with POST /admin/backup {{\"dest\": \"/absolute/path\"}}"

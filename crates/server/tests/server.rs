@@ -697,6 +697,38 @@ fn backup_over_http_then_verify_and_restore_to_a_point_in_time() {
         "{out}"
     );
 
+    // `keel backup` of the stopped store: a second, later backup, and no
+    // log segment of the store deleted (its config, with the archive, was
+    // not given: nothing may flush).
+    let segments = || std::fs::read_dir(data.join("wal")).unwrap().count();
+    let before = segments();
+    let offline = t.path().join("offline-backup");
+    let b = Command::new(BIN)
+        .arg("backup")
+        .arg(&data)
+        .arg(&offline)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&b.stdout);
+    assert!(
+        b.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert!(said.contains("complete at LSN"), "{said}");
+    assert_eq!(segments(), before, "keel backup deleted log segments");
+    let v = Command::new(BIN)
+        .arg("verify")
+        .arg(&offline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+
     let restore = |into: &str, target: &[&str]| {
         Command::new(BIN)
             .arg("restore")
