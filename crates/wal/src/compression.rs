@@ -13,6 +13,7 @@
 //!   output, and anything but exactly that many bytes is damage.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 /// How record payloads are compressed (`wal_compression`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -86,11 +87,18 @@ impl std::str::FromStr for Compression {
     }
 }
 
+/// zstd compression contexts, shared by every appending thread: a context
+/// costs an allocation of its tables, too much to pay per record, and one
+/// per thread (64 writers on 2 cores) spreads them over more memory than
+/// the caches hold. A few taken in turn stay warm.
+static ZSTD_COMPRESSORS: Mutex<Vec<zstd::bulk::Compressor<'static>>> = Mutex::new(Vec::new());
+/// Contexts kept for reuse; more are made while more threads compress at
+/// once, and dropped after.
+const ZSTD_POOL: usize = 8;
+
 thread_local! {
-    /// Contexts reused by each thread: a zstd context costs an allocation of
-    /// its tables, too much to pay per record.
-    static ZSTD_COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { RefCell::new(None) };
+    /// Decompression runs on one thread (recovery, inspection): one context
+    /// each, reused.
     static ZSTD_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
     static SNAPPY_ENCODER: RefCell<snap::raw::Encoder> = RefCell::new(snap::raw::Encoder::new());
@@ -112,14 +120,23 @@ pub fn compress(codec: Compression, raw: &[u8], out: &mut Vec<u8>) -> bool {
         }
         Compression::Zstd => {
             out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-            ZSTD_COMPRESSOR.with(|c| {
-                let mut slot = c.borrow_mut();
-                if slot.is_none() {
-                    *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            let pool = || {
+                ZSTD_COMPRESSORS
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            };
+            let taken = pool().pop();
+            match taken.map_or_else(|| zstd::bulk::Compressor::new(ZSTD_LEVEL), Ok) {
+                Ok(mut c) => {
+                    let ok = c.compress_to_buffer(raw, out).is_ok();
+                    let mut p = pool();
+                    if p.len() < ZSTD_POOL {
+                        p.push(c);
+                    }
+                    ok
                 }
-                slot.as_mut()
-                    .is_some_and(|c| c.compress_to_buffer(raw, out).is_ok())
-            })
+                Err(_) => false,
+            }
         }
     };
     ok && out.len() + raw.len() / 8 <= raw.len() && !out.is_empty()
