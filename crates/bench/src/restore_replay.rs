@@ -14,22 +14,13 @@
 
 use keel::restore::{restore, RestoreRequest, RestoreTarget};
 use keel::{Db, Options, SyncPolicy};
-use keel_bench::{loadavg, median};
+use keel_bench::{arg, loadavg, median};
 use std::sync::Arc;
 use std::time::Instant;
 
-fn arg(name: &str, default: f64) -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
-    let gib = arg("--gib", 1.0);
-    let runs = arg("--runs", 3.0) as usize;
+    let gib: f64 = arg("--gib", 1.0);
+    let runs: usize = arg("--runs", 3);
     let tmp = tempfile::tempdir_in(".")?;
     let p = |n: &str| tmp.path().join(n);
     let mut opts = Options::default();

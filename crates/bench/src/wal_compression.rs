@@ -15,7 +15,7 @@
 
 use keel::wal::Compression;
 use keel::{Db, Options, SyncPolicy};
-use keel_bench::{loadavg, median};
+use keel_bench::{arg, loadavg, median};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -121,18 +121,9 @@ fn run(
     })
 }
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
-    let rounds = arg("--rounds", 3) as usize;
-    let size = arg("--value-size", 1024) as usize;
+    let rounds: usize = arg("--rounds", 3);
+    let size: usize = arg("--value-size", 1024);
     let shapes: [(&str, Shape); 2] = [("json", json_value), ("random", random_value)];
     println!(
         "wal-compression: {size}-byte values, sync=always, {rounds} rounds, codecs alternating; load {}",

@@ -148,6 +148,8 @@ struct PlannedSegment {
 /// middle of the log, or segments of another log fail with nothing
 /// written. The result is durable and opens as a store at exactly the
 /// reached LSN (checked by opening it).
+///
+/// About 80 lines: the steps above, each a few lines, read top to bottom.
 pub fn restore(
     storage: std::sync::Arc<dyn Storage>,
     req: &RestoreRequest<'_>,
@@ -233,6 +235,11 @@ fn backup_log_id(storage: &dyn Storage, backup: &Path) -> Result<Option<u64>> {
 }
 
 /// Works out which segments to copy and where to cut them.
+///
+/// Long (about 150 lines) on purpose: it is one pass over the segments in
+/// LSN order whose state (the next LSN expected, whether the target is
+/// reached, the report) every step reads and changes; split into helpers,
+/// that state would be passed around by `&mut` from each to the next.
 fn plan(
     storage: &dyn Storage,
     req: &RestoreRequest<'_>,

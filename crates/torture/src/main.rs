@@ -129,6 +129,8 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Starts `keel serve` for `cycle` and waits until it answers. About 90
+/// lines, most of them the command's arguments, one flag of the run each.
 fn start(
     bin: &Path,
     dir: &Path,
