@@ -14,6 +14,11 @@ use std::time::Duration;
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // A fresh connection per request: a pooled one the server has just
+        // closed (after an error answer, or idle) failed a request with
+        // "Peer disconnected" in one CI run under load.
+        .max_idle_connections(0)
+        .max_idle_connections_per_host(0)
         .build()
         .into()
 }
