@@ -148,8 +148,8 @@ pub struct Options {
     /// this may change between opens. It compresses the log only (tables
     /// have their own block compression). On 1 KiB JSON-like values Snappy
     /// halves the log's bytes for no measurable throughput; zstd stores
-    /// 2.7x fewer but cost 11-23% of durable puts with 64 writers on 2
-    /// cores (docs/BENCHMARKS.md). TOML: `"none"`, `"snappy"`, `"zstd"`.
+    /// 2.7x fewer but cost 9-17% of durable puts with 64 writers on 2
+    /// cores (docs/BENCHMARKS.md, with its contexts pooled). TOML: `"none"`, `"snappy"`, `"zstd"`.
     #[serde(deserialize_with = "de_compression")]
     pub wal_compression: Compression,
     /// Copy each log segment the store no longer needs (its records are in
