@@ -387,7 +387,7 @@ fn copy_log(
             Some((_, offset, stored)) => {
                 offset + record_size_in(header.version, stored as usize) as u64
             }
-            None => keel_wal::format::SEGMENT_HEADER_LEN as u64,
+            None => header.records_start() as u64,
         };
         if let Some((lsn, ..)) = end {
             if lsn == upto {

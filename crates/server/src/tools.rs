@@ -92,17 +92,21 @@ fn dump_line(event: &DumpEvent<'_>, json: bool) -> Option<String> {
             (Err(why), true) => serde_json::json!({"type": "checkpoint", "path": path, "error": why.to_string()}).to_string(),
             (Err(why), false) => format!("checkpoint {}: BAD HEADER ({why})", path.display()),
         },
-        DumpEvent::Record { lsn, segment, offset, len, time_us, compression, stored_len, op } => {
+        DumpEvent::Record { lsn, segment, offset, len, time_us, compression, dictionary, stored_len, op } => {
             let seg = name(segment);
             let time = keel_server::rfc3339::format_us(*time_us);
             let stored = match compression {
                 keel_wal::Compression::None => String::new(),
+                c if *dictionary => format!("  [{c} with the segment's dictionary: {len} bytes stored in {stored_len}]"),
                 c => format!("  [{c}: {len} bytes stored in {stored_len}]"),
             };
             let mut o = serde_json::json!({"type": "record", "lsn": lsn, "time": time, "time_us": time_us, "segment": seg, "offset": offset});
             if *compression != keel_wal::Compression::None {
                 o["compression"] = compression.name().into();
                 o["stored_bytes"] = (*stored_len).into();
+                if *dictionary {
+                    o["dictionary"] = true.into();
+                }
             }
             match (op, json) {
                 (Ok(op), true) => {

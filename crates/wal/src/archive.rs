@@ -18,7 +18,7 @@
 //!   the next truncation tries again.
 
 use crate::error::{Result, WalError};
-use crate::format::{self, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{self, SegmentHeader};
 use crate::reader::{scan_records, ScanStop};
 use crate::segment::{parse_segment_name, read_segment, segment_file_name};
 use keel_storage::{OpenMode, Storage};
@@ -104,7 +104,7 @@ pub(crate) fn archive_segment(
     let mut last = None;
     let scan = scan_records(
         &data,
-        SEGMENT_HEADER_LEN,
+        header.records_start(),
         header.first_lsn,
         &header,
         max_record_size,
@@ -150,16 +150,18 @@ pub(crate) fn archive_segment(
     })
 }
 
-/// The header of the segment file at `path`, if it has a valid one.
+/// The header of the segment file at `path`, if it has a valid one (its
+/// dictionary block, if any, checked too).
 fn read_header(storage: &dyn Storage, path: &Path) -> Result<Option<SegmentHeader>> {
     let f = storage
         .open(path, OpenMode::Read)
         .map_err(|e| WalError::io("opening", path, e))?;
-    let mut b = [0u8; SEGMENT_HEADER_LEN];
-    let n = f
-        .read_at(&mut b, 0)
+    let len = f.len().map_err(|e| WalError::io("reading", path, e))?;
+    let most = format::records_start(format::MAX_DICTIONARY_LEN as usize) as u64;
+    let mut b = vec![0u8; len.min(most) as usize];
+    f.read_exact_at(&mut b, 0)
         .map_err(|e| WalError::io("reading", path, e))?;
-    Ok(SegmentHeader::decode(&b[..n]).ok())
+    Ok(SegmentHeader::decode(&b).ok())
 }
 
 /// The time of the first record of the segment file at `path` (0 if it
@@ -172,11 +174,12 @@ fn first_record_time(storage: &dyn Storage, path: &Path, max_record_size: u32) -
     let Some(header) = read_header(storage, path)? else {
         return Ok(0);
     };
+    let start = header.records_start() as u64;
     let mut head = vec![0u8; header.record_header_len()];
-    if len < (SEGMENT_HEADER_LEN + head.len()) as u64 {
+    if len < start + head.len() as u64 {
         return Ok(0);
     }
-    f.read_exact_at(&mut head, SEGMENT_HEADER_LEN as u64)
+    f.read_exact_at(&mut head, start)
         .map_err(|e| WalError::io("reading", path, e))?;
     let Some((stored, _, _)) = format::peek_header(&head, header.version) else {
         return Ok(0);
@@ -185,8 +188,8 @@ fn first_record_time(storage: &dyn Storage, path: &Path, max_record_size: u32) -
         return Ok(0);
     }
     let size = format::record_size_in(header.version, stored as usize) as u64;
-    let mut rec = vec![0u8; (size.min(len - SEGMENT_HEADER_LEN as u64)) as usize];
-    f.read_exact_at(&mut rec, SEGMENT_HEADER_LEN as u64)
+    let mut rec = vec![0u8; (size.min(len - start)) as usize];
+    f.read_exact_at(&mut rec, start)
         .map_err(|e| WalError::io("reading", path, e))?;
     Ok(
         match format::decode_record(&rec, header.version, header.salt, max_record_size) {

@@ -8,10 +8,13 @@
 //!   [`WalOptions::compression_min_size`](crate::WalOptions) bytes and
 //!   compression saves at least an eighth of it; otherwise it is stored as
 //!   is, so incompressible data costs one failed attempt and no bytes.
+//! - A zstd record may use its segment's dictionary
+//!   ([`crate::dictionary`]); it says so, and is read with that one.
 //! - Decompression trusts nothing: the record's raw length (checked against
 //!   the maximum record size before anything is allocated) bounds the
 //!   output, and anything but exactly that many bytes is damage.
 
+use crate::dictionary::{SegmentDictionary, ZstdDictionary};
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -118,28 +121,69 @@ pub fn compress(codec: Compression, raw: &[u8], out: &mut Vec<u8>) -> bool {
                 .map(|n| out.truncate(n))
                 .is_ok()
         }
-        Compression::Zstd => {
-            out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-            let pool = || {
-                ZSTD_COMPRESSORS
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-            };
-            let taken = pool().pop();
-            match taken.map_or_else(|| zstd::bulk::Compressor::new(ZSTD_LEVEL), Ok) {
-                Ok(mut c) => {
-                    let ok = c.compress_to_buffer(raw, out).is_ok();
-                    let mut p = pool();
-                    if p.len() < ZSTD_POOL {
-                        p.push(c);
-                    }
-                    ok
-                }
-                Err(_) => false,
-            }
-        }
+        Compression::Zstd => compress_zstd(raw, out),
     };
-    ok && out.len() + raw.len() / 8 <= raw.len() && !out.is_empty()
+    ok && worth_storing(raw, out)
+}
+
+/// Compresses `raw` into `out` with zstd and its segment's dictionary,
+/// returning whether the result is worth storing (as [`compress`]).
+pub fn compress_with_dictionary(dict: &ZstdDictionary, raw: &[u8], out: &mut Vec<u8>) -> bool {
+    dict.compress(raw, out) && worth_storing(raw, out)
+}
+
+/// A compressed form is stored only if it saves at least an eighth.
+fn worth_storing(raw: &[u8], out: &[u8]) -> bool {
+    out.len() + raw.len() / 8 <= raw.len() && !out.is_empty()
+}
+
+/// zstd without a dictionary into `out` (cleared first); `false` if zstd
+/// failed.
+pub(crate) fn compress_zstd(raw: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+    let pool = || {
+        ZSTD_COMPRESSORS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    let taken = pool().pop();
+    match taken.map_or_else(|| zstd::bulk::Compressor::new(ZSTD_LEVEL), Ok) {
+        Ok(mut c) => {
+            let ok = c.compress_to_buffer(raw, out).is_ok();
+            let mut p = pool();
+            if p.len() < ZSTD_POOL {
+                p.push(c);
+            }
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// Decompresses a record compressed with zstd and its segment's
+/// dictionary `dict` into `out` (cleared first), which must come to
+/// exactly `raw_len` bytes (checked against the maximum by the caller).
+pub fn decompress_with_dictionary(
+    dict: SegmentDictionary<'_>,
+    stored: &[u8],
+    raw_len: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), DecompressError> {
+    let fail = |why: String| DecompressError {
+        codec: Compression::Zstd,
+        raw_len,
+        why: format!("with the segment's dictionary: {why}"),
+    };
+    out.clear();
+    let want = raw_len as usize;
+    // The slice is the bound: zstd fails rather than write past it.
+    out.resize(want, 0);
+    let got = crate::dictionary::decompress(dict, stored, &mut out[..]).map_err(fail)?;
+    if got != want {
+        return Err(fail(format!("{got} bytes came out")));
+    }
+    Ok(())
 }
 
 /// Why a stored payload did not decompress to its recorded length.

@@ -17,6 +17,11 @@
 //!   from another segment or an earlier life of a reused file never verify.
 //! - The checksum covers the stored bytes (compressed, if they are), so a
 //!   damaged compressed record is caught before it is decompressed.
+//! - A segment may carry one zstd dictionary, in a block after its header
+//!   with its own checksum; records compressed with it say so (compression
+//!   byte 3), so they are read with exactly the dictionary they were
+//!   written with, and a segment is readable on its own (archived, backed
+//!   up, restored) with nothing from outside it.
 
 use crate::compression::Compression;
 
@@ -26,8 +31,15 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest segment format version this code reads.
 pub const OLDEST_READABLE_VERSION: u32 = 1;
-/// Size of the segment header; the first record starts here.
+/// Size of the segment header; the first record starts here unless a
+/// dictionary block follows it ([`SegmentHeader::records_start`]).
 pub const SEGMENT_HEADER_LEN: usize = 48;
+/// Header flag (version 2): a zstd dictionary block follows the header.
+pub const FLAG_DICTIONARY: u32 = 1;
+/// Bytes before the dictionary itself in its block: length and checksum.
+pub const DICTIONARY_BLOCK_HEADER_LEN: usize = 8;
+/// The largest dictionary a segment may carry.
+pub const MAX_DICTIONARY_LEN: u32 = 64 * 1024;
 /// Size of a record header in version 2 segments.
 pub const RECORD_HEADER_LEN: usize = 40;
 /// Size of a record header in version 1 segments.
@@ -49,6 +61,36 @@ pub struct SegmentHeader {
     pub first_lsn: u64,
     /// Random per segment; seeds every record checksum in it.
     pub salt: u64,
+    /// The zstd dictionary after the header, if the segment has one.
+    pub dictionary: Option<DictionaryRef>,
+}
+
+/// Where a segment's dictionary is and what it must check as: its bytes
+/// are `segment[56..56 + len]` ([`SegmentHeader::dictionary_in`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DictionaryRef {
+    /// Bytes of the dictionary (1 to [`MAX_DICTIONARY_LEN`]).
+    pub len: u32,
+    /// CRC32C of its length and bytes, seeded with the segment's salt.
+    pub crc: u32,
+}
+
+/// Where the first record of a segment starts when it carries a
+/// dictionary of `dictionary_len` bytes (0: none).
+pub fn records_start(dictionary_len: usize) -> usize {
+    if dictionary_len == 0 {
+        SEGMENT_HEADER_LEN
+    } else {
+        (SEGMENT_HEADER_LEN + DICTIONARY_BLOCK_HEADER_LEN + dictionary_len)
+            .next_multiple_of(RECORD_ALIGN)
+    }
+}
+
+/// The checksum of a dictionary block: its length (4 bytes, little
+/// endian) and bytes, seeded like record checksums with the salt.
+pub fn dictionary_crc(salt: u64, dictionary: &[u8]) -> u32 {
+    let len = dictionary.len() as u32;
+    record_crc(salt, &len.to_le_bytes(), dictionary)
 }
 
 /// Why a segment header was rejected.
@@ -71,6 +113,10 @@ pub enum HeaderError {
     /// Reserved flag bits are set: written by a newer writer.
     #[error("unknown header flags {0:#x} (written by a newer keel?)")]
     UnknownFlags(u32),
+    /// The dictionary block is cut short, too long, not padded with zeros
+    /// or fails its checksum.
+    #[error("the segment's zstd dictionary is damaged (length, padding or checksum)")]
+    BadDictionary,
     /// The header's checksum does not match.
     #[error("header checksum mismatch")]
     BadChecksum,
@@ -84,6 +130,37 @@ impl SegmentHeader {
             log_id,
             first_lsn,
             salt,
+            dictionary: None,
+        }
+    }
+
+    /// This header, announcing `dictionary` after it (write the block with
+    /// [`encode_with_dictionary`](Self::encode_with_dictionary)).
+    pub fn with_dictionary(self, dictionary: &[u8]) -> SegmentHeader {
+        SegmentHeader {
+            dictionary: Some(DictionaryRef {
+                len: dictionary.len() as u32,
+                crc: dictionary_crc(self.salt, dictionary),
+            }),
+            ..self
+        }
+    }
+
+    /// Where the first record starts: after the header and, if there is
+    /// one, the dictionary block padded to a multiple of 8.
+    pub fn records_start(&self) -> usize {
+        records_start(self.dictionary.map_or(0, |d| d.len as usize))
+    }
+
+    /// The dictionary's bytes in `segment` (the file's bytes from offset
+    /// 0, which [`decode`](Self::decode) checked), empty if it has none.
+    pub fn dictionary_in<'a>(&self, segment: &'a [u8]) -> &'a [u8] {
+        match self.dictionary {
+            None => &[],
+            Some(d) => {
+                let start = SEGMENT_HEADER_LEN + DICTIONARY_BLOCK_HEADER_LEN;
+                segment.get(start..start + d.len as usize).unwrap_or(&[])
+            }
         }
     }
 
@@ -97,7 +174,12 @@ impl SegmentHeader {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
         b[8..12].copy_from_slice(&self.version.to_le_bytes());
-        // 12..16: flags, zero in versions 1 and 2.
+        let flags = if self.dictionary.is_some() {
+            FLAG_DICTIONARY
+        } else {
+            0
+        };
+        b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.log_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
         b[32..40].copy_from_slice(&self.salt.to_le_bytes());
@@ -107,8 +189,27 @@ impl SegmentHeader {
         b
     }
 
-    /// Parses and verifies a header.
+    /// Everything before the first record: the header, then, if it has a
+    /// dictionary, its block (length, checksum, `dictionary`, zeros to a
+    /// multiple of 8). `dictionary` must be what
+    /// [`with_dictionary`](Self::with_dictionary) was given.
+    pub fn encode_with_dictionary(&self, dictionary: &[u8]) -> Vec<u8> {
+        let mut b = self.encode().to_vec();
+        if let Some(d) = self.dictionary {
+            debug_assert_eq!(d.len as usize, dictionary.len());
+            b.extend_from_slice(&d.len.to_le_bytes());
+            b.extend_from_slice(&d.crc.to_le_bytes());
+            b.extend_from_slice(dictionary);
+            b.resize(self.records_start(), 0);
+        }
+        b
+    }
+
+    /// Parses and verifies a header from the segment's first bytes, and
+    /// its dictionary block if the header announces one (so `b` must hold
+    /// everything up to [`records_start`](Self::records_start)).
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, HeaderError> {
+        let whole = b;
         if b.len() < SEGMENT_HEADER_LEN {
             return Err(if b.iter().all(|&x| x == 0) {
                 HeaderError::Zeroed
@@ -136,17 +237,47 @@ impl SegmentHeader {
             return Err(HeaderError::UnsupportedVersion(version));
         }
         let flags = le32(&b[12..16]);
-        if flags != 0 {
-            // No version defines a flag: a set bit could change what the
-            // bytes mean, so refuse rather than guess (found by fuzzing).
+        let known = if version >= 2 { FLAG_DICTIONARY } else { 0 };
+        if flags & !known != 0 {
+            // A flag no version defines could change what the bytes mean:
+            // refuse rather than guess (found by fuzzing).
             return Err(HeaderError::UnknownFlags(flags));
         }
-        Ok(SegmentHeader {
+        let header = SegmentHeader {
             version,
             log_id: le64(&b[16..24]),
             first_lsn: le64(&b[24..32]),
             salt: le64(&b[32..40]),
-        })
+            dictionary: None,
+        };
+        if flags & FLAG_DICTIONARY == 0 {
+            return Ok(header);
+        }
+        // The header and its dictionary are written and fdatasynced
+        // before the segment gets its name, so a short or damaged block
+        // is damage, never a tear.
+        let block = SEGMENT_HEADER_LEN + DICTIONARY_BLOCK_HEADER_LEN;
+        if whole.len() < block {
+            return Err(HeaderError::BadDictionary);
+        }
+        let len = le32(&whole[SEGMENT_HEADER_LEN..]);
+        let crc = le32(&whole[SEGMENT_HEADER_LEN + 4..]);
+        if len == 0 || len > MAX_DICTIONARY_LEN {
+            return Err(HeaderError::BadDictionary);
+        }
+        let header = SegmentHeader {
+            dictionary: Some(DictionaryRef { len, crc }),
+            ..header
+        };
+        let end = block + len as usize;
+        let start = header.records_start();
+        if whole.len() < start
+            || dictionary_crc(header.salt, &whole[block..end]) != crc
+            || whole[end..start].iter().any(|&x| x != 0)
+        {
+            return Err(HeaderError::BadDictionary);
+        }
+        Ok(header)
     }
 }
 
@@ -202,6 +333,8 @@ pub struct RecordMeta {
     pub time_us: u64,
     /// How the payload is stored.
     pub compression: Compression,
+    /// Compressed (zstd) with its segment's dictionary: compression byte 3.
+    pub dictionary: bool,
     /// The payload's length once decompressed (the stored length when
     /// stored as is).
     pub raw_len: u32,
@@ -225,13 +358,28 @@ pub fn encode_record(out: &mut Vec<u8>, salt: u64, meta: &RecordMeta, stored: &[
     out.extend_from_slice(&meta.lsn.to_le_bytes());
     out.extend_from_slice(&meta.durable_lsn.to_le_bytes());
     out.extend_from_slice(&meta.time_us.to_le_bytes());
-    out.extend_from_slice(&[meta.compression.to_byte(), 0, 0, 0]);
+    out.extend_from_slice(&[stored_as_byte(meta), 0, 0, 0]);
     out.extend_from_slice(&meta.raw_len.to_le_bytes());
     out.extend_from_slice(stored);
     let crc = record_crc(salt, &out[start + 4..start + RECORD_HEADER_LEN], stored);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     out.resize(start + record_size(stored.len()), 0);
 }
+
+/// The compression byte of a record: its codec's byte, or
+/// [`ZSTD_WITH_DICTIONARY`] when it uses its segment's dictionary.
+fn stored_as_byte(meta: &RecordMeta) -> u8 {
+    if meta.dictionary {
+        debug_assert_eq!(meta.compression, Compression::Zstd);
+        ZSTD_WITH_DICTIONARY
+    } else {
+        meta.compression.to_byte()
+    }
+}
+
+/// The compression byte of a record compressed with zstd and its
+/// segment's dictionary.
+pub const ZSTD_WITH_DICTIONARY: u8 = 3;
 
 /// Appends one version 1 record: what releases before record times wrote.
 /// The log never writes it now; tests and fuzzing do, to check that such
@@ -336,17 +484,25 @@ pub fn decode_record(buf: &[u8], version: u32, salt: u64, max_len: u32) -> Decod
         durable_lsn: le64(&header[16..24]),
         time_us: 0,
         compression: Compression::None,
+        dictionary: false,
         raw_len: len,
     };
     if version >= 2 {
         meta.time_us = le64(&header[24..32]);
-        let Some(compression) = Compression::from_byte(header[32]) else {
-            return Decoded::Undecodable("unknown compression (written by a newer keel?)");
+        let (compression, dictionary) = match header[32] {
+            ZSTD_WITH_DICTIONARY => (Compression::Zstd, true),
+            b => match Compression::from_byte(b) {
+                Some(c) => (c, false),
+                None => {
+                    return Decoded::Undecodable("unknown compression (written by a newer keel?)")
+                }
+            },
         };
         if header[33..36] != [0, 0, 0] {
             return Decoded::Undecodable("reserved header bytes set (written by a newer keel?)");
         }
         meta.compression = compression;
+        meta.dictionary = dictionary;
         meta.raw_len = le32(&header[36..40]);
         if meta.raw_len > max_len {
             // Checked before anything is allocated for decompression.
@@ -389,6 +545,7 @@ mod tests {
             durable_lsn,
             time_us,
             compression: Compression::None,
+            dictionary: false,
             raw_len: 0,
         }
     }
@@ -417,6 +574,7 @@ mod tests {
                 log_id: 0x1122_3344_5566_7788,
                 first_lsn: 42,
                 salt: 0xDEAD_BEEF,
+                dictionary: None,
             };
             let b = h.encode();
             assert_eq!(SegmentHeader::decode(&b), Ok(h));
@@ -437,6 +595,50 @@ mod tests {
         assert_eq!(
             SegmentHeader::decode(&newer.encode()),
             Err(HeaderError::UnsupportedVersion(3))
+        );
+    }
+
+    #[test]
+    fn a_header_with_a_dictionary_round_trips_and_every_bit_flip_is_refused() {
+        let dict: Vec<u8> = (0..37u8).collect();
+        let h = SegmentHeader::new(7, 100, 0xABCD).with_dictionary(&dict);
+        let b = h.encode_with_dictionary(&dict);
+        assert_eq!(b.len(), h.records_start());
+        assert_eq!(h.records_start(), 48 + 8 + 40);
+        assert_eq!(SegmentHeader::decode(&b), Ok(h));
+        assert_eq!(h.dictionary_in(&b), &dict[..]);
+        for i in 0..b.len() * 8 {
+            let mut d = b.clone();
+            d[i / 8] ^= 1 << (i % 8);
+            assert!(SegmentHeader::decode(&d).is_err(), "bit {i} flip accepted");
+        }
+        // Cut anywhere before the first record: refused, never read short.
+        for n in SEGMENT_HEADER_LEN..b.len() {
+            assert_eq!(
+                SegmentHeader::decode(&b[..n]),
+                Err(HeaderError::BadDictionary),
+                "cut at {n}"
+            );
+        }
+        // The same dictionary under another salt does not check.
+        let mut other = b.clone();
+        let h2 = SegmentHeader::new(7, 100, 0xABCE).encode();
+        other[..SEGMENT_HEADER_LEN].copy_from_slice(&h2);
+        other[12] = FLAG_DICTIONARY as u8;
+        let crc = crc32c::crc32c(&other[0..40]);
+        other[40..44].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&other),
+            Err(HeaderError::BadDictionary)
+        );
+        // Version 1 defines no flag.
+        let mut v1 = b.clone();
+        v1[8] = 1;
+        let crc = crc32c::crc32c(&v1[0..40]);
+        v1[40..44].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&v1),
+            Err(HeaderError::UnknownFlags(1))
         );
     }
 
@@ -497,7 +699,7 @@ mod tests {
     fn unknown_compression_and_reserved_bytes_are_refused() {
         let mut buf = Vec::new();
         plain(&mut buf, 9, 1, 0, 5, b"payload");
-        for (at, value) in [(32, 3u8), (33, 1), (35, 0x80)] {
+        for (at, value) in [(32, 4u8), (33, 1), (35, 0x80)] {
             let mut d = buf.clone();
             d[at] = value;
             let crc = record_crc(9, &d[4..RECORD_HEADER_LEN], b"payload");
@@ -559,6 +761,7 @@ mod tests {
             log_id: 0x0123_4567_89AB_CDEF,
             first_lsn: 1,
             salt: 0x1122_3344_5566_7788,
+            dictionary: None,
         };
         let mut b = h.encode().to_vec();
         encode_record_v1(&mut b, h.salt, 1, 0, b"hello");
@@ -643,6 +846,7 @@ mod tests {
                     durable_lsn: *durable,
                     time_us: *time_us,
                     compression: Compression::from_byte(*codec).unwrap(),
+                    dictionary: false,
                     raw_len: if *codec == 0 { stored.len() as u32 } else { 5000 },
                 };
                 encode_record(&mut buf, salt, &m, stored);
@@ -675,6 +879,7 @@ mod tests {
                 durable_lsn: lsn - 1,
                 time_us,
                 compression: Compression::from_byte(codec).unwrap(),
+                dictionary: false,
                 raw_len: if codec == 0 { payload.len() as u32 } else { 700 },
             };
             let mut buf = Vec::new();

@@ -57,6 +57,8 @@ pub fn record_decoding(data: &[u8]) {
     }
     if let Ok(h) = SegmentHeader::decode(buf) {
         assert_eq!(&h.encode()[..], &buf[..SEGMENT_HEADER_LEN]);
+        let preamble = h.encode_with_dictionary(h.dictionary_in(buf));
+        assert_eq!(&preamble[..], &buf[..h.records_start()]);
     }
 }
 
@@ -96,17 +98,64 @@ pub fn segment_reading(data: &[u8]) {
     });
 }
 
-/// Decompression of a stored payload: byte 0 names the codec (mod 3),
-/// bytes 1..4 the raw length (at most 16 MiB), the rest is the stored
-/// payload. It must never panic, never produce other than the raw length,
-/// and whatever a codec compresses must decompress to the same bytes.
+/// A dictionary trained once per process on made-up JSON records, for
+/// fuzzing the dictionary path.
+fn fuzz_dictionary() -> &'static crate::dictionary::ZstdDictionary {
+    static DICT: std::sync::OnceLock<crate::dictionary::ZstdDictionary> =
+        std::sync::OnceLock::new();
+    DICT.get_or_init(|| {
+        let (mut bytes, mut sizes) = (Vec::new(), Vec::new());
+        for i in 0..200u64 {
+            let doc = format!(
+                "{{\"id\":{i},\"name\":\"user{}\",\"tags\":[\"t{}\"],\"ok\":{}}}",
+                i * 31 % 97,
+                i % 7,
+                i % 2 == 0
+            );
+            bytes.extend_from_slice(doc.as_bytes());
+            sizes.push(doc.len());
+        }
+        crate::dictionary::train(&bytes, &sizes, 1024).expect("a dictionary trains")
+    })
+}
+
+/// Decompression of a stored payload: byte 0 names the codec (mod 4: 0
+/// none, 1 Snappy, 2 zstd, 3 zstd with a dictionary), bytes 1..4 the raw
+/// length (at most 16 MiB), the rest is the stored payload. It must never
+/// panic, never produce other than the raw length, and whatever a codec
+/// compresses must decompress to the same bytes.
 pub fn record_decompression(data: &[u8]) {
     if data.len() < 4 {
         return;
     }
-    let codec = Compression::from_byte(data[0] % 3).expect("0..3 are codecs");
     let raw_len = u32::from_le_bytes([data[1], data[2], data[3], 0]);
     let stored = &data[4..];
+    if data[0] % 4 == 3 {
+        let dict = fuzz_dictionary();
+        let seg = crate::dictionary::SegmentDictionary {
+            salt: 1,
+            crc: 2,
+            bytes: dict.bytes(),
+        };
+        let mut out = Vec::new();
+        if crate::compression::decompress_with_dictionary(seg, stored, raw_len, &mut out).is_ok() {
+            assert_eq!(out.len(), raw_len as usize);
+        }
+        let mut packed = Vec::new();
+        if crate::compression::compress_with_dictionary(dict, stored, &mut packed) {
+            let mut back = Vec::new();
+            crate::compression::decompress_with_dictionary(
+                seg,
+                &packed,
+                stored.len() as u32,
+                &mut back,
+            )
+            .expect("what was just compressed decompresses");
+            assert_eq!(back, stored);
+        }
+        return;
+    }
+    let codec = Compression::from_byte(data[0] % 4).expect("0..3 are codecs");
     let mut out = Vec::new();
     if decompress(codec, stored, raw_len, &mut out).is_ok() {
         assert_eq!(out.len(), raw_len as usize);

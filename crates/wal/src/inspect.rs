@@ -67,13 +67,13 @@ pub fn inspect_segment(
         records: 0,
         lsn_range: None,
         time_range: None,
-        end: SEGMENT_HEADER_LEN as u64,
+        end: seg.header.map_or(SEGMENT_HEADER_LEN, |h| h.records_start()) as u64,
         damage: Vec::new(),
     };
     let Ok(header) = summary.header else {
         return Ok(summary);
     };
-    let mut offset = SEGMENT_HEADER_LEN;
+    let mut offset = header.records_start();
     let mut lsn = header.first_lsn;
     let mut scratch = Vec::new();
     loop {

@@ -36,6 +36,7 @@
 
 pub mod archive;
 pub mod compression;
+pub mod dictionary;
 pub mod error;
 pub mod format;
 pub mod fuzzing;

@@ -116,6 +116,12 @@ pub struct WalOptions {
     /// Payloads shorter than this are stored as is whatever `compression`
     /// says: too small to gain. Default 64 bytes.
     pub compression_min_size: usize,
+    /// With [`Compression::Zstd`]: the largest dictionary trained from the
+    /// log's own records, carried by each segment whose records use it
+    /// ([`crate::dictionary`]); 0: no dictionary. Default 8 KiB. A segment
+    /// carries a dictionary only if it takes at most a sixteenth of
+    /// `segment_size`.
+    pub zstd_dictionary_size: usize,
     /// What stamps records with their commit time. Default: the system
     /// clock.
     pub clock: Clock,
@@ -136,6 +142,7 @@ impl Default for WalOptions {
             start_lsn: 1,
             compression: Compression::None,
             compression_min_size: 64,
+            zstd_dictionary_size: 8 << 10,
             clock: Clock::system(),
             archive: None,
         }
@@ -161,6 +168,13 @@ impl WalOptions {
             return Err(WalError::InvalidOptions(format!(
                 "max_record_size must be between 1 and {} bytes",
                 crate::format::MAX_RECORD_LEN_LIMIT
+            )));
+        }
+        if self.zstd_dictionary_size > crate::format::MAX_DICTIONARY_LEN as usize {
+            return Err(WalError::InvalidOptions(format!(
+                "zstd_dictionary_size {} is above the maximum of {} bytes",
+                self.zstd_dictionary_size,
+                crate::format::MAX_DICTIONARY_LEN
             )));
         }
         if self.start_lsn == 0 {

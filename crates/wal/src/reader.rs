@@ -9,6 +9,7 @@
 //! of the last segment can only be bytes that were never acknowledged.
 
 use crate::compression::{self, Compression};
+use crate::dictionary::SegmentDictionary;
 use crate::error::DamageKind;
 use crate::format::{self, Decoded, SegmentHeader, RECORD_ALIGN};
 
@@ -26,6 +27,8 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
     /// How the payload was stored.
     pub compression: Compression,
+    /// Compressed with its segment's zstd dictionary.
+    pub dictionary: bool,
     /// Bytes the payload took in the segment (after compression).
     pub stored_len: u32,
 }
@@ -68,7 +71,9 @@ pub(crate) fn first_nonzero(data: &[u8]) -> Option<usize> {
 
 /// Scans the records of the segment `header` heads from `offset`, expecting
 /// LSN `lsn` first, calling `visit` with each valid record and its offset.
-/// `scratch` holds decompressed payloads (reused from call to call).
+/// `data` is the segment from its first byte (its dictionary, if it has
+/// one, is read from it). `scratch` holds decompressed payloads (reused
+/// from call to call).
 pub(crate) fn scan_records(
     data: &[u8],
     mut offset: usize,
@@ -96,22 +101,42 @@ pub(crate) fn scan_records(
         };
         match format::decode_record(&data[offset..], header.version, header.salt, max_len) {
             Decoded::Record(r) if r.lsn() == lsn => {
-                let payload = match r.meta.compression {
-                    Compression::None => r.stored,
-                    codec => {
-                        if let Err(e) =
-                            compression::decompress(codec, r.stored, r.meta.raw_len, scratch)
-                        {
-                            return damaged(DamageKind::Undecodable(e.to_string()));
-                        }
-                        &scratch[..]
+                let decoded = match (r.meta.compression, r.meta.dictionary, header.dictionary) {
+                    (Compression::None, ..) => Ok(r.stored),
+                    (_, true, None) => {
+                        return damaged(DamageKind::Undecodable(
+                            "the record uses a dictionary its segment does not have".into(),
+                        ))
                     }
+                    (_, true, Some(d)) => {
+                        let dict = SegmentDictionary {
+                            salt: header.salt,
+                            crc: d.crc,
+                            bytes: header.dictionary_in(data),
+                        };
+                        compression::decompress_with_dictionary(
+                            dict,
+                            r.stored,
+                            r.meta.raw_len,
+                            scratch,
+                        )
+                        .map(|()| &scratch[..])
+                    }
+                    (codec, false, _) => {
+                        compression::decompress(codec, r.stored, r.meta.raw_len, scratch)
+                            .map(|()| &scratch[..])
+                    }
+                };
+                let payload = match decoded {
+                    Ok(p) => p,
+                    Err(e) => return damaged(DamageKind::Undecodable(e.to_string())),
                 };
                 let record = Record {
                     lsn,
                     time_us: r.meta.time_us,
                     payload,
                     compression: r.meta.compression,
+                    dictionary: r.meta.dictionary,
                     stored_len: r.stored.len() as u32,
                 };
                 visit(record, offset as u64);
@@ -217,6 +242,7 @@ mod tests {
                 durable_lsn: durable,
                 time_us: 1000 + lsn,
                 compression: Compression::None,
+                dictionary: false,
                 raw_len: 13,
             };
             encode_record(&mut buf, 5, &meta, &[lsn as u8; 13]);
@@ -229,6 +255,7 @@ mod tests {
         log_id: 1,
         first_lsn: 1,
         salt: 5,
+        dictionary: None,
     };
 
     fn scan(d: &[u8], seen: &mut Vec<(u64, u64)>) -> Scan {
@@ -319,6 +346,7 @@ mod compressed_tests {
                 durable_lsn: 0,
                 time_us: 7,
                 compression: codec,
+                dictionary: false,
                 raw_len: raw.len() as u32,
             };
             encode_record(&mut d, 5, &meta, &stored);

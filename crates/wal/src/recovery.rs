@@ -12,7 +12,7 @@
 //! 4. Only then is anything changed on disk — never when the open fails.
 
 use crate::error::{Damage, DamageDetail, DamageKind, Result, WalError};
-use crate::format::{HeaderError, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{HeaderError, SegmentHeader};
 use crate::options::{RecoveryMode, WalOptions};
 use crate::reader::{examine_after, scan_records, AfterDamage, Record, ScanStop};
 use crate::segment::{list_segments, read_segment, OpenedSegment};
@@ -138,6 +138,9 @@ pub(crate) struct KeptSegment {
     /// The segment's format version (the writer never appends to an older
     /// one: it begins a new segment).
     pub version: u32,
+    /// The zstd dictionary the segment carries, if any (the writer goes on
+    /// compressing with it when this is the last segment).
+    pub dictionary: Option<Vec<u8>>,
     /// Offset after the last valid record.
     pub end: u64,
     pub file: Arc<dyn StorageFile>,
@@ -375,6 +378,9 @@ impl Pass<'_> {
             first_lsn: header.first_lsn,
             salt: header.salt,
             version: header.version,
+            dictionary: header
+                .dictionary
+                .map(|_| header.dictionary_in(data).to_vec()),
             end,
             file: seg.file,
         });
@@ -437,7 +443,7 @@ impl Pass<'_> {
     ) -> Result<(SegmentEnd, u64)> {
         let max = self.opts.max_record_size;
         let mut lsn = header.first_lsn;
-        let mut offset = SEGMENT_HEADER_LEN;
+        let mut offset = header.records_start();
         let mut scratch = Vec::new();
         loop {
             let report = &mut self.report;

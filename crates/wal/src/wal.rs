@@ -26,9 +26,17 @@
 //! - Records are appended only to segments of the current format version:
 //!   after an upgrade the first append begins a new segment.
 //! - Compression happens before the lock is taken: a record is compressed
-//!   on its appender's thread, never while others wait.
+//!   on its appender's thread, never while others wait. With zstd it uses
+//!   the dictionary of the segment then being filled; a record compressed
+//!   with a dictionary that is not its segment's (a new segment began
+//!   meanwhile) is compressed again under the lock, so a record and its
+//!   segment always agree. That happens only around rotations.
+//! - The log's first dictionary begins a new segment as soon as it is
+//!   trained; later ones wait for the next segment (see
+//!   [`crate::dictionary`]).
 
 use crate::compression::{self, Compression};
+use crate::dictionary::{Trainer, ZstdDictionary};
 use crate::error::Damage;
 use crate::error::{Result, StopCause, WalError};
 use crate::format::{self, RecordMeta, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
@@ -85,16 +93,28 @@ struct AtomicStats {
 }
 
 /// A payload ready to encode: checked, and compressed if that pays.
+#[derive(Clone)]
 struct Prepared<'p> {
+    /// The payload as appended.
+    raw: &'p [u8],
     stored: Cow<'p, [u8]>,
     compression: Compression,
+    /// The dictionary `stored` was compressed with, if any.
+    dictionary: Option<Arc<ZstdDictionary>>,
     raw_len: u32,
+}
+
+/// A segment to begin before the records of a batch.
+struct NewSegment {
+    first_lsn: u64,
+    salt: u64,
+    dictionary: Option<Arc<ZstdDictionary>>,
 }
 
 /// Encoded records waiting to be written, all bound for one segment.
 struct Batch {
-    /// Set when these records begin a new segment: (first LSN, salt).
-    new_segment: Option<(u64, u64)>,
+    /// Set when these records begin a new segment.
+    new_segment: Option<NewSegment>,
     bytes: Vec<u8>,
 }
 
@@ -124,9 +144,12 @@ struct State {
     /// Format version of the segment the last pending batch targets.
     plan_version: u32,
     pending: Vec<Batch>,
-    /// Salt and end offset of the segment the last pending batch targets.
+    /// Salt, first record offset, end offset and dictionary of the segment
+    /// the last pending batch targets.
     plan_salt: u64,
+    plan_start: u64,
     plan_end: u64,
+    plan_dictionary: Option<Arc<ZstdDictionary>>,
     written_lsn: u64,
     durable_lsn: u64,
     /// A thread is writing pending batches (it has taken `tail`).
@@ -161,6 +184,11 @@ struct Inner {
     /// Segment first LSNs and paths, oldest first.
     segments: Mutex<Vec<(u64, PathBuf)>>,
     preparer: Preparer,
+    /// Samples payloads and trains the next zstd dictionary.
+    trainer: Trainer,
+    /// The dictionary of the segment being filled (`plan_dictionary`),
+    /// readable by appenders without the state lock.
+    dictionary: Mutex<Option<Arc<ZstdDictionary>>>,
     stats: AtomicStats,
     /// Set when a lock other than `state` was found poisoned; the next
     /// append (holding `state`) stops the log.
@@ -530,7 +558,7 @@ impl Wal {
             let mut done = false;
             let scan = scan_records(
                 &data,
-                SEGMENT_HEADER_LEN,
+                header.records_start(),
                 header.first_lsn,
                 &header,
                 inner.opts.max_record_size,
@@ -671,19 +699,38 @@ impl Inner {
             .iter()
             .map(|s| (s.first_lsn, s.path.clone()))
             .collect();
-        let (tail, plan_salt, plan_version) = match recovered.segments.into_iter().last() {
-            Some(s) => (
-                Some(Tail {
-                    path: s.path,
-                    file: s.file,
-                    end: s.end,
-                }),
-                s.salt,
-                s.version,
-            ),
-            None => (None, 0, FORMAT_VERSION),
-        };
+        let zstd = opts.compression == Compression::Zstd;
+        let (tail, plan_salt, plan_version, dictionary) =
+            match recovered.segments.into_iter().last() {
+                Some(s) => (
+                    Some(Tail {
+                        path: s.path,
+                        file: s.file,
+                        end: s.end,
+                    }),
+                    s.salt,
+                    s.version,
+                    // Records go on using the tail's dictionary (when the
+                    // log still compresses with zstd).
+                    s.dictionary
+                        .filter(|_| zstd)
+                        .and_then(ZstdDictionary::new)
+                        .map(Arc::new),
+                ),
+                None => (None, 0, FORMAT_VERSION, None),
+            };
         let plan_end = tail.as_ref().map_or(0, |t| t.end);
+        let plan_start =
+            format::records_start(dictionary.as_ref().map_or(0, |d| d.bytes().len())) as u64;
+        // Dictionaries only where they fit a sixteenth of a segment, so no
+        // trained dictionary is ever refused (and trained again).
+        let fits =
+            format::records_start(opts.zstd_dictionary_size) as u64 * 16 <= opts.segment_size;
+        let trainer = Trainer::new(if zstd && fits {
+            opts.zstd_dictionary_size
+        } else {
+            0
+        });
         Inner {
             storage,
             dir,
@@ -695,7 +742,9 @@ impl Inner {
                 plan_version,
                 pending: Vec::new(),
                 plan_salt,
+                plan_start,
                 plan_end,
+                plan_dictionary: dictionary.clone(),
                 written_lsn: next_lsn - 1,
                 durable_lsn: next_lsn - 1,
                 writing: false,
@@ -713,6 +762,8 @@ impl Inner {
             work: Condvar::new(),
             segments: Mutex::new(segments),
             preparer,
+            trainer,
+            dictionary: Mutex::new(dictionary),
             stats: AtomicStats::default(),
             poisoned: AtomicBool::new(false),
             truncation: Mutex::new(Pins::default()),
@@ -726,10 +777,16 @@ impl Inner {
             let mut st = self.lock();
             (st.rng.next_u64(), st.next_lsn)
         };
-        self.rotate(&mut tail, first_lsn, salt)?;
+        let first = NewSegment {
+            first_lsn,
+            salt,
+            dictionary: None,
+        };
+        self.rotate(&mut tail, &first)?;
         let mut st = self.lock();
         st.plan_salt = salt;
         st.plan_version = FORMAT_VERSION;
+        st.plan_start = SEGMENT_HEADER_LEN as u64;
         st.plan_end = SEGMENT_HEADER_LEN as u64;
         st.sync_file = tail.as_ref().map(|t| (Arc::clone(&t.file), t.path.clone()));
         st.tail = tail;
@@ -796,24 +853,74 @@ impl Inner {
                 max: self.opts.max_record_size,
             });
         }
+        let codec = self.opts.compression;
+        if codec == Compression::Zstd && payload.len() >= self.opts.compression_min_size {
+            // May train the next dictionary (on this thread, no lock held).
+            self.trainer.offer(payload);
+        }
+        let dictionary = self
+            .dictionary
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        Ok(self.compress(payload, dictionary.as_ref()))
+    }
+
+    /// `payload` as it will be stored: compressed with the log's codec (and
+    /// with zstd, `dictionary` if given) when that pays, else as is.
+    fn compress<'p>(
+        &self,
+        payload: &'p [u8],
+        dictionary: Option<&Arc<ZstdDictionary>>,
+    ) -> Prepared<'p> {
         // Invariant: max_record_size <= MAX_RECORD_LEN_LIMIT < u32::MAX.
         let raw_len = payload.len() as u32;
         let codec = self.opts.compression;
         if codec != Compression::None && payload.len() >= self.opts.compression_min_size {
             let mut out = Vec::new();
-            if compression::compress(codec, payload, &mut out) {
-                return Ok(Prepared {
+            let (ok, dictionary) = match dictionary {
+                Some(d) if codec == Compression::Zstd => (
+                    compression::compress_with_dictionary(d, payload, &mut out),
+                    Some(Arc::clone(d)),
+                ),
+                _ => (compression::compress(codec, payload, &mut out), None),
+            };
+            if ok {
+                return Prepared {
+                    raw: payload,
                     stored: Cow::Owned(out),
                     compression: codec,
+                    dictionary,
                     raw_len,
-                });
+                };
             }
         }
-        Ok(Prepared {
+        Prepared {
+            raw: payload,
             stored: Cow::Borrowed(payload),
             compression: Compression::None,
+            dictionary: None,
             raw_len,
-        })
+        }
+    }
+
+    /// `rec`, compressed again if it used a dictionary other than
+    /// `dictionary`, the one of the segment it is going into, or used none
+    /// though the segment has one (it was compressed just before the
+    /// segment's dictionary came in).
+    fn fit<'a, 'p>(
+        &self,
+        rec: Cow<'a, Prepared<'p>>,
+        dictionary: Option<&Arc<ZstdDictionary>>,
+    ) -> Cow<'a, Prepared<'p>> {
+        match (&rec.dictionary, dictionary) {
+            (Some(used), Some(segment)) if Arc::ptr_eq(used, segment) => rec,
+            (Some(_), _) => Cow::Owned(self.compress(rec.raw, dictionary)),
+            (None, Some(_)) if rec.compression == Compression::Zstd => {
+                Cow::Owned(self.compress(rec.raw, dictionary))
+            }
+            (None, _) => rec,
+        }
     }
 
     /// Encodes a record into the pending batches and assigns its LSN and
@@ -829,30 +936,51 @@ impl Inner {
             return Err(WalError::Closed);
         }
         let lsn = st.next_lsn;
+        let rec = self.fit(Cow::Borrowed(rec), st.plan_dictionary.as_ref());
         let size = format::record_size(rec.stored.len()) as u64;
-        let has_records = st.plan_end > SEGMENT_HEADER_LEN as u64;
+        let has_records = st.plan_end > st.plan_start;
         let full = has_records && st.plan_end + size > self.opts.segment_size;
+        // The log's first dictionary is worth a new segment at once.
+        let first_dictionary =
+            has_records && st.plan_dictionary.is_none() && self.trainer.has_ready();
         // A segment of an older format (the tail after an upgrade) takes
         // no new record: a new segment begins, replacing it if it is empty.
-        if full || st.plan_version != FORMAT_VERSION {
+        let rec = if full || first_dictionary || st.plan_version != FORMAT_VERSION {
             let salt = st.rng.next_u64();
-            st.pending.push(Batch {
-                new_segment: Some((lsn, salt)),
-                bytes: Vec::new(),
-            });
+            let dictionary = self.next_dictionary(st.plan_dictionary.take());
             st.plan_salt = salt;
             st.plan_version = FORMAT_VERSION;
-            st.plan_end = SEGMENT_HEADER_LEN as u64;
-        } else if st.pending.is_empty() {
-            let bytes = st
-                .spare
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(64 * 1024));
+            st.plan_start =
+                format::records_start(dictionary.as_ref().map_or(0, |d| d.bytes().len())) as u64;
+            st.plan_end = st.plan_start;
+            st.plan_dictionary = dictionary.clone();
+            *self
+                .dictionary
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = dictionary.clone();
             st.pending.push(Batch {
-                new_segment: None,
-                bytes,
+                new_segment: Some(NewSegment {
+                    first_lsn: lsn,
+                    salt,
+                    dictionary,
+                }),
+                bytes: Vec::new(),
             });
-        }
+            self.fit(rec, st.plan_dictionary.as_ref())
+        } else {
+            if st.pending.is_empty() {
+                let bytes = st
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(64 * 1024));
+                st.pending.push(Batch {
+                    new_segment: None,
+                    bytes,
+                });
+            }
+            rec
+        };
+        let size = format::record_size(rec.stored.len()) as u64;
         let salt = st.plan_salt;
         let time_us = self.opts.clock.now_us().max(st.last_time_us);
         st.last_time_us = time_us;
@@ -861,6 +989,7 @@ impl Inner {
             durable_lsn: st.durable_lsn,
             time_us,
             compression: rec.compression,
+            dictionary: rec.dictionary.is_some(),
             raw_len: rec.raw_len,
         };
         // Invariant: both branches above leave a batch in `pending`.
@@ -870,6 +999,16 @@ impl Inner {
         st.next_lsn += 1;
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
         Ok(lsn)
+    }
+
+    /// The dictionary for a segment about to begin: a newly trained one,
+    /// else `current`, the one of the segment before (while the log
+    /// compresses with zstd).
+    fn next_dictionary(&self, current: Option<Arc<ZstdDictionary>>) -> Option<Arc<ZstdDictionary>> {
+        if self.opts.compression != Compression::Zstd {
+            return None;
+        }
+        self.trainer.next_segment().or(current)
     }
 
     /// Works until record `lsn` is acknowledged (written, or with `durable`
@@ -1063,8 +1202,8 @@ impl Inner {
         };
         let mut buffers = Vec::with_capacity(batches.len());
         for mut batch in batches {
-            if let Some((first_lsn, salt)) = batch.new_segment {
-                self.rotate(tail, first_lsn, salt).map_err(|e| match e {
+            if let Some(new) = &batch.new_segment {
+                self.rotate(tail, new).map_err(|e| match e {
                     WalError::Io { op, path, source } => fail(op, &path, source),
                     other => fail(
                         "rotating segments",
@@ -1124,8 +1263,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Closes the current segment and begins the one starting at `first_lsn`.
-    fn rotate(&self, tail: &mut Option<Tail>, first_lsn: u64, salt: u64) -> Result<()> {
+    /// Closes the current segment and begins `new`.
+    fn rotate(&self, tail: &mut Option<Tail>, new: &NewSegment) -> Result<()> {
+        let first_lsn = new.first_lsn;
         if let Some(t) = tail.as_ref() {
             // The old segment must be wholly durable before any record of the
             // new one can be: only the last segment may hold a tear.
@@ -1135,10 +1275,16 @@ impl Inner {
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
         let prepared = self.preparer.take()?;
-        let header = SegmentHeader::new(self.log_id, first_lsn, salt).encode();
+        let header = SegmentHeader::new(self.log_id, first_lsn, new.salt);
+        let preamble = match &new.dictionary {
+            Some(d) => header
+                .with_dictionary(d.bytes())
+                .encode_with_dictionary(d.bytes()),
+            None => header.encode().to_vec(),
+        };
         prepared
             .file
-            .write_at(&header, 0)
+            .write_at(&preamble, 0)
             .map_err(|e| WalError::io("writing a segment header", &prepared.path, e))?;
         // Header fdatasynced, then renamed, then the directory fsynced: a
         // file named as a segment always has a durable header, and the new
@@ -1158,11 +1304,11 @@ impl Inner {
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_written
-            .fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
+            .fetch_add(preamble.len() as u64, Ordering::Relaxed);
         *tail = Some(Tail {
             path,
             file: prepared.file,
-            end: SEGMENT_HEADER_LEN as u64,
+            end: preamble.len() as u64,
         });
         Ok(())
     }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use keel_storage::{CrashMode, Fault, FaultKind, FaultOp, SimStorage, Storage};
+use keel_storage::{Fault, FaultKind, FaultOp, SimStorage, Storage};
 use keel_wal::archive::archived_segments;
 use keel_wal::{ArchiveOptions, Clock, Record, Wal, WalOptions};
 use std::path::PathBuf;
@@ -135,11 +135,7 @@ fn a_crash_at_any_step_of_archiving_loses_nothing() {
         let outcome = wal.truncate_before(140);
         let finished = !s.is_frozen();
         drop(wal);
-        for mode in [
-            CrashMode::DropUnsynced,
-            CrashMode::KeepAll,
-            CrashMode::Random,
-        ] {
+        for mode in CRASH_MODES {
             let after = s.crash_with(mode);
             let (wal, _, in_log) =
                 open(&after, &opts).unwrap_or_else(|e| panic!("crash at op {nth} ({mode:?}): {e}"));

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use keel_storage::{CrashMode, Fault, FaultKind, FaultOp, OpenMode, SimStorage, Storage};
+use keel_storage::{Fault, FaultKind, FaultOp, OpenMode, SimStorage, Storage};
 use keel_wal::format::{encode_record_v1, SegmentHeader};
 use keel_wal::segment::segment_file_name;
 use keel_wal::{Clock, Compression, Wal, WalOptions};
@@ -154,6 +154,7 @@ fn write_v1_segment(s: &SimStorage, first_lsn: u64, records: &[Vec<u8>]) {
         log_id: 77,
         first_lsn,
         salt: 0x5a17,
+        dictionary: None,
     };
     let mut b = header.encode().to_vec();
     for (i, p) in records.iter().enumerate() {
@@ -216,11 +217,7 @@ fn an_empty_version_1_tail_is_replaced_crash_safely() {
             .ok()
             .and_then(|(wal, _, _)| wal.append(b"new").ok());
         let done = !s.is_frozen();
-        for mode in [
-            CrashMode::DropUnsynced,
-            CrashMode::KeepAll,
-            CrashMode::Random,
-        ] {
+        for mode in CRASH_MODES {
             let after = s.crash_with(mode);
             let (_, _, records) =
                 open(&after, &opts).unwrap_or_else(|e| panic!("crash at op {nth} ({mode:?}): {e}"));

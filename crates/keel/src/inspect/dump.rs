@@ -54,6 +54,8 @@ pub enum DumpEvent<'a> {
         time_us: u64,
         /// How its payload is stored in the log.
         compression: keel_wal::Compression,
+        /// Compressed with its segment's zstd dictionary.
+        dictionary: bool,
         /// Bytes its payload takes in the log (after compression).
         stored_len: u32,
         /// The operation it holds, or why it is not one.
@@ -200,6 +202,7 @@ fn dump_segment(
                 len: payload.len(),
                 time_us: record.time_us,
                 compression: record.compression,
+                dictionary: record.dictionary,
                 stored_len: record.stored_len,
                 op: Op::decode(payload),
             }

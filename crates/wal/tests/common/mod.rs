@@ -26,6 +26,13 @@ pub fn small_opts() -> WalOptions {
 
 pub type Records = Vec<(u64, Vec<u8>)>;
 
+/// What a crash may leave of unsynced writes: none, all, or some of them.
+pub const CRASH_MODES: [keel_storage::CrashMode; 3] = [
+    keel_storage::CrashMode::DropUnsynced,
+    keel_storage::CrashMode::KeepAll,
+    keel_storage::CrashMode::Random,
+];
+
 /// Opens the log in [`dir`] and returns it with every record it replayed.
 pub fn open(
     storage: &SimStorage,
