@@ -146,10 +146,11 @@ pub struct Options {
     /// `Snappy` or `Zstd`. A record of at least 64 bytes is compressed when
     /// that saves an eighth of it; each record says how it is stored, so
     /// this may change between opens. It compresses the log only (tables
-    /// have their own block compression). On 1 KiB JSON-like values Snappy
-    /// halves the log's bytes for no measurable throughput; zstd stores
-    /// 2.7x fewer but cost 9-17% of durable puts with 64 writers on 2
-    /// cores (docs/BENCHMARKS.md, with its contexts pooled). TOML: `"none"`, `"snappy"`, `"zstd"`.
+    /// have their own block compression). zstd uses a dictionary trained
+    /// from the log's own records, carried by each segment. On 1 KiB
+    /// JSON-like values Snappy halves the log's bytes and zstd stores 5.2x
+    /// fewer, both within 10% of uncompressed durable puts at 1 and 64
+    /// writers (docs/BENCHMARKS.md). TOML: `"none"`, `"snappy"`, `"zstd"`.
     #[serde(deserialize_with = "de_compression")]
     pub wal_compression: Compression,
     /// Copy each log segment the store no longer needs (its records are in

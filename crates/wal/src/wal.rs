@@ -676,6 +676,18 @@ impl Drop for Wal {
     }
 }
 
+/// Whether the log's records use zstd dictionaries: zstd, with a
+/// dictionary size.
+fn uses_dictionaries(opts: &WalOptions) -> bool {
+    opts.compression == Compression::Zstd && opts.zstd_dictionary_size > 0
+}
+
+/// Whether a segment may carry a dictionary of `len` bytes: its block
+/// takes at most a sixteenth of the segment.
+fn dictionary_fits(opts: &WalOptions, len: usize) -> bool {
+    format::records_start(len) as u64 * 16 <= opts.segment_size
+}
+
 impl Inner {
     /// The log's state after recovery: the kept segments, the next LSN,
     /// the last segment as the tail to append to, and the preparer started.
@@ -699,7 +711,7 @@ impl Inner {
             .iter()
             .map(|s| (s.first_lsn, s.path.clone()))
             .collect();
-        let zstd = opts.compression == Compression::Zstd;
+        let zstd = uses_dictionaries(&opts);
         let (tail, plan_salt, plan_version, dictionary) =
             match recovered.segments.into_iter().last() {
                 Some(s) => (
@@ -713,7 +725,7 @@ impl Inner {
                     // Records go on using the tail's dictionary (when the
                     // log still compresses with zstd).
                     s.dictionary
-                        .filter(|_| zstd)
+                        .filter(|d| zstd && dictionary_fits(&opts, d.len()))
                         .and_then(ZstdDictionary::new)
                         .map(Arc::new),
                 ),
@@ -724,8 +736,7 @@ impl Inner {
             format::records_start(dictionary.as_ref().map_or(0, |d| d.bytes().len())) as u64;
         // Dictionaries only where they fit a sixteenth of a segment, so no
         // trained dictionary is ever refused (and trained again).
-        let fits =
-            format::records_start(opts.zstd_dictionary_size) as u64 * 16 <= opts.segment_size;
+        let fits = dictionary_fits(&opts, opts.zstd_dictionary_size);
         let trainer = Trainer::new(if zstd && fits {
             opts.zstd_dictionary_size
         } else {
@@ -1005,10 +1016,13 @@ impl Inner {
     /// else `current`, the one of the segment before (while the log
     /// compresses with zstd).
     fn next_dictionary(&self, current: Option<Arc<ZstdDictionary>>) -> Option<Arc<ZstdDictionary>> {
-        if self.opts.compression != Compression::Zstd {
+        if !uses_dictionaries(&self.opts) {
             return None;
         }
-        self.trainer.next_segment().or(current)
+        self.trainer
+            .next_segment()
+            .or(current)
+            .filter(|d| dictionary_fits(&self.opts, d.bytes().len()))
     }
 
     /// Works until record `lsn` is acknowledged (written, or with `durable`

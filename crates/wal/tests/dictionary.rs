@@ -288,3 +288,33 @@ fn a_record_naming_a_dictionary_its_segment_lacks_is_damage() {
         Ok(_) => panic!("a record naming a missing dictionary was read"),
     }
 }
+
+/// Turning dictionaries off (`zstd_dictionary_size` 0) stops them at the
+/// next open: the tail's dictionary is not carried into new records.
+#[test]
+fn a_dictionary_size_of_zero_stops_dictionaries_at_the_next_open() {
+    let s = sim(7);
+    let (wal, _, _) = open(&s, &zstd_opts()).unwrap();
+    for i in 0..150 {
+        wal.append(&order(i)).unwrap();
+    }
+    wal.close().unwrap();
+    let off = WalOptions {
+        zstd_dictionary_size: 0,
+        ..zstd_opts()
+    };
+    let (wal, _, _) = open(&s, &off).unwrap();
+    for i in 150..800 {
+        wal.append(&order(i)).unwrap();
+    }
+    let got = read_all(&wal);
+    assert!(got[150..].iter().all(|r| !r.2), "a dictionary carried on");
+    assert!(got[..150].iter().any(|r| r.2));
+    let segs = segment_files(&s);
+    assert!(segs.len() > 2, "the test must cross a segment");
+    assert_eq!(
+        header_of(&s, segs.last().unwrap()).unwrap().dictionary,
+        None
+    );
+    wal.close().unwrap();
+}
