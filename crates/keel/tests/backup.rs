@@ -1,7 +1,8 @@
 //! Online backup and restore of a backup: a backup taken while a writer
 //! runs holds exactly the state at its LSN, on tables and in memory; a
 //! crash at any storage operation of a backup loses nothing in the source
-//! and leaves a backup that restores exactly or is refused by name.
+//! and leaves a backup that restores exactly or is refused by name; a
+//! restore replays segments compressed with zstd dictionaries.
 
 use keel::backup::{backup_state, BackupState};
 use keel::restore::copy_backup;
@@ -445,5 +446,100 @@ fn a_backup_holds_every_acknowledged_write_whatever_the_sync_policy() {
             contents(&restored) == model(700),
             "on tables: {on_tables}: {r}"
         );
+    }
+}
+
+/// With zstd, the log's records use dictionaries its segments carry; a
+/// restore replays such segments from the archive and from the source's
+/// log, and stops exactly at any target.
+#[test]
+fn a_restore_replays_segments_compressed_with_their_dictionaries() {
+    use keel::restore::{restore, RestoreRequest, RestoreTarget};
+    use keel::storage::rng::SplitMix64;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name);
+    let mut opts = options(true);
+    // Room for the default 8 KiB dictionary (a sixteenth of a segment).
+    opts.segment_size = 256 << 10;
+    opts.wal_compression = keel::wal::Compression::Zstd;
+    opts.archive_dir = Some(p("archive"));
+    let db = Db::open(p("db"), opts.clone()).unwrap().0;
+    let order = |i: u64| {
+        let mut rng = SplitMix64::new(i);
+        format!(
+            "{{\"order\":{i},\"customer\":\"c{}\",\"status\":\"paid\",\"items\":[{{\"sku\":\"SKU-{:06}\",\"qty\":{},\"currency\":\"EUR\"}},{{\"sku\":\"SKU-{:06}\",\"qty\":{},\"currency\":\"EUR\"}}]}}",
+            rng.below(5000),
+            rng.below(1_000_000),
+            1 + rng.below(9),
+            rng.below(1_000_000),
+            1 + rng.below(9)
+        )
+        .into_bytes()
+    };
+    let mut m = Model::new();
+    let mut states: Vec<(u64, Model)> = Vec::new();
+    let marker = db.backup(p("backup")).unwrap().marker;
+    for i in 0..4000u64 {
+        let k = format!("o{:04}", i % 700).into_bytes();
+        let v = order(i);
+        db.put(&k, &v).unwrap();
+        m.insert(k, v);
+        states.push((db.stats().applied_lsn, m.clone()));
+        if i % 1000 == 999 {
+            db.checkpoint().unwrap();
+        }
+    }
+    assert!(db.stats().wal.segments_archived > 0, "{:?}", db.stats().wal);
+    db.close().unwrap();
+    let s = keel::storage::FsStorage::new();
+    let mut segments: Vec<PathBuf> = keel_wal::archive::archived_segments(&s, &p("archive"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    segments.extend(keel_wal::inspect::segment_files(&s, &p("db/wal")).unwrap());
+    let mut with_dictionary = 0;
+    for seg in &segments {
+        let summary =
+            keel_wal::inspect::inspect_segment(&s, seg, 1 << 30, false, |_, _| {}).unwrap();
+        if summary.header.unwrap().dictionary.is_some() {
+            with_dictionary += 1;
+        }
+    }
+    assert!(
+        with_dictionary >= 2,
+        "{with_dictionary} of {} segments",
+        segments.len()
+    );
+    let storage: Arc<dyn keel::storage::Storage> = Arc::new(s);
+    let mut rng = SplitMix64::new(9);
+    let last = states.last().unwrap().0;
+    // A restored store continues the source's log: never its archive.
+    let mut restored_opts = opts.clone();
+    restored_opts.archive_dir = None;
+    for n in 0..25 {
+        let (lsn, want) = if n == 0 {
+            states.last().unwrap().clone()
+        } else {
+            states[rng.below(states.len() as u64) as usize].clone()
+        };
+        assert!(lsn > marker.lsn && lsn <= last);
+        let into = p(&format!("restored-{n}"));
+        let req = RestoreRequest {
+            backup: &p("backup"),
+            into: &into,
+            archive_dir: Some(&p("archive")),
+            source: Some(&p("db")),
+            target: RestoreTarget::Lsn(lsn),
+        };
+        let report = restore(Arc::clone(&storage), &req).unwrap();
+        assert_eq!(report.reached_lsn, lsn);
+        let db = Db::open(&into, restored_opts.clone()).unwrap().0;
+        assert!(
+            contents(&db) == want,
+            "LSN {lsn}: the restored state differs"
+        );
+        drop(db);
+        std::fs::remove_dir_all(&into).unwrap();
     }
 }
