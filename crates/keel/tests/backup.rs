@@ -92,6 +92,18 @@ fn contents(db: &Db) -> Model {
     db.iter().collect()
 }
 
+/// The segments of `root/archive`, then those of `root/db/wal`: the whole
+/// log of a store whose archive is beside it.
+fn archived_then_live_segments(s: &keel::storage::FsStorage, root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = keel_wal::archive::archived_segments(s, &root.join("archive"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    files.extend(keel_wal::inspect::segment_files(s, &root.join("db/wal")).unwrap());
+    files
+}
+
 #[test]
 fn a_backup_taken_while_a_writer_runs_holds_exactly_the_state_at_its_lsn() {
     for on_tables in [true, false] {
@@ -333,13 +345,7 @@ fn restore_to_random_lsns_and_times_equals_the_model_at_that_point() {
     let marker = backup_at.unwrap();
     // Every record's time, from the archive and the log.
     let mut times: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut files: Vec<PathBuf> = keel_wal::archive::archived_segments(&s, &p("archive"))
-        .unwrap()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
-    files.extend(keel_wal::inspect::segment_files(&s, &p("db/wal")).unwrap());
-    for f in files {
+    for f in archived_then_live_segments(&s, root) {
         keel_wal::inspect::inspect_segment(&s, &f, 1 << 30, false, |r, _| {
             times.insert(r.lsn, r.time_us);
         })
@@ -492,12 +498,7 @@ fn a_restore_replays_segments_compressed_with_their_dictionaries() {
     assert!(db.stats().wal.segments_archived > 0, "{:?}", db.stats().wal);
     db.close().unwrap();
     let s = keel::storage::FsStorage::new();
-    let mut segments: Vec<PathBuf> = keel_wal::archive::archived_segments(&s, &p("archive"))
-        .unwrap()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
-    segments.extend(keel_wal::inspect::segment_files(&s, &p("db/wal")).unwrap());
+    let segments = archived_then_live_segments(&s, tmp.path());
     let mut with_dictionary = 0;
     for seg in &segments {
         let summary =
