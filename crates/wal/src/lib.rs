@@ -53,4 +53,4 @@ pub use error::{Damage, DamageKind, Result, StopCause, WalError};
 pub use options::{Clock, RecoveryMode, SyncPolicy, WalOptions};
 pub use reader::Record;
 pub use recovery::{RecoveryReport, SetAside, TornTail};
-pub use wal::{AppendFuture, LogPin, Wal, WalStats};
+pub use wal::{AppendFuture, LogPin, SuffixTruncation, Wal, WalStats};

@@ -56,6 +56,9 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod suffix;
+pub use suffix::SuffixTruncation;
+
 /// Counters of a log's activity since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
@@ -546,15 +549,7 @@ impl Wal {
                 continue;
             }
             let mut data = Vec::new();
-            let seg = read_segment(&*inner.storage, path, false, false, &mut data)?;
-            let header = seg.header.map_err(|e| {
-                WalError::Corrupt(Box::new(Damage {
-                    segment: path.clone(),
-                    offset: 0,
-                    lsn: *first,
-                    kind: crate::error::DamageKind::BadHeader(e),
-                }))
-            })?;
+            let header = inner.read_listed_segment(*first, path, &mut data)?;
             let mut done = false;
             let scan = scan_records(
                 &data,
@@ -689,6 +684,26 @@ fn dictionary_fits(opts: &WalOptions, len: usize) -> bool {
 }
 
 impl Inner {
+    /// Reads the segment `path`, listed as beginning at LSN `first`, whole
+    /// into `data`, and returns its header (or the damage that makes it
+    /// unreadable).
+    fn read_listed_segment(
+        &self,
+        first: u64,
+        path: &Path,
+        data: &mut Vec<u8>,
+    ) -> Result<SegmentHeader> {
+        let seg = read_segment(&*self.storage, path, false, false, data)?;
+        seg.header.map_err(|e| {
+            WalError::Corrupt(Box::new(Damage {
+                segment: path.to_path_buf(),
+                offset: 0,
+                lsn: first,
+                kind: crate::error::DamageKind::BadHeader(e),
+            }))
+        })
+    }
+
     /// The log's state after recovery: the kept segments, the next LSN,
     /// the last segment as the tail to append to, and the preparer started.
     fn resume(
