@@ -1,0 +1,56 @@
+//! keel-raft: keel's parts as the storage of a Raft node run by
+//! [openraft](https://docs.rs/openraft/0.9.25) (issue 14: replication on an
+//! existing consensus engine, never a home-made protocol).
+//!
+//! - [`KeelLogStore`]: the Raft log on keel's write-ahead log. Entry `i` is
+//!   a log record (its term, leader, index and payload in the record's
+//!   payload, [`entry_codec`]); an append is acknowledged to openraft only
+//!   once fdatasynced (group commit batches it with others), a conflicting
+//!   suffix is removed with [`keel_wal::Wal::truncate_after`], a purge is
+//!   [`keel_wal::Wal::truncate_before`].
+//! - [`RaftMeta`]: the vote and the last purged log id, in one small file
+//!   replaced durably (temp file, fsync, rename, directory fsync).
+//!
+//! The byte layouts are in docs/FORMAT.md ("Raft log entries", "Raft
+//! meta file").
+
+#![warn(missing_docs)]
+
+pub mod entry_codec;
+pub mod log_store;
+pub mod meta;
+
+pub use log_store::{KeelLogReader, KeelLogStore, LogStoreError};
+pub use meta::RaftMeta;
+
+use serde::{Deserialize, Serialize};
+
+/// A write to replicate: an encoded keel write (opaque to the log).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command(pub Vec<u8>);
+
+/// What applying a [`Command`] gave.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The log index the command was applied at.
+    pub index: u64,
+}
+
+openraft::declare_raft_types!(
+    /// keel's Raft types: node ids are `u64`, nodes are addresses.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// An entry of keel's Raft log.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id (term, leader, index).
+pub type LogId = openraft::LogId<u64>;
+/// A vote.
+pub type Vote = openraft::Vote<u64>;
+/// openraft's storage error, as keel's stores return it.
+pub type StorageError = openraft::StorageError<u64>;
