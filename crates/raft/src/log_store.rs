@@ -19,7 +19,11 @@
 //!   returned.
 //! - A purge past the last entry (a snapshot installed ahead of the log)
 //!   starts a new, empty log generation whose first record is the next
-//!   index; the meta file's replacement is the switch.
+//!   index; the meta file's replacement is the switch. So does a first
+//!   append to an empty log at another index than the next (a follower's
+//!   first entries).
+//! - Entries appended at or below the purge point are already applied
+//!   and compacted: they change nothing. Any other gap is refused.
 //! - Recovery modes that can drop acknowledged records (`PointInTime`,
 //!   `SkipAnyCorruptedRecords`) are refused: a node that forgot an entry it
 //!   acknowledged could let a committed entry be lost.
@@ -284,6 +288,27 @@ impl KeelLogStore {
         &self,
         entries: impl IntoIterator<Item = Entry>,
     ) -> Result<Option<(u64, u64)>, LogStoreError> {
+        // Entries at or below the purge point are applied and compacted
+        // already (a snapshot holds them): appending one again changes
+        // nothing.
+        let purged = self.shared.lock().meta.purged.map(|p| p.index);
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| purged.is_none_or(|p| e.log_id.index > p))
+            .collect();
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            return Ok(None);
+        };
+        let starts_anew = {
+            let st = self.shared.lock();
+            // An empty log may begin at any index after the purge point
+            // (a follower's first entries, after a snapshot).
+            st.last.is_none() && first != st.next_index() && first >= st.first_readable()
+        };
+        if starts_anew {
+            let purged = self.shared.lock().meta.purged;
+            self.switch_generation(purged, first)?;
+        }
         let mut st = self.shared.lock();
         let mut last = None;
         for e in entries {
@@ -331,32 +356,9 @@ impl KeelLogStore {
         }
         if log_id.index + 1 >= st.next_index() {
             // Nothing would be left: a new log generation begins at the
-            // next index. The old log is synced first so no flush waits on
-            // it, the new one exists durably before the meta file names
-            // it, and the old one goes after.
-            st.wal.sync()?;
-            let next = RaftMeta {
-                purged: Some(log_id),
-                generation: st.meta.generation + 1,
-                base: log_id.index + 1,
-                ..st.meta
-            };
-            let (wal, _) = Wal::open(
-                Arc::clone(&shared.storage),
-                log_dir(&shared.dir, next.generation),
-                WalOptions {
-                    start_lsn: 1,
-                    ..shared.opts.clone()
-                },
-            )?;
-            next.save(&*shared.storage, &meta_path(&shared.dir))?;
-            let old = std::mem::replace(&mut st.wal, Arc::new(wal));
-            st.meta = next;
-            st.last = None;
+            // next index.
             drop(st);
-            close_when_unshared(old);
-            remove_other_generations(&self.shared)?;
-            return Ok(());
+            return self.switch_generation(Some(log_id), log_id.index + 1);
         }
         // The purge point is durable before any segment goes: entries
         // at or below it that stay in a kept segment are never read.
@@ -371,6 +373,37 @@ impl KeelLogStore {
         drop(st);
         wal.truncate_before(lsn)?;
         Ok(())
+    }
+
+    /// Begins a new, empty log generation whose first record is entry
+    /// `base`, with `purged` as the purge point. The old log is synced
+    /// first (so no flush waits on it), the new one exists durably before
+    /// the meta file names it, and the old one's files go after.
+    fn switch_generation(&self, purged: Option<LogId>, base: u64) -> Result<(), LogStoreError> {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        st.wal.sync()?;
+        let next = RaftMeta {
+            purged,
+            generation: st.meta.generation + 1,
+            base,
+            ..st.meta
+        };
+        let (wal, _) = Wal::open(
+            Arc::clone(&shared.storage),
+            log_dir(&shared.dir, next.generation),
+            WalOptions {
+                start_lsn: 1,
+                ..shared.opts.clone()
+            },
+        )?;
+        next.save(&*shared.storage, &meta_path(&shared.dir))?;
+        let old = std::mem::replace(&mut st.wal, Arc::new(wal));
+        st.meta = next;
+        st.last = None;
+        drop(st);
+        close_when_unshared(old);
+        remove_other_generations(shared)
     }
 
     fn save_vote_now(&self, vote: &Vote) -> Result<(), LogStoreError> {

@@ -151,7 +151,9 @@ fn a_purge_hides_entries_durably_and_one_past_the_end_starts_a_new_generation() 
             }
         );
         assert_eq!(all(&mut store).await, vec![]);
-        assert!(store.blocking_append([command(2, 101)]).await.is_err());
+        // An entry at or below the purge point changes nothing.
+        store.blocking_append([command(2, 101)]).await.unwrap();
+        assert_eq!(all(&mut store).await, vec![]);
         let new: Vec<Entry> = (501..=520).map(|i| command(2, i)).collect();
         store.blocking_append(new.clone()).await.unwrap();
         assert_eq!(store.meta().generation, 1);
@@ -338,4 +340,29 @@ fn a_crash_at_any_storage_operation_leaves_a_state_the_acknowledged_steps_allow(
         crashed += 1;
     }
     assert!(crashed >= 30, "only {crashed} crash points");
+}
+
+#[test]
+fn an_empty_log_begins_at_any_index_and_entries_below_the_purge_point_change_nothing() {
+    block_on(async {
+        let s = sim(5);
+        let mut store = open(&s);
+        // A follower's first entries may start anywhere.
+        let first: Vec<Entry> = (7..=9).map(|i| command(1, i)).collect();
+        store.blocking_append(first.clone()).await.unwrap();
+        assert_eq!(all(&mut store).await, first);
+        drop(store);
+        let mut store = open(&s);
+        assert_eq!(all(&mut store).await, first);
+        store.purge(log_id(1, 8)).await.unwrap();
+        // Entry 8 again (a leader's retry): already compacted, ignored;
+        // entry 10 follows 9.
+        store
+            .blocking_append([command(1, 8), command(1, 10)])
+            .await
+            .unwrap();
+        assert_eq!(all(&mut store).await, vec![command(1, 9), command(1, 10)]);
+        // A gap after entries is refused.
+        assert!(store.blocking_append([command(1, 12)]).await.is_err());
+    });
 }
