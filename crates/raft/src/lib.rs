@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod entry_cache;
 pub mod entry_codec;
 pub mod log_store;
 pub mod meta;

@@ -29,6 +29,7 @@
 //!   acknowledged could let a committed entry be lost.
 //! - Every entry read back is checked to hold the index it was read for.
 
+use crate::entry_cache::EntryCache;
 use crate::entry_codec;
 use crate::meta::{MetaError, RaftMeta};
 use crate::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -68,6 +69,8 @@ struct State {
     meta: RaftMeta,
     /// The last entry in the log, if any is above the purge point.
     last: Option<LogId>,
+    /// The newest entries, for reads.
+    cache: EntryCache,
 }
 
 struct Shared {
@@ -141,12 +144,15 @@ impl Shared {
             let st = self.lock();
             let from = start.max(st.first_readable());
             let to = end.min(st.next_index());
+            if from >= to {
+                return Ok(Vec::new());
+            }
+            if let Some(cached) = st.cache.get(from, to) {
+                return Ok(cached);
+            }
             (Arc::clone(&st.wal), from, to, st.meta.base)
         };
         let mut out = Vec::new();
-        if from >= to {
-            return Ok(out);
-        }
         let mut bad = None;
         wal.read_from(from - base + 1, |r| {
             let index = base + r.lsn - 1;
@@ -260,6 +266,7 @@ impl KeelLogStore {
                 wal,
                 meta,
                 last: None,
+                cache: EntryCache::default(),
             }),
         });
         remove_other_generations(&shared)?;
@@ -321,6 +328,7 @@ impl KeelLogStore {
             }
             let lsn = st.wal.enqueue_with(&entry_codec::encode(&e), |_| {})?;
             st.last = Some(e.log_id);
+            st.cache.push(e);
             last = Some(lsn);
         }
         Ok(last.map(|lsn| (st.meta.generation, lsn)))
@@ -339,6 +347,7 @@ impl KeelLogStore {
             return Ok(());
         }
         let lsn = st.lsn_of(index);
+        st.cache.truncate_from(index);
         st.wal.truncate_after(lsn - 1)?;
         st.last = None;
         drop(st);
@@ -401,6 +410,7 @@ impl KeelLogStore {
         let old = std::mem::replace(&mut st.wal, Arc::new(wal));
         st.meta = next;
         st.last = None;
+        st.cache.clear();
         drop(st);
         close_when_unshared(old);
         remove_other_generations(shared)
