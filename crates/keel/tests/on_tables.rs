@@ -4,7 +4,8 @@
 //! held open across later writes) and reopens checked against a `BTreeMap`.
 //! Then power loss at random storage operations, on simulated storage: every
 //! acknowledged write survives, nothing else appears. Then the upgrade of a
-//! data directory the in-memory engine wrote. `KEEL_TABLES_SEEDS=N` runs
+//! data directory the in-memory engine wrote (the committed fixture of that
+//! release is opened by `earlier_formats.rs`). `KEEL_TABLES_SEEDS=N` runs
 //! more seeds.
 
 use keel::{Db, Options, WriteBatch};
@@ -460,104 +461,6 @@ fn a_directory_of_the_in_memory_engine_is_upgraded() {
     assert!(report.checkpoint.is_none(), "{report}");
     assert_eq!(report.tables.map(|t| t.tables), Some(1), "{report}");
     check(&db, &model, &mut rng, 0);
-}
-
-/// The fixture's committed directory: a data directory written by the
-/// in-memory engine (checkpoint + log), as released before tables.
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/in-memory-store")
-}
-
-/// What the fixture holds: keys 0..300 (a checkpoint at the 200th write),
-/// then every 7th deleted, then keys 100..150 written again.
-fn fixture_model() -> Model {
-    let mut m = Model::new();
-    for i in 0..300u32 {
-        let v = if (100..150).contains(&i) {
-            format!("second-{i}")
-        } else {
-            format!("first-{i}")
-        };
-        if i % 7 != 0 || (100..150).contains(&i) {
-            m.insert(format!("fixture-{i:04}").into_bytes(), v.into_bytes());
-        }
-    }
-    m
-}
-
-/// Writes the fixture (run once, by hand, with the engine of the release
-/// whose format it pins): `cargo test -p keel --test on_tables -- --ignored`.
-#[test]
-#[ignore]
-fn write_the_in_memory_fixture() {
-    let dir = fixture_dir();
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut o = Options::default();
-    o.memtable_size = None;
-    o.segment_size = 64 << 10;
-    o.preallocate = false;
-    let (db, _) = Db::open(&dir, o).unwrap();
-    for i in 0..300u32 {
-        db.put(format!("fixture-{i:04}"), format!("first-{i}"))
-            .unwrap();
-        if i == 199 {
-            db.checkpoint().unwrap();
-        }
-    }
-    for i in (0..300u32).step_by(7) {
-        db.delete(format!("fixture-{i:04}")).unwrap();
-    }
-    for i in 100..150u32 {
-        db.put(format!("fixture-{i:04}"), format!("second-{i}"))
-            .unwrap();
-    }
-    db.close().unwrap();
-    std::fs::remove_file(dir.join("LOCK")).unwrap();
-}
-
-/// The committed fixture of the in-memory engine opens on tables with the
-/// same contents; the copy's checkpoint becomes the first table.
-#[test]
-fn the_committed_in_memory_fixture_opens_on_tables() {
-    let src = fixture_dir();
-    let tmp = tempfile::tempdir().unwrap();
-    let copy = tmp.path().join("store");
-    copy_dir(&src, &copy);
-    assert!(copy.join("wal").is_dir(), "the fixture has its log");
-    let mut o = Options::default();
-    o.memtable_size = Some(1 << 20);
-    let (db, report) = Db::open(&copy, o.clone()).unwrap();
-    assert!(
-        report.checkpoint.is_some(),
-        "recovered from the fixture's checkpoint"
-    );
-    let all: Model = db.iter().collect();
-    assert!(all == fixture_model(), "the fixture's contents");
-    assert_eq!(db.len(), fixture_model().len());
-    assert_eq!(db.stats().tables.unwrap().levels[0].0, 1);
-    drop(db);
-    let leftover: Vec<_> = std::fs::read_dir(&copy)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".ckpt"))
-        .collect();
-    assert!(leftover.is_empty(), "{leftover:?}");
-    let (db, _) = Db::open(&copy, o).unwrap();
-    let all: Model = db.iter().collect();
-    assert!(all == fixture_model(), "after the upgrade, reopened");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 /// Without an exact count (`exact_key_count` off), `len` is an estimate

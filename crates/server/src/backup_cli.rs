@@ -25,10 +25,10 @@ pub fn backup(data_dir: &Path, dest: &Path, config: Option<&Path>) -> anyhow::Re
             let mut o = Options::default();
             o.checkpoint_log_bytes = None;
             o.checkpoint_interval = None;
-            o.memtable_size = data_dir
-                .join(keel::layout::MANIFEST_DIR)
-                .is_dir()
-                .then_some(u64::MAX / 4);
+            let manifest = data_dir.join(keel::layout::MANIFEST_DIR);
+            let on_tables = keel::storage::Storage::exists(&FsStorage::new(), &manifest)
+                .with_context(|| format!("checking for {}", manifest.display()))?;
+            o.memtable_size = on_tables.then_some(u64::MAX / 4);
             o
         }
     };

@@ -675,7 +675,16 @@ fn a_store_on_tables_serves_flushes_compacts_and_survives_kill_9() {
         ask(&mut s, &[b"DEL", b"key:00000", b"key:00001"]),
         b":2\r\n"
     );
-    let info = String::from_utf8(ask(&mut s, &[b"INFO"])).unwrap();
+    // Flushes run in the background: wait for the last frozen memtable
+    // (the writes above are acknowledged; their flush may still run).
+    let mut info = String::new();
+    for _ in 0..200 {
+        info = String::from_utf8(ask(&mut s, &[b"INFO"])).unwrap();
+        if info.contains("frozen_memtables:0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(info.contains("# Tables"), "{info}");
     assert!(info.contains("key_count:exact"), "{info}");
     let flushes: u64 = info
