@@ -381,6 +381,15 @@ fn stored_as_byte(meta: &RecordMeta) -> u8 {
 /// segment's dictionary.
 pub const ZSTD_WITH_DICTIONARY: u8 = 3;
 
+/// What a record's compression byte says: the codec, and whether the
+/// segment's dictionary was used. `None` for a byte no version defines.
+fn stored_as(byte: u8) -> Option<(Compression, bool)> {
+    match byte {
+        ZSTD_WITH_DICTIONARY => Some((Compression::Zstd, true)),
+        b => Compression::from_byte(b).map(|c| (c, false)),
+    }
+}
+
 /// Appends one version 1 record: what releases before record times wrote.
 /// The log never writes it now; tests and fuzzing do, to check that such
 /// logs still read.
@@ -489,14 +498,8 @@ pub fn decode_record(buf: &[u8], version: u32, salt: u64, max_len: u32) -> Decod
     };
     if version >= 2 {
         meta.time_us = le64(&header[24..32]);
-        let (compression, dictionary) = match header[32] {
-            ZSTD_WITH_DICTIONARY => (Compression::Zstd, true),
-            b => match Compression::from_byte(b) {
-                Some(c) => (c, false),
-                None => {
-                    return Decoded::Undecodable("unknown compression (written by a newer keel?)")
-                }
-            },
+        let Some((compression, dictionary)) = stored_as(header[32]) else {
+            return Decoded::Undecodable("unknown compression (written by a newer keel?)");
         };
         if header[33..36] != [0, 0, 0] {
             return Decoded::Undecodable("reserved header bytes set (written by a newer keel?)");

@@ -671,6 +671,49 @@ impl Drop for Wal {
     }
 }
 
+/// How appends go on in the last segment recovery kept.
+struct TailPlan {
+    tail: Option<Tail>,
+    salt: u64,
+    version: u32,
+    /// Where its records start (after its dictionary block, if any).
+    start: u64,
+    /// Its dictionary, if appends go on using it.
+    dictionary: Option<Arc<ZstdDictionary>>,
+}
+
+impl TailPlan {
+    fn of(last: Option<crate::recovery::KeptSegment>, opts: &WalOptions) -> TailPlan {
+        let Some(s) = last else {
+            return TailPlan {
+                tail: None,
+                salt: 0,
+                version: FORMAT_VERSION,
+                start: SEGMENT_HEADER_LEN as u64,
+                dictionary: None,
+            };
+        };
+        let start = format::records_start(s.dictionary.as_ref().map_or(0, Vec::len)) as u64;
+        TailPlan {
+            tail: Some(Tail {
+                path: s.path,
+                file: s.file,
+                end: s.end,
+            }),
+            salt: s.salt,
+            version: s.version,
+            start,
+            // Records go on using the tail's dictionary while the log
+            // compresses with zstd and dictionaries.
+            dictionary: s
+                .dictionary
+                .filter(|d| uses_dictionaries(opts) && dictionary_fits(opts, d.len()))
+                .and_then(ZstdDictionary::new)
+                .map(Arc::new),
+        }
+    }
+}
+
 /// Whether the log's records use zstd dictionaries: zstd, with a
 /// dictionary size.
 fn uses_dictionaries(opts: &WalOptions) -> bool {
@@ -726,33 +769,18 @@ impl Inner {
             .iter()
             .map(|s| (s.first_lsn, s.path.clone()))
             .collect();
-        let zstd = uses_dictionaries(&opts);
-        let (tail, plan_salt, plan_version, dictionary) =
-            match recovered.segments.into_iter().last() {
-                Some(s) => (
-                    Some(Tail {
-                        path: s.path,
-                        file: s.file,
-                        end: s.end,
-                    }),
-                    s.salt,
-                    s.version,
-                    // Records go on using the tail's dictionary (when the
-                    // log still compresses with zstd).
-                    s.dictionary
-                        .filter(|d| zstd && dictionary_fits(&opts, d.len()))
-                        .and_then(ZstdDictionary::new)
-                        .map(Arc::new),
-                ),
-                None => (None, 0, FORMAT_VERSION, None),
-            };
+        let TailPlan {
+            tail,
+            salt: plan_salt,
+            version: plan_version,
+            start: plan_start,
+            dictionary,
+        } = TailPlan::of(recovered.segments.into_iter().last(), &opts);
         let plan_end = tail.as_ref().map_or(0, |t| t.end);
-        let plan_start =
-            format::records_start(dictionary.as_ref().map_or(0, |d| d.bytes().len())) as u64;
         // Dictionaries only where they fit a sixteenth of a segment, so no
         // trained dictionary is ever refused (and trained again).
         let fits = dictionary_fits(&opts, opts.zstd_dictionary_size);
-        let trainer = Trainer::new(if zstd && fits {
+        let trainer = Trainer::new(if uses_dictionaries(&opts) && fits {
             opts.zstd_dictionary_size
         } else {
             0
