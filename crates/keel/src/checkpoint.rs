@@ -8,11 +8,14 @@
 //! `.tmp` file is an interrupted checkpoint and is removed at open.
 //!
 //! Layout (little-endian; docs/FORMAT.md): a 40-byte header (magic
-//! `KEELCKPT`, version, flags, LSN, entry count, CRC32C), blocks of entries
-//! each with its own CRC32C, and a 24-byte footer (magic `KEELEND\0`, entry
-//! count, CRC32C). Every length is checked against the file before use.
+//! `KEELCKPT`, version, flags, LSN, entry count, CRC32C), the application
+//! metadata as of the LSN (`crate::metadata`; only if flags bit 0 is set),
+//! blocks of entries each with its own CRC32C, and a 24-byte footer (magic
+//! `KEELEND\0`, entry count, CRC32C). Every length is checked against the
+//! file before use.
 
 use crate::error::Result;
+use crate::metadata::Metadata;
 use keel_storage::{OpenMode, Storage, StorageFile};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +26,10 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = 40;
 const FOOTER_LEN: usize = 24;
 const BLOCK_HEADER_LEN: usize = 12;
+/// Flags bit 0: a metadata block follows the header.
+const FLAG_METADATA: u32 = 1;
+/// The metadata block's `len u32` and `crc u32`.
+const METADATA_HEADER_LEN: usize = 8;
 /// Entries are grouped into blocks of about this many bytes.
 const BLOCK_TARGET: usize = 64 << 10;
 
@@ -39,12 +46,16 @@ pub struct CheckpointHeader {
     pub lsn: u64,
     /// Number of key-value entries.
     pub count: u64,
+    /// Whether a metadata block follows the header (flags bit 0).
+    pub metadata: bool,
 }
 
 fn encode_header(h: CheckpointHeader) -> [u8; HEADER_LEN] {
     let mut b = [0u8; HEADER_LEN];
     b[0..8].copy_from_slice(&MAGIC);
     b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    let flags = if h.metadata { FLAG_METADATA } else { 0 };
+    b[12..16].copy_from_slice(&flags.to_le_bytes());
     b[16..24].copy_from_slice(&h.lsn.to_le_bytes());
     b[24..32].copy_from_slice(&h.count.to_le_bytes());
     let crc = crc32c::crc32c(&b[0..32]);
@@ -123,6 +134,10 @@ pub enum CheckpointError {
         /// How many bytes.
         stray: usize,
     },
+    /// The metadata block is cut short, fails its checksum or does not
+    /// decode.
+    #[error("metadata block after the header: {0}")]
+    BadMetadata(String),
     /// The blocks hold another number of entries than the header says.
     #[error("header says {header} entries, found {found}")]
     EntryCount {
@@ -168,12 +183,13 @@ pub fn decode_header(b: &[u8]) -> Result<CheckpointHeader, CheckpointError> {
         return Err(CheckpointError::UnsupportedVersion(version));
     }
     let flags = u32_at(b, 12);
-    if flags != 0 {
+    if flags & !FLAG_METADATA != 0 {
         return Err(CheckpointError::UnknownFlags(flags));
     }
     Ok(CheckpointHeader {
         lsn: u64_at(b, 16),
         count: u64_at(b, 24),
+        metadata: flags & FLAG_METADATA != 0,
     })
 }
 
@@ -181,8 +197,9 @@ fn block_crc(header_tail: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(header_tail), payload)
 }
 
-/// Writes the checkpoint of `tree` at `lsn` to `path` (the name
-/// [`DataDir::checkpoint`](crate::layout::DataDir::checkpoint) gives it), crash-safely. Runs on a snapshot, so writers go on meanwhile.
+/// Writes the checkpoint of `tree` and `metadata` at `lsn` to `path` (the
+/// name [`DataDir::checkpoint`](crate::layout::DataDir::checkpoint) gives
+/// it), crash-safely. Runs on a snapshot, so writers go on meanwhile.
 ///
 /// `bytes_per_sec` paces the writing (sleeping on this, the checkpoint's own
 /// thread) so that a checkpoint never takes the disk away from the log's
@@ -192,11 +209,12 @@ pub fn write(
     path: &Path,
     lsn: u64,
     tree: &Tree,
+    metadata: &Metadata,
     bytes_per_sec: Option<u64>,
 ) -> Result<()> {
     // Temp file, fdatasync, rename, directory fsync (keel_storage::write_atomic).
     keel_storage::write_atomic(storage, path, |file, _| {
-        write_contents(file, lsn, tree, bytes_per_sec)
+        write_contents(file, lsn, tree, metadata, bytes_per_sec)
     })?;
     Ok(())
 }
@@ -206,15 +224,22 @@ fn write_contents(
     file: &dyn StorageFile,
     lsn: u64,
     tree: &Tree,
+    metadata: &Metadata,
     bytes_per_sec: Option<u64>,
 ) -> std::io::Result<()> {
     let started = std::time::Instant::now();
     let header = encode_header(CheckpointHeader {
         lsn,
         count: tree.len() as u64,
+        metadata: !metadata.is_empty(),
     });
     file.write_at(&header, 0)?;
     let mut offset = HEADER_LEN as u64;
+    if !metadata.is_empty() {
+        let block = encode_metadata_block(metadata);
+        file.write_at(&block, offset)?;
+        offset += block.len() as u64;
+    }
     let mut block = Vec::with_capacity(BLOCK_TARGET + 1024);
     let mut in_block = 0u32;
     let mut flush = |block: &mut Vec<u8>, in_block: &mut u32| -> std::io::Result<()> {
@@ -264,13 +289,53 @@ fn write_contents(
     file.write_at(&footer, offset)
 }
 
-/// Reads and verifies a whole checkpoint file.
+/// `len u32`, `crc u32` (CRC32C of the length's bytes, then the
+/// entries), the entries.
+fn encode_metadata_block(metadata: &Metadata) -> Vec<u8> {
+    let mut b = vec![0u8; METADATA_HEADER_LEN];
+    crate::metadata::encode_into(&mut b, metadata);
+    let len = (b.len() - METADATA_HEADER_LEN) as u32;
+    b[0..4].copy_from_slice(&len.to_le_bytes());
+    let crc = block_crc(&b[0..4], &b[METADATA_HEADER_LEN..]);
+    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes the metadata block at `pos` (before `end`, the footer);
+/// returns it and where the entry blocks start.
+fn decode_metadata_block(
+    data: &[u8],
+    pos: usize,
+    end: usize,
+) -> Result<(Metadata, usize), CheckpointError> {
+    let bad = |why: String| CheckpointError::BadMetadata(why);
+    if end - pos < METADATA_HEADER_LEN {
+        return Err(bad("its header is cut short".into()));
+    }
+    let len = u32_at(data, pos) as usize;
+    let start = pos + METADATA_HEADER_LEN;
+    if len > end - start {
+        return Err(bad(format!("it claims {len} bytes, past the footer")));
+    }
+    let entries = &data[start..start + len];
+    if u32_at(data, pos + 4) != block_crc(&data[pos..pos + 4], entries) {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let metadata = crate::metadata::decode_all(entries).map_err(|e| bad(e.to_string()))?;
+    if metadata.is_empty() {
+        return Err(bad("the flag is set but it holds nothing".into()));
+    }
+    Ok((metadata, start + len))
+}
+
+/// Reads and verifies a whole checkpoint file: its header, the keys and
+/// the application metadata.
 pub fn read(
     storage: &dyn Storage,
     path: &Path,
     max_key: usize,
     max_value: usize,
-) -> Result<(CheckpointHeader, Tree), CheckpointError> {
+) -> Result<(CheckpointHeader, Tree, Metadata), CheckpointError> {
     let unreadable = |e| CheckpointError::Unreadable(Arc::new(e));
     let file = storage.open(path, OpenMode::Read).map_err(unreadable)?;
     let len = file.len().map_err(unreadable)?;
@@ -284,7 +349,7 @@ pub fn decode(
     data: &[u8],
     max_key: usize,
     max_value: usize,
-) -> Result<(CheckpointHeader, Tree), CheckpointError> {
+) -> Result<(CheckpointHeader, Tree, Metadata), CheckpointError> {
     let header = decode_header(data)?;
     let end = data.len() - FOOTER_LEN;
     let footer = &data[end..];
@@ -301,8 +366,12 @@ pub fn decode(
             footer: footer_count,
         });
     }
+    let (metadata, mut pos) = if header.metadata {
+        decode_metadata_block(data, HEADER_LEN, end)?
+    } else {
+        (Metadata::new(), HEADER_LEN)
+    };
     let mut tree = Tree::new();
-    let mut pos = HEADER_LEN;
     let mut prev: Option<Key> = None;
     while pos < end {
         pos = decode_block(data, pos, end, (max_key, max_value), &mut prev, &mut tree)?;
@@ -313,7 +382,7 @@ pub fn decode(
             found: tree.len() as u64,
         });
     }
-    Ok((header, tree))
+    Ok((header, tree, metadata))
 }
 
 /// Decodes the block at `pos` (blocks end at `end`, the footer) into
@@ -402,33 +471,47 @@ mod tests {
     }
 
     fn write_at(s: &SimStorage, dir: &DataDir, lsn: u64, t: &Tree) -> PathBuf {
+        write_with(s, dir, lsn, t, &Metadata::new())
+    }
+
+    fn write_with(s: &SimStorage, dir: &DataDir, lsn: u64, t: &Tree, m: &Metadata) -> PathBuf {
         let path = dir.checkpoint(lsn);
-        write(s, &path, lsn, t, None).unwrap();
+        write(s, &path, lsn, t, m, None).unwrap();
         path
+    }
+
+    fn metadata() -> Metadata {
+        Metadata::from([
+            (b"raft.applied".to_vec(), vec![7; 26]),
+            (b"raft.membership".to_vec(), b"{}".to_vec()),
+        ])
     }
 
     #[test]
     fn round_trips_including_multi_block_and_empty() {
         let (s, dir) = setup();
         for (n, vlen) in [(0, 0), (1, 0), (100, 10), (3000, 700)] {
-            let t = tree(n, vlen);
-            let path = write_at(&s, &dir, 42 + n as u64, &t);
-            let (h, back) = read(&s, &path, 1024, 1 << 20).unwrap();
-            assert_eq!(
-                h,
-                CheckpointHeader {
-                    lsn: 42 + n as u64,
-                    count: n as u64
-                }
-            );
-            assert_eq!(back, t);
+            for m in [Metadata::new(), metadata()] {
+                let t = tree(n, vlen);
+                let path = write_with(&s, &dir, 42 + n as u64, &t, &m);
+                let (h, back, back_m) = read(&s, &path, 1024, 1 << 20).unwrap();
+                assert_eq!(
+                    h,
+                    CheckpointHeader {
+                        lsn: 42 + n as u64,
+                        count: n as u64,
+                        metadata: !m.is_empty(),
+                    }
+                );
+                assert_eq!((back, back_m), (t, m));
+            }
         }
     }
 
     #[test]
     fn every_bit_flip_and_truncation_is_detected() {
         let (s, dir) = setup();
-        let path = write_at(&s, &dir, 7, &tree(5, 3));
+        let path = write_with(&s, &dir, 7, &tree(5, 3), &metadata());
         let data = s.read_file(&path).unwrap();
         let mut flips = 0;
         for bit in 0..data.len() * 8 {
@@ -457,7 +540,7 @@ mod tests {
         let (s, dir) = setup();
         let path = write_at(&s, &dir, 9, &tree(10, 10));
         let after = s.crash_with(keel_storage::CrashMode::DropUnsynced);
-        let (h, t) = read(&after, &path, 1024, 1024).unwrap();
+        let (h, t, _) = read(&after, &path, 1024, 1024).unwrap();
         assert_eq!((h.lsn, t.len()), (9, 10));
         assert!(!after.exists(&keel_storage::temp_path(&path)).unwrap());
     }

@@ -30,6 +30,7 @@ use crate::checkpoint::{self, Key};
 use crate::error::{Error, Result};
 use crate::keyspace::Keyspace;
 use crate::layout::DataDir;
+use crate::metadata::Metadata;
 use crate::on_tables::{OnTables, TablesStats};
 use crate::op::{BatchOp, Op};
 use crate::options::Options;
@@ -132,6 +133,8 @@ impl WriteBatch {
 
 struct TreeState {
     keys: Keyspace,
+    /// Application metadata as of `applied_lsn`.
+    metadata: Metadata,
     applied_lsn: u64,
 }
 
@@ -262,6 +265,7 @@ impl<'a> DbBuilder<'a> {
                 let r = recovery::Recovered {
                     wal: o.wal,
                     keys: Keyspace::default(),
+                    metadata: Metadata::new(),
                     report: o.report,
                     newest: None,
                     older: None,
@@ -281,6 +285,7 @@ impl<'a> DbBuilder<'a> {
             queue: Mutex::new(BTreeMap::new()),
             state: RwLock::new(TreeState {
                 keys: r.keys,
+                metadata: r.metadata,
                 applied_lsn: r.report.lsn,
             }),
             checkpoints: Mutex::new(CheckpointState {
@@ -482,6 +487,50 @@ impl Db {
     pub fn write_deferred(&self, batch: WriteBatch) -> Result<Deferred> {
         let op = self.shared.check_batch(batch)?;
         self.shared.submit_deferred(op)
+    }
+
+    /// Sets application metadata ([`crate::metadata`]: named values that
+    /// are not keys; reads, scans and clear never see them) and applies
+    /// `op` (`None`: metadata only) in one log record, so after any crash
+    /// both are there or neither. Returns the LSN once durable. For an
+    /// application that must know exactly which of its own commands the
+    /// store holds (keel-raft stores the last applied Raft log id so).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let (db, _) = keel::Db::open(dir.path(), keel::Options::default()).unwrap();
+    /// use keel::op::Op;
+    /// let put = Op::Put(b"k".to_vec(), b"v".to_vec());
+    /// db.write_with_metadata(Some(put), vec![(b"applied".to_vec(), b"7".to_vec())]).unwrap();
+    /// assert_eq!(db.metadata().get(b"applied".as_slice()), Some(&b"7".to_vec()));
+    /// assert_eq!(db.get("k").unwrap(), Some(b"v".to_vec()));
+    /// ```
+    pub fn write_with_metadata(
+        &self,
+        op: Option<Op>,
+        metadata: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<u64> {
+        let op = self.shared.check_with_metadata(op, metadata)?;
+        self.shared.submit(op)
+    }
+
+    /// [`write_with_metadata`](Self::write_with_metadata), deferred like
+    /// [`put_deferred`](Self::put_deferred).
+    pub fn write_with_metadata_deferred(
+        &self,
+        op: Option<Op>,
+        metadata: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Deferred> {
+        let op = self.shared.check_with_metadata(op, metadata)?;
+        self.shared.submit_deferred(op)
+    }
+
+    /// The application metadata as of the last applied write.
+    pub fn metadata(&self) -> Metadata {
+        match &self.shared.tables {
+            Some(t) => t.metadata(&self.shared.poison),
+            None => self.shared.read_state().metadata.clone(),
+        }
     }
 
     /// Acknowledges every write up to LSN `lsn` (deferred or not): returns
@@ -810,6 +859,34 @@ impl Shared {
         Ok(())
     }
 
+    /// The record for [`Db::write_with_metadata`], checked like the write
+    /// it holds, with the metadata's limits.
+    fn check_with_metadata(&self, op: Option<Op>, metadata: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Op> {
+        let bad = |why: String| Error::BadMetadata(why);
+        crate::metadata::check(&metadata).map_err(|e| bad(e.to_string()))?;
+        let op = match op {
+            None => None,
+            Some(Op::Put(k, v)) => {
+                self.check_key(&k)?;
+                self.check_value(&k, &v)?;
+                Some(Op::Put(k, v))
+            }
+            Some(Op::Delete(k)) => {
+                self.check_key(&k)?;
+                Some(Op::Delete(k))
+            }
+            Some(Op::Clear) => Some(Op::Clear),
+            Some(Op::Batch(ops)) => Some(self.check_batch(WriteBatch { ops })?),
+            Some(Op::WithMetadata { .. }) => {
+                return Err(bad("it holds another write with metadata".into()))
+            }
+        };
+        Ok(Op::WithMetadata {
+            metadata,
+            op: op.map(Box::new),
+        })
+    }
+
     fn check_batch(&self, batch: WriteBatch) -> Result<Op> {
         for op in &batch.ops {
             match op {
@@ -931,7 +1008,8 @@ impl Shared {
                     }
                     let (l, op) = entry.remove_entry();
                     debug_assert_eq!(l, st.applied_lsn + 1, "operations applied out of order");
-                    st.keys.apply(op);
+                    let st = &mut *st;
+                    st.keys.apply(op, &mut st.metadata);
                     st.applied_lsn = l;
                 }
             }
@@ -1086,9 +1164,9 @@ impl Shared {
         }
         let _one_at_a_time = self.poison.lock(&self.checkpoint_running, "checkpoint");
         // O(1): the persistent map shares structure with the live one.
-        let (tree, lsn) = {
+        let (tree, metadata, lsn) = {
             let st = self.read_state();
-            (st.keys.tree().clone(), st.applied_lsn)
+            (st.keys.tree().clone(), st.metadata.clone(), st.applied_lsn)
         };
         let bytes_at_snapshot = self.log_bytes_since_checkpoint.load(Ordering::Relaxed);
         let newest = self
@@ -1114,6 +1192,7 @@ impl Shared {
             &path,
             lsn,
             &tree,
+            &metadata,
             self.opts.checkpoint_bytes_per_sec,
         ) {
             let mut ck = self.poison.lock(&self.checkpoints, "checkpoints");

@@ -78,6 +78,10 @@ pub enum Error {
         /// The last LSN the log holds (first - 1 if empty).
         log_last: u64,
     },
+    /// Application metadata offered with a write breaks a limit, or the
+    /// write holds another write with metadata: nothing was written.
+    #[error("refused a write with metadata: {0}; keep names 1 to 255 bytes, values to 64 KiB, at most 64 names, and one level of metadata")]
+    BadMetadata(String),
     /// A log record does not decode as an operation.
     #[error("log record {lsn} is not a valid operation ({why}); the log was written by another program or version")]
     BadRecord {

@@ -24,16 +24,20 @@ pub fn op_decoding(data: &[u8]) {
 /// back, is the same state. (Byte identity is not required: a file may split
 /// entries into blocks differently from the writer and still be valid.)
 pub fn checkpoint_decoding(data: &[u8]) {
-    let Ok((header, tree)) = checkpoint::decode(data, 1024, 1 << 16) else {
+    let Ok((header, tree, metadata)) = checkpoint::decode(data, 1024, 1 << 16) else {
         return;
     };
     let s = SimStorage::new(0);
     let dir = crate::layout::DataDir::new("/fuzz");
     keel_storage::create_dir_durable(&s, dir.root()).expect("sim dir");
     let path = dir.checkpoint(header.lsn);
-    checkpoint::write(&s, &path, header.lsn, &tree, None).expect("sim write");
-    let (h2, t2) = checkpoint::read(&s, &path, 1024, 1 << 16).expect("re-read");
-    assert_eq!((h2, t2), (header, tree), "a checkpoint does not round-trip");
+    checkpoint::write(&s, &path, header.lsn, &tree, &metadata, None).expect("sim write");
+    let back = checkpoint::read(&s, &path, 1024, 1 << 16).expect("re-read");
+    assert_eq!(
+        back,
+        (header, tree, metadata),
+        "a checkpoint does not round-trip"
+    );
 }
 
 /// Manifest record decoding: never panics; what decodes re-encodes to a

@@ -16,6 +16,7 @@
 //! Invariant: `index` and `tree` hold exactly the same entries.
 
 use crate::checkpoint::{Bytes, Key, Tree};
+use crate::metadata::Metadata;
 use crate::op::{BatchOp, Op};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,9 +53,9 @@ impl Keyspace {
         self.index.len()
     }
 
-    /// Applies one logged operation.
-    pub(crate) fn apply(&mut self, op: Op) {
-        apply_op(self, op)
+    /// Applies one logged operation, and the metadata it sets.
+    pub(crate) fn apply(&mut self, op: Op, metadata: &mut Metadata) {
+        apply_op(self, op, metadata)
     }
 }
 
@@ -71,9 +72,9 @@ impl Replay {
         Replay { tree }
     }
 
-    /// Applies one logged operation.
-    pub(crate) fn apply(&mut self, op: Op) {
-        apply_op(self, op)
+    /// Applies one logged operation, and the metadata it sets.
+    pub(crate) fn apply(&mut self, op: Op, metadata: &mut Metadata) {
+        apply_op(self, op, metadata)
     }
 
     /// The keyspace, indexed.
@@ -122,8 +123,14 @@ impl Entries for Replay {
     }
 }
 
-fn apply_op(e: &mut impl Entries, op: Op) {
+fn apply_op(e: &mut impl Entries, op: Op, metadata: &mut Metadata) {
     match op {
+        Op::WithMetadata { metadata: set, op } => {
+            crate::metadata::set_all(metadata, crate::metadata::pairs(&set));
+            if let Some(op) = op {
+                apply_op(e, *op, metadata);
+            }
+        }
         Op::Put(k, v) => e.put(k, v),
         Op::Delete(k) => e.delete(k),
         Op::Clear => e.clear(),
@@ -142,23 +149,63 @@ fn apply_op(e: &mut impl Entries, op: Op) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn op() -> impl Strategy<Value = Op> {
         let key = prop::collection::vec(0u8..4, 1..3);
         let val = prop::collection::vec(any::<u8>(), 0..3);
-        prop_oneof![
+        let plain = prop_oneof![
             6 => (key.clone(), val.clone()).prop_map(|(k, v)| Op::Put(k, v)),
             3 => key.clone().prop_map(Op::Delete),
             1 => Just(Op::Clear),
             2 => prop::collection::vec(
                 prop_oneof![
-                    (key.clone(), val).prop_map(|(k, v)| BatchOp::Put(k, v)),
+                    (key.clone(), val.clone()).prop_map(|(k, v)| BatchOp::Put(k, v)),
                     key.prop_map(BatchOp::Delete),
                 ],
                 0..4
             )
             .prop_map(Op::Batch),
+        ];
+        prop_oneof![
+            6 => plain.clone(),
+            1 => (0u8..3, val, prop::option::of(plain)).prop_map(|(n, v, op)| {
+                Op::WithMetadata { metadata: vec![(vec![b'm', n], v)], op: op.map(Box::new) }
+            }),
         ]
+    }
+
+    /// What `op` does to a plain model of the keys and the metadata.
+    fn model_apply(op: &Op, keys: &mut BTreeMap<Vec<u8>, Vec<u8>>, meta: &mut Metadata) {
+        match op {
+            Op::Put(k, v) => {
+                keys.insert(k.clone(), v.clone());
+            }
+            Op::Delete(k) => {
+                keys.remove(k);
+            }
+            Op::Clear => keys.clear(),
+            Op::Batch(b) => {
+                for e in b {
+                    match e {
+                        BatchOp::Put(k, v) => {
+                            keys.insert(k.clone(), v.clone());
+                        }
+                        BatchOp::Delete(k) => {
+                            keys.remove(k);
+                        }
+                    }
+                }
+            }
+            Op::WithMetadata { metadata, op } => {
+                for (n, v) in metadata {
+                    meta.insert(n.clone(), v.clone());
+                }
+                if let Some(op) = op {
+                    model_apply(op, keys, meta);
+                }
+            }
+        }
     }
 
     proptest! {
@@ -168,21 +215,13 @@ mod tests {
         #[test]
         fn index_and_tree_hold_the_same_entries(ops in prop::collection::vec(op(), 0..60)) {
             let mut ks = Keyspace::default();
-            let mut model = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
+            let mut model = BTreeMap::<Vec<u8>, Vec<u8>>::new();
+            let (mut meta, mut model_meta) = (Metadata::new(), Metadata::new());
             let replayed = ops.clone();
             for op in ops {
-                match &op {
-                    Op::Put(k, v) => { model.insert(k.clone(), v.clone()); }
-                    Op::Delete(k) => { model.remove(k); }
-                    Op::Clear => model.clear(),
-                    Op::Batch(b) => for e in b {
-                        match e {
-                            BatchOp::Put(k, v) => { model.insert(k.clone(), v.clone()); }
-                            BatchOp::Delete(k) => { model.remove(k); }
-                        }
-                    },
-                }
-                ks.apply(op);
+                model_apply(&op, &mut model, &mut model_meta);
+                ks.apply(op, &mut meta);
+                prop_assert_eq!(&meta, &model_meta);
                 prop_assert_eq!(ks.len(), model.len());
                 prop_assert_eq!(ks.tree().len(), model.len());
                 for (k, v) in &model {
@@ -195,9 +234,11 @@ mod tests {
             }
             let reloaded = Keyspace::from_tree(ks.tree().clone());
             let mut replay = Replay::new(Tree::new());
+            let mut replayed_meta = Metadata::new();
             for op in &replayed {
-                replay.apply(op.clone());
+                replay.apply(op.clone(), &mut replayed_meta);
             }
+            prop_assert_eq!(replayed_meta, model_meta);
             let replayed = replay.finish();
             prop_assert_eq!(replayed.len(), model.len());
             for (k, v) in &model {

@@ -22,6 +22,7 @@
 use crate::checkpoint::{Bytes, Key};
 use crate::lsm::{MergeIter, Source, Version};
 use crate::memtable::{Entries, MemIter, Memtable};
+use crate::metadata::Metadata;
 use crate::op::{BatchOp, Op};
 use crate::table::{Entry, TableError};
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub(crate) struct Layers {
     pub tables_live: u64,
     /// Every record up to this LSN is applied.
     pub applied_lsn: u64,
+    /// Application metadata as of `applied_lsn`.
+    pub metadata: Metadata,
 }
 
 /// The layers below one memtable, for looking its keys up.
@@ -192,13 +195,38 @@ impl Layers {
 
     /// Applies the record at `lsn`.
     pub(crate) fn apply(&mut self, lsn: u64, op: Op) {
+        let op = match op {
+            Op::WithMetadata { metadata, op } => {
+                let set = || crate::metadata::pairs(&metadata);
+                crate::metadata::set_all(&mut self.metadata, set());
+                crate::metadata::set_all(&mut self.mem.metadata, set());
+                op.map(|op| *op)
+            }
+            op => Some(op),
+        };
+        match op {
+            None => {}
+            Some(op) => self.apply_change(lsn, op),
+        }
+        if self.mem.min_lsn == 0 {
+            self.mem.min_lsn = lsn;
+        }
+        self.mem.max_lsn = lsn;
+        self.applied_lsn = lsn;
+    }
+
+    fn apply_change(&mut self, lsn: u64, op: Op) {
         match op {
             Op::Put(k, v) => self.mem.insert(&k, Some(Bytes::from(v))),
             // A tombstone even for a key that may not be live: finding out
             // would be a lookup on the write path.
             Op::Delete(k) => self.mem.insert(&k, None),
             Op::Clear => {
+                // Metadata outlives a clear: the memtables dropped here will
+                // never be flushed, so the new one carries all of it (setting
+                // a name to its latest value again changes nothing).
                 self.mem = Memtable::default();
+                self.mem.metadata = self.metadata.clone();
                 self.frozen.clear();
                 self.floor = lsn;
                 self.tables_live = 0;
@@ -211,12 +239,13 @@ impl Layers {
                     }
                 }
             }
+            // Layers::apply took the metadata off; records never nest it.
+            Op::WithMetadata { op, .. } => {
+                if let Some(op) = op {
+                    self.apply_change(lsn, *op);
+                }
+            }
         }
-        if self.mem.min_lsn == 0 {
-            self.mem.min_lsn = lsn;
-        }
-        self.mem.max_lsn = lsn;
-        self.applied_lsn = lsn;
     }
 
     /// Freezes the memtable (O(1)) if it holds at least `limit` bytes and

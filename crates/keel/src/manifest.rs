@@ -20,6 +20,7 @@
 //!   deleted. Replay starts at the last snapshot, so the log may begin with
 //!   edits that one covers.
 
+use crate::metadata::Metadata;
 use crate::table::Properties;
 use keel_storage::Storage;
 use keel_wal::{Wal, WalError, WalOptions};
@@ -96,6 +97,9 @@ pub struct VersionEdit {
     pub removed: Vec<(u8, u64)>,
     /// Tables now live.
     pub added: Vec<TableMeta>,
+    /// Application metadata (`crate::metadata`) set as of `log_start`: the
+    /// values set by the records the edit moves the log start past.
+    pub metadata: Metadata,
 }
 
 impl std::fmt::Display for VersionEdit {
@@ -130,6 +134,12 @@ impl std::fmt::Display for VersionEdit {
                 t.size
             ));
         }
+        if !self.metadata.is_empty() {
+            parts.push(format!(
+                "metadata {}",
+                crate::metadata::describe(&self.metadata)
+            ));
+        }
         if parts.is_empty() {
             return f.write_str("no change (proves the edit before it durable)");
         }
@@ -143,6 +153,7 @@ const TAG_NEXT_TABLE: u8 = 3;
 const TAG_REMOVED: u8 = 4;
 const TAG_ADDED: u8 = 5;
 const TAG_LIVE_KEYS: u8 = 6;
+const TAG_METADATA: u8 = 7;
 
 /// Why a manifest record cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,6 +223,10 @@ impl VersionEdit {
                 b.extend_from_slice(k);
             }
         }
+        for entry in &self.metadata {
+            b.push(TAG_METADATA);
+            crate::metadata::encode_into(&mut b, [entry]);
+        }
         b
     }
 
@@ -236,6 +251,17 @@ impl VersionEdit {
                     smallest: r.bytes()?,
                     largest: r.bytes()?,
                 }),
+                TAG_METADATA => {
+                    let (name, value) = crate::metadata::decode_entry(r.b, &mut r.pos)
+                        .map_err(|e| EditError(e.to_string()))?;
+                    if e.metadata.contains_key(&name) {
+                        return Err(EditError(format!(
+                            "the metadata name \"{}\" is set twice",
+                            crate::op::preview(&name)
+                        )));
+                    }
+                    e.metadata.insert(name, value);
+                }
                 t => return Err(EditError(format!("unknown or repeated field tag {t}"))),
             }
         }
@@ -254,6 +280,8 @@ pub struct VersionState {
     pub next_table: u64,
     /// Keys live as of `log_start`.
     pub live_keys: u64,
+    /// Application metadata as of `log_start`.
+    pub metadata: Metadata,
 }
 
 impl Default for VersionState {
@@ -263,6 +291,7 @@ impl Default for VersionState {
             log_start: 1,
             next_table: 1,
             live_keys: 0,
+            metadata: Metadata::new(),
         }
     }
 }
@@ -292,6 +321,14 @@ impl VersionState {
         }
         if let Some(n) = edit.live_keys {
             s.live_keys = n;
+        }
+        crate::metadata::set_all(&mut s.metadata, &edit.metadata);
+        if s.metadata.len() > crate::metadata::MAX_NAMES {
+            return Err(EditError(format!(
+                "{} metadata names, more than the {} allowed",
+                s.metadata.len(),
+                crate::metadata::MAX_NAMES
+            )));
         }
         for &(level, number) in &edit.removed {
             let tables = s
@@ -353,6 +390,7 @@ impl VersionState {
             live_keys: Some(self.live_keys),
             removed: Vec::new(),
             added: self.live().cloned().collect(),
+            metadata: self.metadata.clone(),
         }
     }
 }
@@ -521,8 +559,13 @@ mod tests {
             live_keys: Some(77),
             removed: vec![(0, 3), (1, 4)],
             added: vec![table(1, 8, "a", "m")],
+            metadata: Metadata::from([(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), Vec::new())]),
         };
         assert_eq!(VersionEdit::decode(&e.encode()), Ok(e.clone()));
+        // A name set twice in one edit is refused.
+        let mut twice = e.encode();
+        twice.extend_from_slice(&[TAG_METADATA, 1, b'a', 0, 0, 0, 0]);
+        assert!(VersionEdit::decode(&twice).is_err());
         let bytes = e.encode();
         for cut in 1..bytes.len() {
             // A cut may land between fields and decode as a shorter edit;
@@ -658,6 +701,11 @@ mod tests {
             live_keys: rng.chance(1, 2).then(|| rng.below(1000)),
             ..VersionEdit::default()
         };
+        if rng.chance(1, 2) {
+            let name = format!("m{}", rng.below(3)).into_bytes();
+            e.metadata
+                .insert(name, rng.below(1000).to_le_bytes().to_vec());
+        }
         let live: Vec<&TableMeta> = s.live().collect();
         if live.len() > 8 || (!live.is_empty() && rng.below(3) == 0) {
             let t = live[rng.below(live.len() as u64) as usize];

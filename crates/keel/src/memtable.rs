@@ -22,6 +22,7 @@
 
 use crate::checkpoint::{Bytes, Key};
 use crate::lsm::Item;
+use crate::metadata::Metadata;
 use crate::table::{Entry, Stored};
 use std::collections::VecDeque;
 use std::ops::Bound;
@@ -70,6 +71,9 @@ pub(crate) struct Memtable {
     pub min_lsn: u64,
     /// The LSN of the newest record applied to it (0: none).
     pub max_lsn: u64,
+    /// Application metadata its records set (`crate::metadata`): its
+    /// flush's manifest edit records them with the log start after it.
+    pub metadata: Metadata,
 }
 
 impl Default for Memtable {
@@ -83,6 +87,7 @@ impl Default for Memtable {
             resolution: Mutex::new(Resolution::default()),
             min_lsn: 0,
             max_lsn: 0,
+            metadata: Metadata::new(),
         }
     }
 }

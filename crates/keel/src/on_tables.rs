@@ -228,6 +228,7 @@ impl OnTables {
             version: tree.version(),
             tables_live,
             applied_lsn: log_start - 1,
+            metadata: tree.metadata().clone(),
             ..Layers::default()
         };
         let replayed = recovery::replay_ops(storage, dir, opts, log_start, progress, |lsn, op| {
@@ -385,6 +386,11 @@ impl OnTables {
             let found = w.run()?;
             w.record(&poison.read(&self.layers, "layers"), found);
         }
+    }
+
+    /// The application metadata as of the last applied record.
+    pub(crate) fn metadata(&self, poison: &Poison) -> crate::metadata::Metadata {
+        poison.read(&self.layers, "layers").metadata.clone()
     }
 
     /// The LSN every applied record is at.
@@ -545,7 +551,7 @@ impl OnTables {
             let table_bytes = added.as_ref().map_or(0, |m| m.size);
             {
                 let mut tree = poison.lock(&self.tree, "tree");
-                tree.install_flush(added, log_start, live_after, floor)?;
+                tree.install_flush(added, log_start, live_after, floor, &mem.metadata)?;
                 {
                     let mut l = poison.write(&self.layers, "layers");
                     l.frozen.retain(|f| !Arc::ptr_eq(f, &mem));
@@ -801,6 +807,7 @@ fn upgrade(
         lsn + 1,
         snapshot.len() as u64,
         0,
+        &r.metadata,
     )?;
     let (found, temps) = dir.list_checkpoints(&**storage)?;
     remove_files(&**storage, dir, found.into_iter().map(|c| c.1).chain(temps))?;
@@ -814,6 +821,7 @@ fn upgrade(
         version: tree.version(),
         tables_live: snapshot.len() as u64,
         applied_lsn: lsn,
+        metadata: r.metadata,
         ..Layers::default()
     };
     let mut report = r.report;

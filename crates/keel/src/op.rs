@@ -6,6 +6,9 @@
 //! - `3` Clear:  `[3]`
 //! - `4` Batch:  `[4][count u32]` then `count` Put or Delete bodies, each
 //!   with its own tag. A batch is one record, hence atomic.
+//! - `5` With metadata: `[5][count u8]` then `count` metadata entries
+//!   (`crate::metadata`), then `0` (no change) or `1` and one operation of
+//!   tags 1-4: the metadata and the change are one record, hence atomic.
 //!
 //! Decoding checks every length against the bytes left before using it and
 //! rejects trailing bytes, so no input can panic it or make it allocate more
@@ -15,6 +18,7 @@ const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const CLEAR: u8 = 3;
 const BATCH: u8 = 4;
+const WITH_METADATA: u8 = 5;
 
 /// One change inside a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +40,14 @@ pub enum Op {
     Clear,
     /// Puts and deletes applied together, in order, or not at all.
     Batch(Vec<BatchOp>),
+    /// Application metadata set (`crate::metadata`) in the same record as
+    /// a change (or none): after any crash both are there or neither.
+    WithMetadata {
+        /// Names and values to set, in order.
+        metadata: Vec<(Vec<u8>, Vec<u8>)>,
+        /// The change to the keys (never another `WithMetadata`).
+        op: Option<Box<Op>>,
+    },
 }
 
 /// Why a log record's payload is not an operation.
@@ -68,6 +80,12 @@ pub enum DecodeError {
     /// Bytes after a complete operation.
     #[error("{0} unexpected bytes after the operation")]
     TrailingBytes(usize),
+    /// A metadata entry is malformed.
+    #[error("metadata: {0}")]
+    Metadata(#[from] crate::metadata::MetadataError),
+    /// A record with metadata holds another one.
+    #[error("a record with metadata holds another record with metadata")]
+    NestedMetadata,
 }
 
 /// At most the first 48 bytes of `b`, escaped for a terminal, with `...`
@@ -111,6 +129,14 @@ impl std::fmt::Display for Op {
                     }
                 }
                 Ok(())
+            }
+            Op::WithMetadata { metadata, op } => {
+                let set = crate::metadata::describe(crate::metadata::pairs(metadata));
+                write!(f, "metadata {set}")?;
+                match op {
+                    Some(op) => write!(f, " with {op}"),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -173,6 +199,18 @@ impl Op {
                     op.encode_into(&mut out);
                 }
             }
+            Op::WithMetadata { metadata, op } => {
+                out.push(WITH_METADATA);
+                out.push(metadata.len() as u8);
+                crate::metadata::encode_into(&mut out, crate::metadata::pairs(metadata));
+                match op {
+                    Some(op) => {
+                        out.push(1);
+                        out.extend_from_slice(&op.encode());
+                    }
+                    None => out.push(0),
+                }
+            }
         }
         out
     }
@@ -184,6 +222,18 @@ impl Op {
             Op::Delete(k) => delete_len(k),
             Op::Clear => 1,
             Op::Batch(ops) => 5 + ops.iter().map(BatchOp::encoded_len).sum::<usize>(),
+            Op::WithMetadata { metadata, op } => {
+                3 + crate::metadata::encoded_len(crate::metadata::pairs(metadata))
+                    + op.as_ref().map_or(0, |op| op.encoded_len())
+            }
+        }
+    }
+
+    /// The change to the keys, without metadata (`None`: metadata only).
+    pub fn change(&self) -> Option<&Op> {
+        match self {
+            Op::WithMetadata { op, .. } => op.as_deref(),
+            op => Some(op),
         }
     }
 
@@ -212,6 +262,27 @@ impl Op {
                     });
                 }
                 Op::Batch(ops)
+            }
+            WITH_METADATA => {
+                let count = r.u8()? as usize;
+                let mut metadata = Vec::with_capacity(count.min(crate::metadata::MAX_NAMES));
+                for _ in 0..count {
+                    metadata.push(crate::metadata::decode_entry(r.buf, &mut r.pos)?);
+                }
+                crate::metadata::check(&metadata)?;
+                let op = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let inner = Op::decode(&r.buf[r.pos..])?;
+                        if matches!(inner, Op::WithMetadata { .. }) {
+                            return Err(DecodeError::NestedMetadata);
+                        }
+                        r.pos = r.buf.len();
+                        Some(Box::new(inner))
+                    }
+                    t => return Err(DecodeError::UnknownOperation(t)),
+                };
+                Op::WithMetadata { metadata, op }
             }
             t => return Err(DecodeError::UnknownOperation(t)),
         };
@@ -274,11 +345,21 @@ mod tests {
             (bytes(), bytes()).prop_map(|(k, v)| BatchOp::Put(k, v)),
             bytes().prop_map(BatchOp::Delete),
         ];
-        prop_oneof![
+        let plain = prop_oneof![
             (bytes(), bytes()).prop_map(|(k, v)| Op::Put(k, v)),
             bytes().prop_map(Op::Delete),
             Just(Op::Clear),
             proptest::collection::vec(batch_op, 0..8).prop_map(Op::Batch),
+        ];
+        let metadata = proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), 1..12), bytes()),
+            0..4,
+        );
+        prop_oneof![
+            3 => plain.clone(),
+            1 => (metadata, proptest::option::of(plain)).prop_map(|(metadata, op)| {
+                Op::WithMetadata { metadata, op: op.map(Box::new) }
+            }),
         ]
     }
 
@@ -315,6 +396,35 @@ mod tests {
     fn format_md_example_is_what_the_code_writes() {
         let enc = Op::Put(b"a".to_vec(), b"xy".to_vec()).encode();
         assert_eq!(enc, [0x01, 1, 0, 0, 0, 0x61, 2, 0, 0, 0, 0x78, 0x79]);
+    }
+
+    #[test]
+    fn metadata_records_decode_as_format_md_says_and_never_nest() {
+        let op = Op::WithMetadata {
+            metadata: vec![(b"n".to_vec(), b"v".to_vec())],
+            op: Some(Box::new(Op::Clear)),
+        };
+        let enc = op.encode();
+        assert_eq!(enc, [5, 1, 1, b'n', 1, 0, 0, 0, b'v', 1, 3]);
+        assert_eq!(Op::decode(&enc), Ok(op.clone()));
+        assert_eq!(op.change(), Some(&Op::Clear));
+        let mut nested = vec![5, 0, 1];
+        nested.extend_from_slice(&op.encode());
+        assert_eq!(Op::decode(&nested), Err(DecodeError::NestedMetadata));
+        // Metadata only: 0 after the entries.
+        assert_eq!(
+            Op::decode(&[5, 0, 0]),
+            Ok(Op::WithMetadata {
+                metadata: Vec::new(),
+                op: None
+            })
+        );
+        assert_eq!(
+            Op::decode(&[5, 1, 0]),
+            Err(DecodeError::Metadata(
+                crate::metadata::MetadataError::BadName(0)
+            ))
+        );
     }
 
     #[test]

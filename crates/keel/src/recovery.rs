@@ -15,6 +15,7 @@ use crate::checkpoint::{self, CheckpointError, Tree};
 use crate::error::{Error, Result};
 use crate::keyspace::{Keyspace, Replay};
 use crate::layout::DataDir;
+use crate::metadata::Metadata;
 use crate::op::Op;
 use crate::options::Options;
 use keel_storage::Storage;
@@ -114,7 +115,7 @@ impl fmt::Display for RecoveryReport {
 /// The checkpoints found, and which one recovery starts from.
 pub(crate) struct CheckpointChoice {
     /// The newest checkpoint that verifies, and its state.
-    pub base: Option<(CheckpointUsed, Tree)>,
+    pub base: Option<(CheckpointUsed, Tree, Metadata)>,
     /// The checkpoint just older than the base (kept as a fallback).
     pub older: Option<(u64, PathBuf)>,
     /// Newer checkpoints that did not verify.
@@ -124,7 +125,7 @@ pub(crate) struct CheckpointChoice {
 impl CheckpointChoice {
     /// The LSN the log must continue from (0: no checkpoint).
     pub fn base_lsn(&self) -> u64 {
-        self.base.as_ref().map_or(0, |(u, _)| u.lsn)
+        self.base.as_ref().map_or(0, |(u, _, _)| u.lsn)
     }
 }
 
@@ -132,6 +133,8 @@ impl CheckpointChoice {
 pub(crate) struct Recovered {
     pub wal: Wal,
     pub keys: Keyspace,
+    /// Application metadata as of the last record.
+    pub metadata: Metadata,
     pub report: RecoveryReport,
     /// The checkpoint the state started from, and the one before it.
     pub newest: Option<(u64, PathBuf)>,
@@ -151,11 +154,11 @@ pub(crate) fn recover(
     let temps = remove_checkpoint_temps(&**storage, dir)?;
     let choice = choose_checkpoint(&**storage, dir, opts.max_key_len, opts.max_value_len)?;
     let base_lsn = choice.base_lsn();
-    let (used, tree) = match choice.base {
-        Some((used, tree)) => (Some(used), tree),
-        None => (None, Tree::new()),
+    let (used, tree, metadata) = match choice.base {
+        Some((used, tree, metadata)) => (Some(used), tree, metadata),
+        None => (None, Tree::new(), Metadata::new()),
     };
-    let replayed = replay_log(storage, dir, opts, base_lsn, tree, progress)?;
+    let replayed = replay_log(storage, dir, opts, base_lsn, (tree, metadata), progress)?;
     let last_lsn = replayed.wal.next_lsn() - 1;
     check_continuity(
         &dir.log_dir(),
@@ -183,6 +186,7 @@ pub(crate) fn recover(
     Ok(Recovered {
         wal: replayed.wal,
         keys: replayed.keys,
+        metadata: replayed.metadata,
         report,
         newest: used.map(|u| (u.lsn, u.path)),
         older: choice.older,
@@ -226,24 +230,24 @@ pub(crate) fn choose_checkpoint(
             choice.older = Some((lsn, path));
             break;
         }
-        let checked = checkpoint::read(storage, &path, max_key, max_value).and_then(|(h, t)| {
-            if h.lsn == lsn {
-                Ok((h, t))
+        let checked = checkpoint::read(storage, &path, max_key, max_value).and_then(|c| {
+            if c.0.lsn == lsn {
+                Ok(c)
             } else {
                 Err(CheckpointError::LsnMismatch {
                     name: lsn,
-                    header: h.lsn,
+                    header: c.0.lsn,
                 })
             }
         });
         match checked {
-            Ok((h, tree)) => {
+            Ok((h, tree, metadata)) => {
                 let used = CheckpointUsed {
                     path,
                     lsn: h.lsn,
                     entries: h.count,
                 };
-                choice.base = Some((used, tree));
+                choice.base = Some((used, tree, metadata));
             }
             Err(why) => {
                 tracing::error!(path = %path.display(), %why, "damaged checkpoint passed over");
@@ -259,28 +263,31 @@ struct Replayed {
     wal: Wal,
     report: keel_wal::RecoveryReport,
     keys: Keyspace,
+    metadata: Metadata,
     records: u64,
     bytes: u64,
 }
 
-/// Opens the log and applies every record after `base_lsn` to `tree`.
+/// Opens the log and applies every record after `base_lsn` to a
+/// checkpoint's keys and metadata.
 fn replay_log(
     storage: &Arc<dyn Storage>,
     dir: &DataDir,
     opts: &Options,
     base_lsn: u64,
-    tree: Tree,
+    (tree, mut metadata): (Tree, Metadata),
     progress: &dyn Fn(u64),
 ) -> Result<Replayed> {
     let mut keys = Replay::new(tree);
     let r = replay_ops(storage, dir, opts, base_lsn + 1, progress, |_, op| {
-        keys.apply(op);
+        keys.apply(op, &mut metadata);
         Ok(())
     })?;
     Ok(Replayed {
         wal: r.wal,
         report: r.report,
         keys: keys.finish(),
+        metadata,
         records: r.records,
         bytes: r.bytes,
     })

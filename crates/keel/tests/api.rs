@@ -384,3 +384,73 @@ fn automatic_checkpoints_follow_the_time_trigger() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(db.stats().checkpoints_written, 1);
 }
+
+#[test]
+fn metadata_is_atomic_with_its_write_outlives_clear_and_survives_checkpoints_flushes_and_restore() {
+    use keel::op::Op;
+    use keel::restore::{restore, RestoreRequest, RestoreTarget};
+    let named = |n: &str, v: &str| vec![(n.as_bytes().to_vec(), v.as_bytes().to_vec())];
+    for opts in [small(), in_memory()] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("db");
+        let (db, _) = Db::open(&data, opts.clone()).unwrap();
+        let put = |k: &str| Some(Op::Put(k.as_bytes().to_vec(), b"v".to_vec()));
+        db.write_with_metadata(put("a"), named("applied", "1"))
+            .unwrap();
+        db.write_with_metadata(None, named("members", "x,y"))
+            .unwrap();
+        // Metadata is not keys: reads, scans and the count never see it.
+        assert_eq!(db.len(), 1);
+        assert_eq!(db.iter().count(), 1);
+        assert_eq!(db.get("applied").unwrap(), None);
+        // A clear removes keys, never metadata.
+        db.write_with_metadata(Some(Op::Clear), named("applied", "2"))
+            .unwrap();
+        assert!(db.is_empty());
+        // Bad metadata and a write that breaks the key limits are refused
+        // whole: nothing changes.
+        let before = db.stats().applied_lsn;
+        for (op, meta) in [
+            (put("b"), named("", "empty name")),
+            (put(""), named("applied", "3")),
+            (None, vec![(vec![b'n'; 256], Vec::new())]),
+        ] {
+            let e = db.write_with_metadata(op, meta).unwrap_err();
+            assert!(matches!(e, Error::BadMetadata(_) | Error::EmptyKey), "{e}");
+        }
+        let nested = Op::WithMetadata {
+            metadata: named("x", "y"),
+            op: None,
+        };
+        assert!(db.write_with_metadata(Some(nested), Vec::new()).is_err());
+        assert_eq!(db.stats().applied_lsn, before);
+        db.write_with_metadata(put("c"), named("applied", "4"))
+            .unwrap();
+        let want = keel::Metadata::from([
+            (b"applied".to_vec(), b"4".to_vec()),
+            (b"members".to_vec(), b"x,y".to_vec()),
+        ]);
+        assert_eq!(db.metadata(), want);
+        // A checkpoint (a flush on tables) deletes the log that set it.
+        db.checkpoint().unwrap();
+        db.put("d", "after the checkpoint").unwrap();
+        let backup = dir.path().join("backup");
+        db.backup(&backup).unwrap();
+        db.close().unwrap();
+        let (db, report) = Db::open(&data, opts.clone()).unwrap();
+        assert_eq!(db.metadata(), want, "{report}");
+        assert_eq!(db.len(), 2);
+        db.close().unwrap();
+        let into = dir.path().join("restored");
+        let req = RestoreRequest {
+            backup: &backup,
+            into: &into,
+            archive_dir: None,
+            source: None,
+            target: RestoreTarget::Latest,
+        };
+        restore(Arc::new(keel::storage::FsStorage::new()), &req).unwrap();
+        let (db, _) = Db::open(&into, opts).unwrap();
+        assert_eq!(db.metadata(), want);
+    }
+}

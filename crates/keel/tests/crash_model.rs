@@ -1,5 +1,6 @@
 //! Model-based simulated-crash tests of the engine: random puts, deletes,
-//! batches, clears and checkpoints from several threads on `SimStorage`,
+//! batches, clears, writes with application metadata and checkpoints from
+//! several threads on `SimStorage`,
 //! crashes at random storage operations (during checkpoints, segment
 //! deletions and recovery itself), each crash state checked against a model.
 //! Half the seeds keep every key in memory (checkpoints), half keep the
@@ -54,6 +55,24 @@ fn apply(state: &mut State, op: &Op) {
                 }
             }
         }
+        Op::WithMetadata { op, .. } => {
+            if let Some(op) = op {
+                apply(state, op);
+            }
+        }
+    }
+}
+
+/// The metadata name the workload sets, and the value `op` sets it to.
+const APPLIED: &[u8] = b"applied";
+
+fn applied_mark(op: &Op) -> Option<&[u8]> {
+    match op {
+        Op::WithMetadata { metadata, .. } => metadata
+            .iter()
+            .find(|(n, _)| n == APPLIED)
+            .map(|(_, v)| v.as_slice()),
+        _ => None,
     }
 }
 
@@ -74,6 +93,7 @@ fn effect(op: &Op, key: &[u8]) -> Option<Option<Vec<u8>>> {
             }
             e
         }
+        Op::WithMetadata { op: Some(op), .. } => effect(op, key),
         _ => None,
     }
 }
@@ -109,7 +129,22 @@ fn random_op(rng: &mut SplitMix64, t: u64, i: u64) -> Option<Op> {
             )
         }
         90..=91 => Op::Clear,
+        92..=93 => Op::WithMetadata {
+            metadata: vec![(APPLIED.to_vec(), v(9))],
+            op: None,
+        },
         _ => return None, // a checkpoint
+    })
+    .map(|op| {
+        // A quarter of the changes carry metadata naming them.
+        if !matches!(op, Op::WithMetadata { .. }) && rng.chance(1, 4) {
+            Op::WithMetadata {
+                metadata: vec![(APPLIED.to_vec(), v(8))],
+                op: Some(Box::new(op)),
+            }
+        } else {
+            op
+        }
     })
 }
 
@@ -127,6 +162,9 @@ fn submit(db: &Db, op: &Op) -> keel::Result<u64> {
                 };
             }
             db.write(b)
+        }
+        Op::WithMetadata { metadata, op } => {
+            db.write_with_metadata(op.as_deref().cloned(), metadata.clone())
         }
     }
 }
@@ -185,7 +223,7 @@ fn recovered_state(db: &Db) -> State {
     db.iter().collect()
 }
 
-fn check(state: &State, history: &[(Op, Outcome)], seed: u64) {
+fn check(state: &State, metadata: &keel::Metadata, history: &[(Op, Outcome)], seed: u64) {
     let mut acked: Vec<(u64, &Op)> = history
         .iter()
         .filter_map(|(op, o)| match o {
@@ -195,14 +233,17 @@ fn check(state: &State, history: &[(Op, Outcome)], seed: u64) {
         .collect();
     acked.sort_by_key(|a| a.0);
     let mut model = State::new();
+    let mut model_mark: Option<&[u8]> = None;
     for (_, op) in &acked {
         apply(&mut model, op);
+        model_mark = applied_mark(op).or(model_mark);
     }
     let unknown: Vec<&Op> = history
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Unknown))
         .map(|(op, _)| op)
         .collect();
+    check_metadata(state, metadata, model_mark, &unknown, seed);
     for k in (0..KEYS).map(key) {
         let got = state.get(&k).cloned();
         let ok = got == model.get(&k).cloned()
@@ -236,6 +277,60 @@ fn check(state: &State, history: &[(Op, Outcome)], seed: u64) {
                     let explained = unknown.iter().any(|u2| effect(u2, k) == Some(got.clone()));
                     assert!(explained, "seed {seed}: batch applied in part");
                 }
+            }
+        }
+    }
+}
+
+/// The metadata is the acknowledged model's or an in-flight write's, and
+/// atomic with its change: an in-flight write whose value is seen set its
+/// metadata too (or a later in-flight write replaced it), and one whose
+/// metadata is seen shows its change (or a later in-flight write covers it).
+fn check_metadata(
+    state: &State,
+    metadata: &keel::Metadata,
+    model_mark: Option<&[u8]>,
+    unknown: &[&Op],
+    seed: u64,
+) {
+    let got = metadata.get(APPLIED).map(Vec::as_slice);
+    let from_unknown =
+        |m: Option<&[u8]>| m.is_some() && unknown.iter().any(|u| applied_mark(u) == m);
+    assert!(
+        got == model_mark || from_unknown(got),
+        "seed {seed}: metadata {:?}; the acknowledged writes say {:?} and no in-flight write set it",
+        got.map(String::from_utf8_lossy),
+        model_mark.map(String::from_utf8_lossy)
+    );
+    let puts = |op: &Op| -> Vec<(Vec<u8>, Vec<u8>)> {
+        match op.change() {
+            Some(Op::Put(k, v)) => vec![(k.clone(), v.clone())],
+            Some(Op::Batch(ops)) => ops
+                .iter()
+                .filter_map(|o| match o {
+                    BatchOp::Put(k, v) => Some((k.clone(), v.clone())),
+                    BatchOp::Delete(_) => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    for u in unknown.iter().filter(|u| applied_mark(u).is_some()) {
+        let seen = puts(u).iter().any(|(k, v)| state.get(k) == Some(v));
+        if seen {
+            assert!(
+                applied_mark(u) == got || from_unknown(got),
+                "seed {seed}: an in-flight write's change is there but not its metadata"
+            );
+        }
+        if applied_mark(u) == got {
+            for (k, _) in puts(u) {
+                let now = state.get(&k).cloned();
+                let explained = unknown.iter().any(|u2| effect(u2, &k) == Some(now.clone()));
+                assert!(
+                    explained,
+                    "seed {seed}: an in-flight write's metadata is there but not its change"
+                );
             }
         }
     }
@@ -296,7 +391,7 @@ fn every_crash_state_matches_the_model() {
         );
         torn += u64::from(report.wal.torn_tail.is_some());
         let state = recovered_state(&db);
-        check(&state, &history, seed);
+        check(&state, &db.metadata(), &history, seed);
         // The recovered store takes writes again.
         let after_lsn = db.put("after", "recovery").unwrap();
         if std::env::var("KEEL_DEBUG_SEED").is_ok_and(|v| v == seed.to_string()) {

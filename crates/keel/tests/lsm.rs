@@ -58,7 +58,8 @@ fn flush_after_clear(
         };
         (k.as_slice(), v, lsn)
     });
-    tree.flush(entries, lsn + 1, 0, floor).map(|_| ())
+    tree.flush(entries, lsn + 1, 0, floor, &Default::default())
+        .map(|_| ())
 }
 
 /// What reads see: the newest entry, a tombstone meaning absent.

@@ -55,6 +55,22 @@ fn describe_json(op: &Op, o: &mut serde_json::Value) {
                 .collect();
             o["entries"] = entries.into();
         }
+        Op::WithMetadata { metadata, op } => {
+            // The change's fields, then the metadata it sets beside them.
+            match op {
+                Some(op) => describe_json(op, o),
+                None => o["op"] = "metadata".into(),
+            }
+            let set: serde_json::Map<String, serde_json::Value> = metadata
+                .iter()
+                .map(|(n, v)| {
+                    let value =
+                        serde_json::json!({"value_preview": preview(v), "value_len": v.len()});
+                    (String::from_utf8_lossy(n).into_owned(), value)
+                })
+                .collect();
+            o["metadata"] = set.into();
+        }
     }
 }
 

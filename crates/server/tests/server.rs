@@ -1193,7 +1193,8 @@ fn dump_and_verify_read_a_manifest() {
         let entries = keys
             .iter()
             .map(|k| (k.as_bytes(), Stored::Put(b"v"), round + 1));
-        tree.flush(entries, round + 2, (round + 1) * 50, 0).unwrap();
+        tree.flush(entries, round + 2, (round + 1) * 50, 0, &Default::default())
+            .unwrap();
     }
     tree.close().unwrap();
     let manifest = t.path().join("manifest");

@@ -61,7 +61,7 @@ impl Repair {
                 }
                 None => {
                     let choice = choose_checkpoint(&*storage, d, usize::MAX, usize::MAX)?;
-                    choice.base.map(|(used, _)| used.lsn)
+                    choice.base.map(|(used, _, _)| used.lsn)
                 }
             },
             None => None,

@@ -168,7 +168,7 @@ pub fn verify(storage: &dyn Storage, target: &Target) -> Result<VerifyReport> {
     let mut unknown_log_start = false;
     match target {
         Target::Checkpoint(p) => {
-            let header = checkpoint::read(storage, p, usize::MAX, usize::MAX).map(|(h, _)| h);
+            let header = checkpoint::read(storage, p, usize::MAX, usize::MAX).map(|(h, _, _)| h);
             report.checkpoints.push((p.clone(), header));
         }
         Target::DataDir(d) => match verify_tables(storage, d, &mut report)? {
@@ -312,10 +312,11 @@ fn checked_checkpoints(
             .into_iter()
             .map(|(p, why)| (p, Err(why)))
             .collect();
-    if let Some((used, _)) = choice.base {
+    if let Some((used, _, metadata)) = choice.base {
         let header = CheckpointHeader {
             lsn: used.lsn,
             count: used.entries,
+            metadata: !metadata.is_empty(),
         };
         known.insert(used.path, Ok(header));
     }
@@ -323,7 +324,7 @@ fn checked_checkpoints(
         .into_iter()
         .map(|(_, path)| {
             let header = known.remove(&path).unwrap_or_else(|| {
-                checkpoint::read(storage, &path, usize::MAX, usize::MAX).map(|(h, _)| h)
+                checkpoint::read(storage, &path, usize::MAX, usize::MAX).map(|(h, _, _)| h)
             });
             (path, header)
         })

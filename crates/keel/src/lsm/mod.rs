@@ -38,6 +38,7 @@ pub use version::{LevelIter, LiveTable, Version};
 
 use crate::layout::{parse_table_name, table_file_name, MANIFEST_DIR, TABLES_DIR};
 use crate::manifest::{Manifest, ManifestError, TableMeta, VersionEdit, LEVELS};
+use crate::metadata::Metadata;
 use crate::table::{BlockCache, CacheStats, Entry, Stored, Table, TableError};
 use keel_storage::{IoError, OpenMode, Storage, TEMP_SUFFIX};
 use std::collections::BTreeMap;
@@ -259,6 +260,11 @@ impl Tree {
         self.manifest.state().live_keys
     }
 
+    /// Application metadata as of the log start.
+    pub fn metadata(&self) -> &Metadata {
+        &self.manifest.state().metadata
+    }
+
     fn table_path(&self, number: u64) -> PathBuf {
         self.tables_dir.join(table_file_name(number))
     }
@@ -289,15 +295,17 @@ impl Tree {
         log_start: u64,
         live_keys: u64,
         floor: u64,
+        metadata: &Metadata,
     ) -> Result<Option<TableMeta>, LsmError> {
         let added = self.files.write_l0(entries, None)?;
-        self.install_flush(added.clone(), log_start, live_keys, floor)?;
+        self.install_flush(added.clone(), log_start, live_keys, floor, metadata)?;
         Ok(added)
     }
 
     /// Records a flush in one manifest edit: the table `added` (written by
     /// [`TableFiles::write_l0`]; `None` if the flush had no entries), the
-    /// log start moved to `log_start` and the live key count as of there.
+    /// log start moved to `log_start`, the live key count as of there and
+    /// the application metadata the flushed records set (`metadata`).
     /// Tables wholly older than `floor` (the LSN of the last clear; 0 if
     /// none) leave in the same edit: a clear must never come back once the
     /// log holding it is gone.
@@ -307,6 +315,7 @@ impl Tree {
         log_start: u64,
         live_keys: u64,
         floor: u64,
+        metadata: &Metadata,
     ) -> Result<(), LsmError> {
         let cleared: Vec<Arc<LiveTable>> = self
             .current
@@ -325,6 +334,7 @@ impl Tree {
                 .map(|t| (t.meta.level, t.meta.number))
                 .collect(),
             added: added.iter().cloned().collect(),
+            metadata: metadata.clone(),
             ..VersionEdit::default()
         };
         // A crash before this edit leaves an orphan, removed at open.
