@@ -10,9 +10,13 @@
 //!   [`keel_wal::Wal::truncate_before`].
 //! - [`RaftMeta`]: the vote and the last purged log id, in one small file
 //!   replaced durably (temp file, fsync, rename, directory fsync).
+//! - [`KeelStateMachine`]: keel's engine as the state machine; each entry
+//!   applied is one engine record that also sets the applied log id in the
+//!   engine's metadata; a snapshot is an engine backup packed into one file
+//!   ([`snapshot`]), installed by a restore and a durable switch.
 //!
-//! The byte layouts are in docs/FORMAT.md ("Raft log entries", "Raft
-//! meta file").
+//! The byte layouts are in docs/FORMAT.md ("Raft log", "Raft state
+//! machine").
 
 #![warn(missing_docs)]
 
@@ -20,9 +24,13 @@ pub mod entry_cache;
 pub mod entry_codec;
 pub mod log_store;
 pub mod meta;
+pub mod snapshot;
+pub mod state_machine;
 
 pub use log_store::{KeelLogReader, KeelLogStore, LogStoreError};
 pub use meta::RaftMeta;
+pub use snapshot::SnapshotFile;
+pub use state_machine::{EngineHandle, KeelStateMachine, StateMachineError};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +43,9 @@ pub struct Command(pub Vec<u8>);
 pub struct CommandResult {
     /// The log index the command was applied at.
     pub index: u64,
+    /// Why the engine refused the write (bad input: nothing changed but
+    /// the applied log id), if it did.
+    pub error: Option<String>,
 }
 
 openraft::declare_raft_types!(
@@ -44,8 +55,11 @@ openraft::declare_raft_types!(
         R = CommandResult,
         NodeId = u64,
         Node = openraft::BasicNode,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
 );
+
+/// A snapshot's meta (last log id, membership, id).
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
 
 /// An entry of keel's Raft log.
 pub type Entry = openraft::Entry<TypeConfig>;

@@ -6,6 +6,9 @@
 //! acknowledged operations allow: nothing acknowledged lost, a vote never
 //! going back, a truncated entry never coming back.
 
+mod common;
+
+use common::block_on;
 use keel_raft::{Command, Entry, KeelLogStore, LogId, Vote};
 use keel_storage::{CrashMode, Fault, FaultKind, FaultOp, SimStorage, Storage};
 use keel_wal::{RecoveryMode, SyncPolicy, WalOptions};
@@ -47,14 +50,6 @@ fn command(term: u64, index: u64) -> Entry {
             .into_bytes(),
         )),
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 async fn all(store: &mut KeelLogStore) -> Vec<Entry> {
