@@ -525,6 +525,15 @@ impl Db {
         self.shared.submit_deferred(op)
     }
 
+    /// Checks `op` as a write of it would (key and value limits, batch
+    /// size) without writing: for a caller that passes writes on elsewhere
+    /// first (a cluster's leader, before it proposes one).
+    pub fn check_write(&self, op: &Op) -> Result<()> {
+        self.shared
+            .check_with_metadata(Some(op.clone()), Vec::new())
+            .map(|_| ())
+    }
+
     /// The application metadata as of the last applied write.
     pub fn metadata(&self) -> Metadata {
         match &self.shared.tables {

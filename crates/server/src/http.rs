@@ -32,12 +32,14 @@
 //! worker hands its core to a new thread. So HTTP keeps the flush thread.
 
 use crate::auth::AuthToken;
+use crate::cluster::{ClusterNode, Routed, WriteFailure};
 use crate::refusal::{self, Refusal};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use keel::op::{BatchOp, Op};
 use keel::{Db, WriteBatch};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -52,6 +54,20 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// When set, every endpoint but `/health` needs `Authorization: Bearer`.
     pub auth: Option<Arc<AuthToken>>,
+    /// Set on a cluster node (`crate::cluster`): writes go through Raft,
+    /// reads are linearizable, `db` is only the engine it started with.
+    pub cluster: Option<Arc<ClusterNode>>,
+}
+
+impl AppState {
+    /// The engine to read now (a cluster node's changes when it installs a
+    /// snapshot).
+    pub fn engine(&self) -> Arc<Db> {
+        match &self.cluster {
+            Some(c) => c.engine.current(),
+            None => Arc::clone(&self.db),
+        }
+    }
 }
 
 /// The router: everything goes through one handler, `handle`.
@@ -62,7 +78,8 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response {
+/// A text answer, ending with a newline.
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response {
     let mut body = body.into();
     if !body.ends_with('\n') {
         body.push('\n');
@@ -114,24 +131,62 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 async fn handle(State(st): State<AppState>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/raft/") && st.cluster.is_none() {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not a cluster node: /raft/ is served only by `keel serve --node-id`",
+        );
+    }
+    let Some(node) = st.cluster.clone() else {
+        return handle_local(&st, &st.db, req).await;
+    };
+    // The cluster secret of /raft/ is checked first, whatever the path.
+    let mut resp = if path.starts_with("/raft/") {
+        match crate::cluster::route(&node, req).await {
+            Routed::Done(r) => r,
+            Routed::Local(_) => unreachable!("route answers every /raft/ request"),
+        }
+    } else if let Some(refused) = refuse_unauthenticated(&st, &req) {
+        refused
+    } else {
+        match crate::cluster::route(&node, req).await {
+            Routed::Done(r) => r,
+            Routed::Local(req) => handle_local(&st, &st.engine(), req).await,
+        }
+    };
+    crate::cluster::name_leader(&node, &mut resp);
+    resp
+}
+
+/// 401 for a request without the auth token (when one is set), but for
+/// `/health`.
+fn refuse_unauthenticated(st: &AppState, req: &Request) -> Option<Response> {
+    let token = st.auth.as_ref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    (req.uri().path() != "/health" && !token.allows_header(given)).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "authentication required: send Authorization: Bearer <token>\n",
+        )
+            .into_response()
+    })
+}
+
+/// The API on this node's engine `db` (writes through Raft on a cluster
+/// node).
+async fn handle_local(st: &AppState, db: &Arc<Db>, req: Request) -> Response {
     let method = req.method().clone();
     if let Some(refused) = refuse_cross_site_write(&req) {
         return refused;
     }
     let path = req.uri().path().to_string();
-    if let Some(token) = &st.auth {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        if path != "/health" && !token.allows_header(given) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "authentication required: send Authorization: Bearer <token>\n",
-            )
-                .into_response();
-        }
+    if let Some(refused) = refuse_unauthenticated(st, &req) {
+        return refused;
     }
     let query = req.uri().query().map(str::to_string);
     match path.as_str() {
@@ -143,21 +198,21 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
             Method::GET => (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                crate::metrics::render(&st.metrics, &st.db),
+                crate::metrics::render(&st.metrics, db),
             )
                 .into_response(),
             _ => method_not_allowed(),
         },
         "/clear" => match method {
-            Method::DELETE => match st.db.clear_async().await {
+            Method::DELETE => match write(st, db, Op::Clear).await {
                 Ok(_) => ok(),
-                Err(e) => error_response(e),
+                Err(r) => r,
             },
             _ => method_not_allowed(),
         },
         "/admin/checkpoint" => match method {
             Method::POST => {
-                let db = Arc::clone(&st.db);
+                let db = Arc::clone(db);
                 match tokio::task::spawn_blocking(move || db.checkpoint()).await {
                     Ok(Ok(c)) => json(
                         StatusCode::OK,
@@ -175,11 +230,11 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "POST /admin/backup needs Content-Type: application/json",
             ),
-            Method::POST => backup(&st.db, req).await,
+            Method::POST => backup(db, req).await,
             _ => method_not_allowed(),
         },
         "/kv" => match method {
-            Method::GET => list(&st.db, query.as_deref()),
+            Method::GET => list(db, query.as_deref()),
             _ => method_not_allowed(),
         },
         "/batch" => match method {
@@ -187,12 +242,12 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "POST /batch needs Content-Type: application/json",
             ),
-            Method::POST => batch(&st.db, req).await,
+            Method::POST => batch(st, db, req).await,
             _ => method_not_allowed(),
         },
         p if p.starts_with("/kv/") => {
             let raw = p["/kv/".len()..].to_string();
-            key_request(&st.db, method, &raw, req).await
+            key_request(st, db, method, &raw, req).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found: the API is /kv/{key}, /kv?prefix=, /batch, /clear, /health, /metrics, /admin/checkpoint, /admin/backup"),
     }
@@ -240,14 +295,49 @@ fn is_json(req: &Request) -> bool {
 }
 
 /// `GET`, `PUT` or `DELETE /kv/{raw}` (`raw` still percent-encoded).
-async fn key_request(db: &Db, method: Method, raw: &str, req: Request) -> Response {
+/// Applies a write: on this engine, or through Raft on a cluster node.
+async fn write(st: &AppState, db: &Db, op: Op) -> Result<u64, Response> {
+    let Some(node) = &st.cluster else {
+        let done = match op {
+            Op::Put(k, v) => db.put_async(k, v).await,
+            Op::Delete(k) => db.delete_async(k).await,
+            Op::Clear => db.clear_async().await,
+            Op::Batch(ops) => {
+                let mut b = WriteBatch::new();
+                for o in ops {
+                    match o {
+                        BatchOp::Put(k, v) => b.put(k, v),
+                        BatchOp::Delete(k) => b.delete(k),
+                    };
+                }
+                db.write_async(b).await
+            }
+            Op::WithMetadata { .. } => unreachable!("the API writes no metadata"),
+        };
+        return done.map_err(error_response);
+    };
+    node.write(op).await.map_err(|f| match f {
+        WriteFailure::Refused(e) => error_response(e),
+        WriteFailure::RefusedAtApply(why) => text(StatusCode::BAD_REQUEST, why),
+        WriteFailure::NotLeader => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node stopped leading before the write was appended: nothing was written; retry",
+        ),
+        WriteFailure::Unknown(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the write's outcome is unknown ({why}): it may or may not be applied; read it back before retrying"),
+        ),
+    })
+}
+
+async fn key_request(st: &AppState, db: &Db, method: Method, raw: &str, req: Request) -> Response {
     if !matches!(
         method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE
     ) {
         return method_not_allowed();
     }
-    if req.uri().query().is_some() {
+    if req.uri().query().is_some_and(|q| !consistency_only(q)) {
         // `/kv/a?b=c` would otherwise quietly name the key `a`.
         return text(
             StatusCode::BAD_REQUEST,
@@ -290,7 +380,7 @@ async fn key_request(db: &Db, method: Method, raw: &str, req: Request) -> Respon
         }
         Method::DELETE => {
             metrics::counter!("keel_writes_total").increment(1);
-            db.delete_async(&key).await
+            write(st, db, Op::Delete(key)).await
         }
         _ => {
             let value = match read_body(req, db.options().max_value_len, "value").await {
@@ -298,13 +388,20 @@ async fn key_request(db: &Db, method: Method, raw: &str, req: Request) -> Respon
                 Err(r) => return r,
             };
             metrics::counter!("keel_writes_total").increment(1);
-            db.put_async(&key, &value).await
+            write(st, db, Op::Put(key, value.to_vec())).await
         }
     };
     match written {
         Ok(_) => ok(),
-        Err(e) => error_response(e),
+        Err(r) => r,
     }
+}
+
+/// Whether a query string only says how consistent a read must be
+/// (`consistency=stale` or `consistency=linearizable`; a single node is
+/// always both).
+fn consistency_only(query: &str) -> bool {
+    matches!(query, "consistency=stale" | "consistency=linearizable")
 }
 
 /// Reads a body of at most `limit` bytes; over it: 413 naming the limit.
@@ -387,10 +484,12 @@ fn list(db: &Db, query: Option<&str>) -> Response {
                     )
                 }
             },
+            // A cluster node routes on it (`crate::cluster`).
+            "consistency" if consistency_only(pair) => {}
             other => {
                 return text(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {other:?}: use prefix and limit"),
+                    format!("unknown query parameter {other:?}: use prefix, limit and consistency (stale or linearizable)"),
                 )
             }
         }
@@ -478,7 +577,7 @@ async fn backup(db: &Arc<Db>, req: Request) -> Response {
     }
 }
 
-async fn batch(db: &Db, req: Request) -> Response {
+async fn batch(st: &AppState, db: &Db, req: Request) -> Response {
     let limit = db.options().max_batch_bytes;
     let bytes = match read_body(req, limit, "batch").await {
         Ok(b) => b,
@@ -493,17 +592,19 @@ async fn batch(db: &Db, req: Request) -> Response {
             )
         }
     };
-    let mut b = WriteBatch::new();
-    for item in req.ops {
-        match item {
-            BatchItem::Put { key, value } => b.put(key, value),
-            BatchItem::Delete { key } => b.delete(key),
-        };
-    }
+    let ops = req
+        .ops
+        .into_iter()
+        .map(|item| match item {
+            BatchItem::Put { key, value } => BatchOp::Put(key.into_bytes(), value.into_bytes()),
+            BatchItem::Delete { key } => BatchOp::Delete(key.into_bytes()),
+        })
+        .collect();
     metrics::counter!("keel_writes_total").increment(1);
-    match db.write_async(b).await {
+    // `lsn`: the engine's LSN, or on a cluster node the Raft log index.
+    match write(st, db, Op::Batch(ops)).await {
         Ok(lsn) => json(StatusCode::OK, serde_json::json!({"lsn": lsn})),
-        Err(e) => error_response(e),
+        Err(r) => r,
     }
 }
 

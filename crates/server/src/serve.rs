@@ -100,6 +100,27 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Run as node ID of a cluster (issue 14; needs --peers and the
+    /// cluster secret). Without it keel runs alone, with no Raft cost.
+    #[arg(long, requires = "peers")]
+    pub node_id: Option<u64>,
+    /// Every voter of the cluster: `1=127.0.0.1:7001,2=127.0.0.1:7002,...`
+    /// (this node included; each one's HTTP address).
+    #[arg(long, requires = "node_id")]
+    pub peers: Option<String>,
+    /// The secret every node-to-node request carries; without it, from
+    /// KEEL_CLUSTER_SECRET. The same on every node.
+    #[arg(long)]
+    pub cluster_secret: Option<String>,
+    /// Start as a new node of a running cluster: wait to be added (`POST
+    /// /cluster/members` on a member) instead of forming a cluster from
+    /// --peers.
+    #[arg(long, requires = "node_id")]
+    pub join: bool,
+    /// On a cluster node: how long a client's write or linearizable read
+    /// may wait (for a quorum, or the leader) before a 503 says so.
+    #[arg(long, default_value = "10s")]
+    pub cluster_timeout: String,
 }
 
 /// Descriptors kept for the store (log segments, the one being prepared,
@@ -129,7 +150,9 @@ fn connection_limit(args: &ServeArgs) -> anyhow::Result<usize> {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // openraft logs every election and RPC at info: its warnings and
+        // errors only, unless RUST_LOG asks for more.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -195,6 +218,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         bounds.max_connections,
         bounds.idle_timeout
     );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keel-http")
+        .build()
+        .context("starting the async runtime")?;
+    if let Some(node_id) = args.node_id {
+        let config = cluster_config(&args, node_id, opts)?;
+        let node = rt.block_on(keel_server::cluster::ClusterNode::start(
+            config,
+            storage_from_env()?,
+        ))?;
+        let state = AppState {
+            db: node.engine.current(),
+            metrics,
+            auth,
+            cluster: Some(Arc::clone(&node)),
+        };
+        serve_http(&rt, addr, state, &dir, grace, bounds, tls.map(|t| t.http))?;
+        tracing::info!("shutting down: stopping Raft");
+        if let Err(e) = rt.block_on(node.raft.shutdown()) {
+            tracing::error!("stopping Raft: {e}");
+        }
+        let engine = node.engine.current();
+        drop(node);
+        // Dropping the runtime cancels the connections still open.
+        drop(rt);
+        return close_store(engine);
+    }
     let db = Arc::new(open_store(&dir, opts, storage_from_env()?)?);
     // The RESP listener runs its own event loop thread (see resp::event_loop).
     let resp = match args.resp_port {
@@ -213,12 +264,51 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         db: Arc::clone(&db),
         metrics,
         auth,
+        cluster: None,
     };
-    serve_http(addr, state, &dir, grace, bounds, tls.map(|t| t.http))?;
+    serve_http(&rt, addr, state, &dir, grace, bounds, tls.map(|t| t.http))?;
+    // Dropping the runtime cancels the connections still open.
+    drop(rt);
     if let Some(r) = resp {
         r.shutdown();
     }
     close_store(db)
+}
+
+/// A cluster node's configuration from the flags.
+fn cluster_config(
+    args: &ServeArgs,
+    node_id: u64,
+    options: Options,
+) -> anyhow::Result<keel_server::cluster::ClusterConfig> {
+    if args.resp_port.is_some() {
+        anyhow::bail!("a cluster node serves HTTP only for now: drop --resp-port (the Redis protocol is served by a single node)");
+    }
+    let peers = keel_server::cluster::parse_peers(args.peers.as_deref().unwrap_or(""))
+        .map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
+    let secret = match &args.cluster_secret {
+        Some(s) => s.clone(),
+        None => std::env::var("KEEL_CLUSTER_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .context("a cluster node needs the cluster secret: give --cluster-secret S or set KEEL_CLUSTER_SECRET (the same on every node)")?,
+    };
+    let request_timeout =
+        keel::parse_duration(&args.cluster_timeout).context("--cluster-timeout")?;
+    tracing::info!(
+        "node {node_id} of a cluster of {} voters; data in {}",
+        peers.len(),
+        args.working_dir.display()
+    );
+    Ok(keel_server::cluster::ClusterConfig {
+        node_id,
+        peers,
+        secret,
+        dir: args.working_dir.clone(),
+        options,
+        request_timeout,
+        join: args.join,
+    })
 }
 
 /// TLS configurations of the two listeners (they differ in ALPN).
@@ -388,6 +478,7 @@ fn start_resp(addr: SocketAddr, db: &Arc<Db>, config: RespConfig) -> anyhow::Res
 /// for at most `grace`; connections still open then are closed (dropping the
 /// runtime cancels them). Writes they had queued are synced by the close.
 fn serve_http(
+    rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
     state: AppState,
     dir: &Path,
@@ -395,11 +486,6 @@ fn serve_http(
     bounds: Bounds,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("keel-http")
-        .build()
-        .context("starting the async runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr}: is another server using the port?")

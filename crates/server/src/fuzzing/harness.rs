@@ -44,6 +44,7 @@ impl Harness {
                 db: Arc::new(db),
                 metrics,
                 auth: token.map(|t| Arc::new(AuthToken::new(t).expect("token"))),
+                cluster: None,
             },
         }
     }

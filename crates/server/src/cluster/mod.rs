@@ -1,0 +1,562 @@
+//! A keel cluster node (issue 14): the HTTP API served on openraft, with
+//! keel-raft's log store and state machine.
+//!
+//! - Writes (`PUT`/`DELETE /kv/{key}`, `DELETE /clear`, `POST /batch`) are
+//!   proposed to the Raft log by the leader and answered once applied; a
+//!   follower forwards them to the leader and returns its answer. A write
+//!   whose outcome is unknown (leadership lost mid-request, no quorum in
+//!   time) is answered 503 saying so, never 200.
+//! - Reads are linearizable: the leader confirms it still leads
+//!   (`ensure_linearizable`, ReadIndex) before reading its engine; a
+//!   follower forwards them. `?consistency=stale` reads the local copy.
+//! - Every answer names the leader in `X-Keel-Leader` when one is known.
+//! - `/raft/*` carries openraft's RPCs between nodes, each with the
+//!   cluster secret ([`network::SECRET_HEADER`]); without it: 401 whatever
+//!   the path, before anything else is read.
+//! - `GET /cluster`: node, leader, term, members, commit and applied index;
+//!   `POST /cluster/members`: add a learner, promote it, remove a node.
+//!
+//! The cluster forms by itself: a node whose Raft state is empty
+//! initializes it with the membership `--peers` gives (every node the same,
+//! so their first entries are identical), and the first election makes a
+//! leader once a majority is up.
+
+pub mod network;
+
+use crate::auth::AuthToken;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keel::op::Op;
+use keel_raft::{Command, EngineHandle, KeelLogStore, KeelStateMachine, TypeConfig};
+use keel_storage::Storage;
+use network::{HttpNetwork, PeerClient, FORWARDED_HEADER, SECRET_HEADER};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Raft};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The header naming the leader on every answer of a cluster node.
+pub const LEADER_HEADER: &str = "x-keel-leader";
+/// The largest body a node forwards or takes on `/raft/*`.
+const MAX_FORWARDED: usize = 256 << 20;
+
+/// How a node is started.
+pub struct ClusterConfig {
+    /// This node's id.
+    pub node_id: u64,
+    /// Every voter of a new cluster: id -> `host:port` of its HTTP API.
+    pub peers: BTreeMap<u64, String>,
+    /// The secret every node-to-node request carries.
+    pub secret: String,
+    /// The node's directory: `raft/` (the Raft log) and `sm/` (the engine).
+    pub dir: PathBuf,
+    /// The engine's options.
+    pub options: keel::Options,
+    /// How long a client request may wait for its write or read.
+    pub request_timeout: Duration,
+    /// Join an existing cluster (added with `POST /cluster/members`)
+    /// instead of forming one from `peers`.
+    pub join: bool,
+}
+
+/// Parses `--peers 1=127.0.0.1:7001,2=127.0.0.1:7002`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} in {part:?} is not a node id (a number)"))?;
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(format!("{addr:?} in {part:?} is not HOST:PORT"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is named twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given".into());
+    }
+    Ok(peers)
+}
+
+/// A running cluster node.
+pub struct ClusterNode {
+    /// This node's id.
+    pub id: u64,
+    /// openraft's handle.
+    pub raft: Raft<TypeConfig>,
+    /// The engine reads are served from.
+    pub engine: EngineHandle,
+    secret: AuthToken,
+    client: PeerClient,
+    peers: BTreeMap<u64, String>,
+    timeout: Duration,
+}
+
+/// Why a write was not acknowledged.
+#[derive(Debug)]
+pub enum WriteFailure {
+    /// The engine refuses it (bad input); nothing changed.
+    Refused(keel::Error),
+    /// The engine refused it when applying (same limits on every node).
+    RefusedAtApply(String),
+    /// This node is not the leader (any more): nothing was written.
+    NotLeader,
+    /// It may or may not be applied.
+    Unknown(String),
+}
+
+impl ClusterNode {
+    /// Opens the node's log and engine under `config.dir` and starts Raft;
+    /// a node with an empty Raft state initializes the cluster from
+    /// `config.peers`.
+    pub async fn start(
+        config: ClusterConfig,
+        storage: Arc<dyn Storage>,
+    ) -> anyhow::Result<Arc<ClusterNode>> {
+        use anyhow::Context;
+        if !config.peers.contains_key(&config.node_id) {
+            anyhow::bail!(
+                "--peers does not name this node ({}): list every voter, this one included",
+                config.node_id
+            );
+        }
+        let secret = AuthToken::new(&config.secret).context("the cluster secret")?;
+        let wal = keel_wal::WalOptions {
+            sync: keel_wal::SyncPolicy::Always,
+            ..keel_wal::WalOptions::default()
+        };
+        let log = KeelLogStore::open(Arc::clone(&storage), config.dir.join("raft"), wal)
+            .context("opening the Raft log")?;
+        // The Raft log's fdatasync acknowledges every write; the engine
+        // re-applies from its recovered log id what a crash took from it
+        // (keel_raft::state_machine), so it needs no fdatasync of its own.
+        let (sm, engine) = KeelStateMachine::open(
+            storage,
+            config.dir.join("sm"),
+            config.options,
+            keel::SyncPolicy::Never,
+        )
+        .context("opening the engine")?;
+        let raft_config = openraft::Config {
+            cluster_name: "keel".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
+            max_in_snapshot_log_to_keep: 10_000,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .context("the Raft configuration")?;
+        let client = PeerClient::new(&config.secret);
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            HttpNetwork::new(client.clone()),
+            log,
+            sm,
+        )
+        .await
+        .context("starting Raft")?;
+        let members: BTreeMap<u64, BasicNode> = config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        if raft
+            .is_initialized()
+            .await
+            .context("reading the Raft state")?
+        {
+            tracing::info!("rejoining the cluster (its Raft state is on disk)");
+        } else if config.join {
+            tracing::info!(
+                "waiting to be added to a cluster: POST /cluster/members {{\"add_learner\": {{\"id\": {}, ...}}}} on any member",
+                config.node_id
+            );
+        } else {
+            raft.initialize(members)
+                .await
+                .context("initializing the cluster")?;
+            tracing::info!(
+                "initialized a new cluster of {} voters; it elects a leader once a majority is up",
+                config.peers.len()
+            );
+        }
+        Ok(Arc::new(ClusterNode {
+            id: config.node_id,
+            raft,
+            engine,
+            secret,
+            client,
+            peers: config.peers,
+            timeout: config.request_timeout,
+        }))
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The HTTP address of node `id`: from the membership, else `--peers`.
+    fn addr_of(&self, id: u64) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let found = m
+            .nodes()
+            .find(|(n, _)| **n == id)
+            .map(|(_, node)| node.addr.clone());
+        found.or_else(|| self.peers.get(&id).cloned())
+    }
+
+    /// Proposes `op` and waits until it is applied.
+    pub async fn write(&self, op: Op) -> Result<u64, WriteFailure> {
+        self.engine
+            .current()
+            .check_write(&op)
+            .map_err(WriteFailure::Refused)?;
+        let proposed = self.raft.client_write(Command(op.encode()));
+        match tokio::time::timeout(self.timeout, proposed).await {
+            Ok(Ok(r)) => match r.data.error {
+                None => Ok(r.log_id.index),
+                Some(why) => Err(WriteFailure::RefusedAtApply(why)),
+            },
+            // Sent before the entry was appended, or after it was removed
+            // as a conflicting suffix: it is not in the log.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(WriteFailure::NotLeader)
+            }
+            Ok(Err(e)) => Err(WriteFailure::Unknown(e.to_string())),
+            Err(_) => Err(WriteFailure::Unknown(format!(
+                "not applied within {:?} (no quorum?)",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Whether the request's cluster secret is right.
+    fn secret_ok(&self, req: &Request) -> bool {
+        req.headers()
+            .get(SECRET_HEADER)
+            .is_some_and(|v| self.secret.matches(v.as_bytes()))
+    }
+
+    /// `GET /cluster`.
+    fn status(&self) -> serde_json::Value {
+        let m = self.raft.metrics().borrow().clone();
+        let members: Vec<serde_json::Value> = m
+            .membership_config
+            .nodes()
+            .map(|(id, node)| {
+                let voter = m.membership_config.voter_ids().any(|v| v == *id);
+                serde_json::json!({"id": id, "addr": node.addr, "voter": voter})
+            })
+            .collect();
+        let replication = m.replication.as_ref().map(|r| {
+            r.iter()
+                .map(|(id, matched)| {
+                    let lag = m
+                        .last_log_index
+                        .unwrap_or(0)
+                        .saturating_sub(matched.map_or(0, |l| l.index));
+                    (
+                        id.to_string(),
+                        serde_json::json!({"matched": matched.map(|l| l.index), "lag": lag}),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+        });
+        serde_json::json!({
+            "node_id": self.id,
+            "leader_id": m.current_leader,
+            "role": format!("{:?}", m.state),
+            "term": m.current_term,
+            "members": members,
+            "commit_index": m.last_applied.map(|l| l.index),
+            "applied_index": m.last_applied.map(|l| l.index),
+            "last_log_index": m.last_log_index,
+            "replication": replication,
+        })
+    }
+}
+
+use crate::http::text;
+
+/// The whole body of `body`, at most `limit` bytes.
+async fn read_all(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request: {e}"),
+        )),
+    }
+}
+
+/// What the node does with a request.
+pub enum Routed {
+    /// Answered here (forwarded, a Raft RPC, a cluster endpoint, a refusal).
+    Done(Response),
+    /// Served by the ordinary API on this node's engine.
+    Local(Request),
+}
+
+fn is_write(method: &Method, path: &str) -> bool {
+    match path {
+        "/clear" => *method == Method::DELETE,
+        "/batch" => *method == Method::POST,
+        p if p.starts_with("/kv/") => matches!(*method, Method::PUT | Method::DELETE),
+        _ => false,
+    }
+}
+
+fn is_read(method: &Method, path: &str) -> bool {
+    (path == "/kv" || path.starts_with("/kv/")) && matches!(*method, Method::GET | Method::HEAD)
+}
+
+/// Whether the query asks for a stale read.
+pub fn stale(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|p| p == "consistency=stale"))
+}
+
+/// Routes a request of a cluster node (module doc). `/raft/*` requests are
+/// checked for the secret before anything else.
+pub async fn route(node: &Arc<ClusterNode>, req: Request) -> Routed {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if path.starts_with("/raft/") {
+        if !node.secret_ok(&req) {
+            return Routed::Done(text(
+                StatusCode::UNAUTHORIZED,
+                "a /raft/ request needs the cluster secret (x-keel-cluster-secret)",
+            ));
+        }
+        return Routed::Done(rpc(node, &path, req).await);
+    }
+    if path == "/cluster" {
+        return Routed::Done(match method {
+            Method::GET => axum::Json(node.status()).into_response(),
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        });
+    }
+    let members = path == "/cluster/members";
+    let leader = node.leader();
+    let here = leader == Some(node.id);
+    if members && method != Method::POST {
+        return Routed::Done(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+    }
+    if members && here {
+        return Routed::Done(change_members(node, req).await);
+    }
+    let read = is_read(&method, &path);
+    if read && stale(req.uri().query()) {
+        return Routed::Local(req);
+    }
+    if !(members || read || is_write(&method, &path)) {
+        return Routed::Local(req);
+    }
+    if here {
+        if read {
+            let confirmed =
+                tokio::time::timeout(node.timeout, node.raft.ensure_linearizable()).await;
+            return match confirmed {
+                Ok(Ok(_)) => Routed::Local(req),
+                Ok(Err(e)) => Routed::Done(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot confirm this node still leads ({e}): retry, or read with ?consistency=stale"),
+                )),
+                Err(_) => Routed::Done(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no quorum confirmed the leader in time: retry, or read with ?consistency=stale",
+                )),
+            };
+        }
+        return Routed::Local(req);
+    }
+    Routed::Done(forward(node, leader, req, read).await)
+}
+
+/// Sends `req` to the leader and returns its answer.
+async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bool) -> Response {
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "forwarded here, but this node is not the leader (leadership moved): nothing was done; retry",
+        );
+    }
+    let Some(addr) = leader.and_then(|l| node.addr_of(l)) else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader is elected yet (or a majority is down): nothing was done; retry shortly",
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let body = match read_all(body, MAX_FORWARDED).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut headers = vec![(
+        header::HeaderName::from_static(FORWARDED_HEADER),
+        HeaderValue::from_static("1"),
+    )];
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+        if let Some(v) = parts.headers.get(&name) {
+            headers.push((name, v.clone()));
+        }
+    }
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    match node
+        .client
+        .send(&addr, parts.method, &target, &headers, body, node.timeout)
+        .await
+    {
+        Ok(answer) => {
+            let mut resp = Response::new(Body::from(answer.body));
+            *resp.status_mut() = answer.status;
+            for name in [header::CONTENT_TYPE, header::WWW_AUTHENTICATE] {
+                if let Some(v) = answer.headers.get(&name) {
+                    resp.headers_mut().insert(name, v.clone());
+                }
+            }
+            resp
+        }
+        Err(e) if read => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the leader did not answer ({e}): retry"),
+        ),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the leader did not answer ({e}): the write's outcome is unknown; read the key back before retrying"),
+        ),
+    }
+}
+
+/// `/raft/append`, `/raft/vote`, `/raft/snapshot`: openraft's RPCs.
+async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
+    let body = match read_all(req.into_body(), MAX_FORWARDED).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    fn answer<T: serde::Serialize>(v: &T) -> Response {
+        axum::Json(v).into_response()
+    }
+    let malformed = |e: serde_json::Error| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("malformed Raft request: {e}"),
+        )
+    };
+    match path {
+        "/raft/append" => match serde_json::from_slice(&body) {
+            Ok(r) => answer(&node.raft.append_entries(r).await),
+            Err(e) => malformed(e),
+        },
+        "/raft/vote" => match serde_json::from_slice(&body) {
+            Ok(r) => answer(&node.raft.vote(r).await),
+            Err(e) => malformed(e),
+        },
+        "/raft/snapshot" => match serde_json::from_slice(&body) {
+            Ok(r) => answer(&node.raft.install_snapshot(r).await),
+            Err(e) => malformed(e),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not a Raft RPC: /raft/append, /raft/vote, /raft/snapshot",
+        ),
+    }
+}
+
+/// The body of `POST /cluster/members`: one change.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum MemberChange {
+    /// Add a node that replicates but does not vote.
+    AddLearner {
+        /// Its id.
+        id: u64,
+        /// Its HTTP address (`host:port`).
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// Its id.
+        id: u64,
+    },
+    /// Remove a node.
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// `POST /cluster/members` on the leader.
+async fn change_members(node: &ClusterNode, req: Request) -> Response {
+    let body = match read_all(req.into_body(), 64 << 10).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let change: MemberChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("malformed membership change ({e}); expected {{\"add_learner\":{{\"id\":4,\"addr\":\"127.0.0.1:7004\"}}}}, {{\"promote\":{{\"id\":4}}}} or {{\"remove\":{{\"id\":4}}}}"),
+            )
+        }
+    };
+    let result = match change {
+        MemberChange::AddLearner { id, addr } => node
+            .raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map(|r| r.log_id.index),
+        MemberChange::Promote { id } => node
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map(|r| r.log_id.index),
+        MemberChange::Remove { id } => node
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map(|r| r.log_id.index),
+    };
+    match result {
+        Ok(index) => axum::Json(serde_json::json!({"index": index, "cluster": node.status()}))
+            .into_response(),
+        Err(RaftError::APIError(e)) => text(
+            StatusCode::BAD_REQUEST,
+            format!("membership change refused: {e}"),
+        ),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("membership change failed ({e}): its outcome is unknown; check GET /cluster"),
+        ),
+    }
+}
+
+/// Adds `X-Keel-Leader` to an answer when a leader is known.
+pub fn name_leader(node: &ClusterNode, resp: &mut Response) {
+    if let Some(l) = node.leader() {
+        if let Ok(v) = HeaderValue::from_str(&l.to_string()) {
+            resp.headers_mut().insert(LEADER_HEADER, v);
+        }
+    }
+}

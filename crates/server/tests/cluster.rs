@@ -1,0 +1,448 @@
+//! A keel cluster of real `keel serve --node-id` processes on loopback
+//! (issue 14): it forms by itself, any node takes writes and linearizable
+//! reads (followers forward to the leader, every answer names it),
+//! `/raft/` refuses requests without the cluster secret, kill -9 of the
+//! leader loses no acknowledged write and the node rejoins, and a node
+//! joins as a learner, is promoted and removed.
+
+mod common;
+
+use common::{free_port, BIN};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cluster-test-secret";
+
+struct Node {
+    id: u64,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(base: &Path, id: u64, port: u16, peers: &str, extra: &[&str]) -> Node {
+        let dir = base.join(format!("n{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--port", &port.to_string(), "--working-dir"])
+            .arg(dir.join("data"))
+            .args(["--node-id", &id.to_string(), "--peers", peers])
+            .args(["--cluster-secret", SECRET, "--memtable-size", "1MiB"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start keel serve");
+        let node = Node {
+            id,
+            port,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while common::raw(
+            port,
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .map(|r| r.0)
+        .ok()
+            != Some(200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not come up: {}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .max_idle_connections(0)
+        .max_idle_connections_per_host(0)
+        .build()
+        .into()
+}
+
+/// (status, body, x-keel-leader).
+fn call(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<u8>, Option<String>) {
+    let a = agent();
+    let mut resp = match method {
+        "GET" => {
+            let mut r = a.get(url);
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.call()
+        }
+        "DELETE" => a.delete(url).call(),
+        "PUT" => a.put(url).send(body.unwrap_or(b"")),
+        "POST" => {
+            let mut r = a.post(url).header("content-type", "application/json");
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.send(body.unwrap_or(b""))
+        }
+        _ => panic!("{method}"),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let leader = resp
+        .headers()
+        .get("x-keel-leader")
+        .map(|v| v.to_str().unwrap().to_string());
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_vec().unwrap();
+    (status, body, leader)
+}
+
+fn status(node: &Node) -> serde_json::Value {
+    let (code, body, _) = call("GET", &node.url("/cluster"), None, &[]);
+    assert_eq!(code, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Waits until the running nodes agree on a leader; returns its id.
+fn leader(nodes: &[&Node]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|n| status(n)["leader_id"].as_u64())
+            .collect();
+        if let Some(Some(l)) = ids.first() {
+            if ids.iter().all(|i| *i == Some(*l)) && nodes.iter().any(|n| n.id == *l) {
+                return *l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader agreed on: {ids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every node applied at least `index`.
+fn wait_applied(nodes: &[&Node], index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in nodes {
+        while status(n)["applied_index"].as_u64().unwrap_or(0) < index {
+            assert!(
+                Instant::now() < deadline,
+                "node {} stuck below {index}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Every key a node holds (a stale read of its own copy).
+fn contents(node: &Node) -> BTreeMap<String, String> {
+    let (code, body, _) = call(
+        "GET",
+        &node.url("/kv?limit=10000&consistency=stale"),
+        None,
+        &[],
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().to_string(),
+                i["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn three(base: &Path) -> (Vec<Node>, String) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = (0..3)
+        .map(|i| Node::start(base, i as u64 + 1, ports[i], &peers, &[]))
+        .collect();
+    (nodes, peers)
+}
+
+#[test]
+fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secret() {
+    let t = tempfile::tempdir().unwrap();
+    let (nodes, _) = three(t.path());
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l = leader(&all);
+    // Writes through every node, reads through every node.
+    for i in 0..30 {
+        let n = &nodes[i % 3];
+        let (code, body, named) = call("PUT", &n.url(&format!("/kv/k{i}")), Some(b"v"), &[]);
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(named, Some(l.to_string()), "every answer names the leader");
+    }
+    let batch = br#"{"ops":[{"op":"put","key":"b1","value":"x"},{"op":"delete","key":"k0"}]}"#;
+    let follower = nodes.iter().find(|n| n.id != l).unwrap();
+    assert_eq!(
+        call("POST", &follower.url("/batch"), Some(batch), &[]).0,
+        200
+    );
+    assert_eq!(call("DELETE", &follower.url("/kv/k1"), None, &[]).0, 200);
+    for n in &nodes {
+        let (code, body, _) = call("GET", &n.url("/kv/b1"), None, &[]);
+        assert_eq!(
+            (code, body),
+            (200, b"x".to_vec()),
+            "linearizable read on node {}",
+            n.id
+        );
+        assert_eq!(call("GET", &n.url("/kv/k0"), None, &[]).0, 404);
+    }
+    // Bad input through a follower: refused, nothing proposed.
+    let before = status(&nodes[0])["last_log_index"].as_u64();
+    let bad = br#"{"ops":[{"op":"put","key":"ok","value":"x"},{"op":"put","key":"","value":"x"}]}"#;
+    let refused = call("POST", &follower.url("/batch"), Some(bad), &[]);
+    assert_eq!(refused.0, 400, "{}", String::from_utf8_lossy(&refused.1));
+    let empty = call("PUT", &follower.url("/kv/e"), Some(b""), &[]);
+    assert_eq!(empty.0, 400, "{}", String::from_utf8_lossy(&empty.1));
+    assert_eq!(status(&nodes[0])["last_log_index"].as_u64(), before);
+    // Every node holds the same keys.
+    let applied = status(&nodes[(l - 1) as usize])["applied_index"]
+        .as_u64()
+        .unwrap();
+    wait_applied(&all, applied);
+    let want = contents(&nodes[0]);
+    assert_eq!(want.len(), 29);
+    for n in &nodes {
+        assert_eq!(contents(n), want, "node {}", n.id);
+    }
+    // /raft/ without the secret, or with another: 401 whatever the path.
+    for (path, headers) in [
+        ("/raft/append", vec![]),
+        ("/raft/vote", vec![("x-keel-cluster-secret", "wrong")]),
+        ("/raft/no-such-rpc", vec![]),
+    ] {
+        let (code, _, _) = call("POST", &nodes[0].url(path), Some(b"{}"), &headers);
+        assert_eq!(code, 401, "{path}");
+    }
+    let (code, _, _) = call("GET", &nodes[0].url("/raft/x"), None, &[]);
+    assert_eq!(code, 401);
+    // With the secret: routed (an unknown RPC is 404, a malformed one 400).
+    let ok = [("x-keel-cluster-secret", SECRET)];
+    assert_eq!(
+        call("POST", &nodes[0].url("/raft/no-such-rpc"), Some(b"{}"), &ok).0,
+        404
+    );
+    assert_eq!(
+        call("POST", &nodes[0].url("/raft/vote"), Some(b"{}"), &ok).0,
+        400
+    );
+    assert_eq!(status(&nodes[0])["term"], status(&nodes[1])["term"]);
+}
+
+#[test]
+fn kill_9_of_the_leader_loses_no_acknowledged_write_and_the_node_rejoins() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut nodes, peers) = three(t.path());
+    let first = leader(&nodes.iter().collect::<Vec<_>>());
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut unknown = 0;
+    let mut failover = None;
+    for i in 0..300u64 {
+        if i == 100 {
+            nodes[(first - 1) as usize].kill9();
+        }
+        let target = nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .nth((i % 2) as usize)
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            let (code, _, _) = call(
+                "PUT",
+                &target.url(&format!("/kv/w{i:04}")),
+                Some(format!("v{i}").as_bytes()),
+                &[],
+            );
+            if code == 200 {
+                acked.insert(format!("w{i:04}"), format!("v{i}"));
+                if i == 100 {
+                    failover = Some(started.elapsed());
+                }
+                break;
+            }
+            // 503: no leader yet, or the outcome is unknown; retry.
+            assert_eq!(code, 503);
+            unknown += 1;
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no write for 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!("failover: first write acknowledged {failover:?} after kill -9 of the leader ({unknown} answers 503 meanwhile)");
+    let port = nodes[(first - 1) as usize].port;
+    nodes[(first - 1) as usize] = Node::start(t.path(), first, port, &peers, &[]);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l = leader(&all);
+    let applied = status(&nodes[(l - 1) as usize])["applied_index"]
+        .as_u64()
+        .unwrap();
+    wait_applied(&all, applied);
+    for n in &nodes {
+        let got = contents(n);
+        for (k, v) in &acked {
+            assert_eq!(got.get(k), Some(v), "node {} lost acknowledged {k}", n.id);
+        }
+        assert_eq!(got, contents(&nodes[0]), "nodes {} and 1 differ", n.id);
+    }
+}
+
+#[test]
+fn a_node_joins_as_a_learner_is_promoted_and_removed() {
+    let t = tempfile::tempdir().unwrap();
+    let (nodes, _) = three(t.path());
+    leader(&nodes.iter().collect::<Vec<_>>());
+    for i in 0..20 {
+        assert_eq!(
+            call("PUT", &nodes[1].url(&format!("/kv/j{i}")), Some(b"v"), &[]).0,
+            200
+        );
+    }
+    let port = free_port();
+    let fourth = Node::start(
+        t.path(),
+        4,
+        port,
+        &format!("4=127.0.0.1:{port}"),
+        &["--join"],
+    );
+    // Not a cluster of its own: no leader until it is added.
+    assert_eq!(status(&fourth)["leader_id"], serde_json::Value::Null);
+    let add = format!(r#"{{"add_learner":{{"id":4,"addr":"127.0.0.1:{port}"}}}}"#);
+    let (code, body, _) = call(
+        "POST",
+        &nodes[2].url("/cluster/members"),
+        Some(add.as_bytes()),
+        &[],
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let (code, _, _) = call(
+        "POST",
+        &nodes[0].url("/cluster/members"),
+        Some(br#"{"promote":{"id":4}}"#),
+        &[],
+    );
+    assert_eq!(code, 200);
+    let s = status(&nodes[0]);
+    let voters: Vec<u64> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(voters, [1, 2, 3, 4]);
+    wait_applied(&[&fourth], s["applied_index"].as_u64().unwrap());
+    assert_eq!(contents(&fourth).len(), 20);
+    let (code, _, _) = call(
+        "POST",
+        &fourth.url("/cluster/members"),
+        Some(br#"{"remove":{"id":4}}"#),
+        &[],
+    );
+    assert_eq!(code, 200);
+    let members = status(&nodes[0])["members"].as_array().unwrap().len();
+    assert_eq!(members, 3);
+    let (code, _, _) = call(
+        "POST",
+        &nodes[0].url("/cluster/members"),
+        Some(br#"{"promote":{}}"#),
+        &[],
+    );
+    assert_eq!(code, 400);
+}
+
+#[test]
+fn a_single_node_serves_no_raft_and_no_cluster() {
+    let t = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", &port.to_string(), "--working-dir"])
+        .arg(t.path().join("data"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::raw(
+        port,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .is_err()
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    assert_eq!(call("POST", &url("/raft/append"), Some(b"{}"), &[]).0, 404);
+    assert_eq!(call("GET", &url("/cluster"), None, &[]).0, 404);
+    // A read may say how consistent it must be (a single node is both).
+    assert_eq!(call("PUT", &url("/kv/a"), Some(b"1"), &[]).0, 200);
+    assert_eq!(
+        call("GET", &url("/kv/a?consistency=stale"), None, &[]).1,
+        b"1"
+    );
+    assert_eq!(
+        call("GET", &url("/kv/a?consistency=linearizable"), None, &[]).1,
+        b"1"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
