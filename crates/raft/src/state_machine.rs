@@ -400,6 +400,7 @@ impl KeelStateMachine {
         &self,
         entries: impl IntoIterator<Item = Entry>,
     ) -> Result<Vec<CommandResult>, keel::Error> {
+        let started = std::time::Instant::now();
         let db = self.engine();
         let mut results = Vec::new();
         let mut last = None;
@@ -434,6 +435,8 @@ impl KeelStateMachine {
         if let Some(lsn) = last {
             db.commit_through(lsn)?;
         }
+        metrics::histogram!("keel_raft_apply_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("keel_raft_entries_applied_total").increment(results.len() as u64);
         Ok(results)
     }
 

@@ -195,12 +195,17 @@ async fn handle_local(st: &AppState, db: &Arc<Db>, req: Request) -> Response {
             _ => method_not_allowed(),
         },
         "/metrics" => match method {
-            Method::GET => (
+            Method::GET => {
+                if let Some(node) = &st.cluster {
+                    node.update_metrics();
+                }
+                (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 crate::metrics::render(&st.metrics, db),
             )
-                .into_response(),
+                .into_response()
+            }
             _ => method_not_allowed(),
         },
         "/clear" => match method {

@@ -117,6 +117,11 @@ pub struct ServeArgs {
     /// --peers.
     #[arg(long, requires = "node_id")]
     pub join: bool,
+    /// On a cluster node: take a snapshot of the engine after this many
+    /// Raft entries, so the log can be purged (a follower too far behind
+    /// is sent the snapshot).
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_every: u64,
     /// On a cluster node: how long a client's write or linearizable read
     /// may wait (for a quorum, or the leader) before a 503 says so.
     #[arg(long, default_value = "10s")]
@@ -308,6 +313,7 @@ fn cluster_config(
         options,
         request_timeout,
         join: args.join,
+        snapshot_every: args.snapshot_every.max(1),
     })
 }
 

@@ -200,6 +200,11 @@ fn contents(node: &Node) -> BTreeMap<String, String> {
 }
 
 fn three(base: &Path) -> (Vec<Node>, String) {
+    three_with(base, &[])
+}
+
+/// Three nodes started with `extra` arguments.
+fn three_with(base: &Path, extra: &[&str]) -> (Vec<Node>, String) {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers = ports
         .iter()
@@ -208,9 +213,27 @@ fn three(base: &Path) -> (Vec<Node>, String) {
         .collect::<Vec<_>>()
         .join(",");
     let nodes = (0..3)
-        .map(|i| Node::start(base, i as u64 + 1, ports[i], &peers, &[]))
+        .map(|i| Node::start(base, i as u64 + 1, ports[i], &peers, extra))
         .collect();
     (nodes, peers)
+}
+
+/// Starts node 4 with `--join` and `extra`, runs `before` on it, and has
+/// `via` add it as a learner.
+fn join_fourth(base: &Path, via: &Node, extra: &[&str], before: impl Fn(&Node)) -> Node {
+    let port = free_port();
+    let args: Vec<&str> = ["--join"].iter().chain(extra).copied().collect();
+    let fourth = Node::start(base, 4, port, &format!("4=127.0.0.1:{port}"), &args);
+    before(&fourth);
+    let add = format!(r#"{{"add_learner":{{"id":4,"addr":"127.0.0.1:{port}"}}}}"#);
+    let (code, body, _) = call(
+        "POST",
+        &via.url("/cluster/members"),
+        Some(add.as_bytes()),
+        &[],
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    fourth
 }
 
 #[test]
@@ -283,6 +306,22 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
         400
     );
     assert_eq!(status(&nodes[0])["term"], status(&nodes[1])["term"]);
+    // The leader's metrics: its role, term, each follower's lag, and how
+    // long appends, applies and client writes take.
+    let (code, body, _) = call("GET", &nodes[(l - 1) as usize].url("/metrics"), None, &[]);
+    assert_eq!(code, 200);
+    let m = String::from_utf8(body).unwrap();
+    for want in [
+        "keel_raft_role{role=\"Leader\"} 1",
+        "keel_raft_term ",
+        "keel_raft_leader_changes_total",
+        "keel_raft_replication_lag_entries{follower=",
+        "keel_raft_append_seconds",
+        "keel_raft_apply_seconds",
+        "keel_raft_write_seconds",
+    ] {
+        assert!(m.contains(want), "/metrics lacks {want}:\n{m}");
+    }
 }
 
 #[test]
@@ -356,24 +395,10 @@ fn a_node_joins_as_a_learner_is_promoted_and_removed() {
             200
         );
     }
-    let port = free_port();
-    let fourth = Node::start(
-        t.path(),
-        4,
-        port,
-        &format!("4=127.0.0.1:{port}"),
-        &["--join"],
-    );
-    // Not a cluster of its own: no leader until it is added.
-    assert_eq!(status(&fourth)["leader_id"], serde_json::Value::Null);
-    let add = format!(r#"{{"add_learner":{{"id":4,"addr":"127.0.0.1:{port}"}}}}"#);
-    let (code, body, _) = call(
-        "POST",
-        &nodes[2].url("/cluster/members"),
-        Some(add.as_bytes()),
-        &[],
-    );
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let fourth = join_fourth(t.path(), &nodes[2], &[], |fourth| {
+        // Not a cluster of its own: no leader until it is added.
+        assert_eq!(status(fourth)["leader_id"], serde_json::Value::Null);
+    });
     let (code, _, _) = call(
         "POST",
         &nodes[0].url("/cluster/members"),
@@ -445,4 +470,41 @@ fn a_single_node_serves_no_raft_and_no_cluster() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn a_node_far_behind_is_sent_a_snapshot_over_http() {
+    // Snapshots every 40 entries: the log before them is purged, so a node
+    // added later can only catch up from a snapshot (streamed in chunks
+    // through /raft/snapshot, installed by keel-raft's state machine).
+    let t = tempfile::tempdir().unwrap();
+    let (nodes, _) = three_with(t.path(), &["--snapshot-every", "40"]);
+    leader(&nodes.iter().collect::<Vec<_>>());
+    for i in 0..300 {
+        let v = format!("value-{i}-{}", "x".repeat(i % 50));
+        assert_eq!(
+            call(
+                "PUT",
+                &nodes[i % 3].url(&format!("/kv/s{i:03}")),
+                Some(v.as_bytes()),
+                &[]
+            )
+            .0,
+            200
+        );
+    }
+    let fourth = join_fourth(t.path(), &nodes[0], &["--snapshot-every", "40"], |_| {});
+    let applied = status(&nodes[0])["applied_index"].as_u64().unwrap();
+    wait_applied(&[&fourth], applied);
+    assert_eq!(contents(&fourth), contents(&nodes[0]));
+    assert_eq!(contents(&fourth).len(), 300);
+    // It caught up from a snapshot: its engine was switched by one.
+    let sm = fourth.dir.join("data").join("sm");
+    let current = std::fs::read_to_string(sm.join("CURRENT")).unwrap();
+    assert!(current.starts_with("data-"), "{current}");
+    assert!(std::fs::read_dir(sm.join("snapshots")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".snap")));
 }

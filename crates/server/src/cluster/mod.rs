@@ -61,6 +61,9 @@ pub struct ClusterConfig {
     /// Join an existing cluster (added with `POST /cluster/members`)
     /// instead of forming one from `peers`.
     pub join: bool,
+    /// A snapshot is taken after this many entries; the log keeps a tenth
+    /// of that (at most 10,000) before it, for followers a little behind.
+    pub snapshot_every: u64,
 }
 
 /// Parses `--peers 1=127.0.0.1:7001,2=127.0.0.1:7002`.
@@ -155,8 +158,8 @@ impl ClusterNode {
             heartbeat_interval: 100,
             election_timeout_min: 500,
             election_timeout_max: 1000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
-            max_in_snapshot_log_to_keep: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: (config.snapshot_every / 10).min(10_000),
             ..openraft::Config::default()
         }
         .validate()
@@ -196,7 +199,7 @@ impl ClusterNode {
                 config.peers.len()
             );
         }
-        Ok(Arc::new(ClusterNode {
+        let node = Arc::new(ClusterNode {
             id: config.node_id,
             raft,
             engine,
@@ -204,7 +207,9 @@ impl ClusterNode {
             client,
             peers: config.peers,
             timeout: config.request_timeout,
-        }))
+        });
+        node.watch_leader();
+        Ok(node)
     }
 
     /// The leader this node knows of.
@@ -228,8 +233,11 @@ impl ClusterNode {
             .current()
             .check_write(&op)
             .map_err(WriteFailure::Refused)?;
+        let started = std::time::Instant::now();
         let proposed = self.raft.client_write(Command(op.encode()));
-        match tokio::time::timeout(self.timeout, proposed).await {
+        let outcome = tokio::time::timeout(self.timeout, proposed).await;
+        metrics::histogram!("keel_raft_write_seconds").record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(Ok(r)) => match r.data.error {
                 None => Ok(r.log_id.index),
                 Some(why) => Err(WriteFailure::RefusedAtApply(why)),
@@ -245,6 +253,49 @@ impl ClusterNode {
                 self.timeout
             ))),
         }
+    }
+
+    /// Refreshes the cluster's gauges for a scrape of `/metrics`: role,
+    /// term, leader, log and applied index, and on the leader each
+    /// follower's lag in entries.
+    pub fn update_metrics(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        for role in ["Leader", "Follower", "Candidate", "Learner", "Shutdown"] {
+            let is = format!("{:?}", m.state) == role;
+            metrics::gauge!("keel_raft_role", "role" => role).set(f64::from(u8::from(is)));
+        }
+        metrics::gauge!("keel_raft_term").set(m.current_term as f64);
+        metrics::gauge!("keel_raft_leader_id").set(m.current_leader.map_or(-1.0, |l| l as f64));
+        metrics::gauge!("keel_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("keel_raft_applied_index")
+            .set(m.last_applied.map_or(0.0, |l| l.index as f64));
+        if let Some(r) = &m.replication {
+            for (id, matched) in r.iter() {
+                let lag = m
+                    .last_log_index
+                    .unwrap_or(0)
+                    .saturating_sub(matched.map_or(0, |l| l.index));
+                metrics::gauge!("keel_raft_replication_lag_entries", "follower" => id.to_string())
+                    .set(lag as f64);
+            }
+        }
+    }
+
+    /// Counts leader changes (`keel_raft_leader_changes_total`) as
+    /// openraft reports them, until the node stops.
+    fn watch_leader(self: &Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        tokio::spawn(async move {
+            let mut leader = rx.borrow().current_leader;
+            while rx.changed().await.is_ok() {
+                let now = rx.borrow().current_leader;
+                if now != leader {
+                    metrics::counter!("keel_raft_leader_changes_total").increment(1);
+                    tracing::info!(from = ?leader, to = ?now, "leader changed");
+                    leader = now;
+                }
+            }
+        });
     }
 
     /// Whether the request's cluster secret is right.
