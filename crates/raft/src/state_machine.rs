@@ -177,8 +177,30 @@ impl Shared {
         open_engine(&self.storage, &self.path(name), &self.options, self.sync)
     }
 
-    fn next(&self) -> u64 {
-        self.counter.fetch_add(1, Ordering::Relaxed)
+    /// A number for a new name under `work/`, `snapshots/` or `data-`,
+    /// used by nothing on disk: the storage trait removes files, not
+    /// directories, so an emptied `work/backup-N/` of an earlier run stays
+    /// (and a backup refuses an existing directory).
+    fn next(&self) -> Result<u64, IoError> {
+        loop {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let names = [
+                self.path(WORK).join(format!("backup-{n}")),
+                self.path(WORK).join(format!("unpacked-{n}")),
+                self.path(SNAPSHOTS).join(format!("receiving-{n}")),
+                self.path(&data_name(n)),
+            ];
+            let mut free = true;
+            for p in &names {
+                free &= !self
+                    .storage
+                    .exists(p)
+                    .map_err(|e| IoError::new("checking for a name in use", p, e))?;
+            }
+            if free {
+                return Ok(n);
+            }
+        }
     }
 
     /// The newest complete snapshot, if any.
@@ -446,7 +468,7 @@ impl KeelStateMachine {
         let db = self.engine();
         let (last_log_id, last_membership) =
             applied_of(&db.metadata()).map_err(StateMachineError::Damaged)?;
-        let n = sh.next();
+        let n = sh.next()?;
         let backup = sh.path(WORK).join(format!("backup-{n}"));
         db.backup(&backup)?;
         let meta = SnapshotMeta {
@@ -470,7 +492,7 @@ impl KeelStateMachine {
     ) -> Result<(), StateMachineError> {
         let sh = &self.shared;
         let _one = sh.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        let n = sh.next();
+        let n = sh.next()?;
         let unpacked = sh.path(WORK).join(format!("unpacked-{n}"));
         let held = snapshot::unpack(&*sh.storage, file, path, &unpacked)?;
         if held.last_log_id != meta.last_log_id {
@@ -553,7 +575,10 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
         let sh = &self.shared;
-        let path = sh.path(SNAPSHOTS).join(format!("receiving-{}", sh.next()));
+        let path = sh.path(SNAPSHOTS).join(format!(
+            "receiving-{}",
+            sh.next().map_err(|e| snapshot_err(ErrorVerb::Write, e))?
+        ));
         let file = SnapshotFile::create(&*sh.storage, &path)
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         Ok(Box::new(file))

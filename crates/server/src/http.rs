@@ -324,8 +324,7 @@ async fn write(st: &AppState, db: &Db, op: Op) -> Result<u64, Response> {
     node.write(op).await.map_err(|f| match f {
         WriteFailure::Refused(e) => error_response(e),
         WriteFailure::RefusedAtApply(why) => text(StatusCode::BAD_REQUEST, why),
-        WriteFailure::NotLeader => text(
-            StatusCode::SERVICE_UNAVAILABLE,
+        WriteFailure::NotLeader => crate::cluster::not_written(
             "this node stopped leading before the write was appended: nothing was written; retry",
         ),
         WriteFailure::Unknown(why) => text(

@@ -19,7 +19,11 @@
 //! Short tiers (CI, `.ci/run`): `--cycles 150` on real and on buffered storage,
 //! `--cycles 20 --failpoints`, `--cycles 100 --storage buffered --protocol resp`.
 //! Long tier: `cargo run --release -p keel-torture -- --release-bin --cycles 1000`.
+//!
+//! `--cluster 3`: three `keel serve --node-id` processes, a node killed
+//! each cycle (the leader half the time); see `cluster`.
 
+mod cluster;
 mod history;
 mod linearizability;
 mod resp_client;
@@ -107,6 +111,11 @@ struct Args {
     /// last check read back.
     #[arg(long)]
     archive: bool,
+    /// Run a cluster of this many nodes (`keel serve --node-id`) instead
+    /// of one server: each cycle kills one node (the leader half the time)
+    /// under load and restarts it; clients talk to random nodes.
+    #[arg(long)]
+    cluster: Option<u32>,
 }
 
 /// The fail point of a cycle in `--failpoints` mode (`KEEL_FAULT` syntax).
@@ -229,6 +238,17 @@ fn start(
 /// One HTTP/1.1 exchange on a fresh connection: (status, body). Errors say
 /// whether the request was sent.
 fn raw(port: u16, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), Sent> {
+    exchange(port, method, path, body).map(|(status, body, _)| (status, body))
+}
+
+/// [`raw`], and whether the answer says nothing was written (a cluster
+/// node's `x-keel-outcome: not-written`).
+fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>, bool), Sent> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|_| Sent::No)?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let head = format!(
@@ -249,7 +269,10 @@ fn raw(port: u16, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>
         .and_then(|h| h.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or(Sent::Maybe)?;
-    Ok((status, buf[end + 4..].to_vec()))
+    let not_written = String::from_utf8_lossy(&buf[..end])
+        .to_ascii_lowercase()
+        .contains("\r\nx-keel-outcome: not-written");
+    Ok((status, buf[end + 4..].to_vec(), not_written))
 }
 
 #[derive(Debug)]
@@ -266,6 +289,9 @@ fn key(i: u64) -> String {
 
 struct Shared {
     port: u16,
+    /// With `--cluster`: every node's port; each request goes to one at
+    /// random.
+    cluster_ports: Vec<u16>,
     resp_port: Option<u16>,
     stop: AtomicBool,
     history: Mutex<History>,
@@ -357,7 +383,11 @@ fn over_http(port: u16, req: &Request) -> (Outcome, Option<Option<String>>) {
         Request::Checkpoint => ("POST", "/admin/checkpoint".into(), vec![]),
         Request::Get(k) => ("GET", format!("/kv/{k}"), vec![]),
     };
-    match raw(port, method, &path, &body) {
+    match exchange(port, method, &path, &body).map(|(s, b, not_written)| {
+        // A cluster node certain that nothing was written: a failure.
+        (if not_written { 0 } else { s }, b)
+    }) {
+        Ok((0, _)) => (Outcome::Fail, None),
         Ok((200, b)) if method == "GET" => (
             Outcome::Ok,
             Some(Some(String::from_utf8_lossy(&b).into_owned())),
@@ -435,9 +465,13 @@ fn client_loop(sh: Arc<Shared>, mut rng: SplitMix64, keys: u64) {
         let req = Request::random(&mut rng, keys, sh.resp_port.is_some(), val);
         let mut targets = req.targets();
         let call = sh.now();
+        let port = match sh.cluster_ports.len() {
+            0 => sh.port,
+            n => sh.cluster_ports[rng.below(n as u64) as usize],
+        };
         let (outcome, read) = match sh.resp_port {
             Some(p) => over_resp(&mut conn, p, sh.port, &req),
-            None => over_http(sh.port, &req),
+            None => over_http(port, &req),
         };
         let ret = sh.now();
         if let (Some(seen), [Target::Read(k, _)]) = (read, targets.as_slice()) {
@@ -459,10 +493,46 @@ fn client_loop(sh: Arc<Shared>, mut rng: SplitMix64, keys: u64) {
             Outcome::Unknown | Outcome::Fail => {
                 client = sh.next_client.fetch_add(1, Ordering::SeqCst);
                 seq = 0;
-                std::thread::sleep(Duration::from_millis(2));
+                // A cluster elects a leader in about a second: retrying at
+                // once would only pile up failures.
+                let pause = if sh.cluster_ports.is_empty() { 2 } else { 20 };
+                std::thread::sleep(Duration::from_millis(pause));
             }
         }
     }
+}
+
+/// Starts `args.clients` client threads on `sh`.
+fn spawn_clients(
+    sh: &Arc<Shared>,
+    args: &Args,
+    rng: &mut SplitMix64,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..args.clients)
+        .map(|_| {
+            let sh = Arc::clone(sh);
+            let rng = SplitMix64::new(rng.next_u64());
+            let keys = args.keys as u64;
+            std::thread::spawn(move || client_loop(sh, rng, keys))
+        })
+        .collect()
+}
+
+/// Stops the clients; returns the history and the next client id.
+fn stop_clients(
+    sh: &Shared,
+    clients: Vec<std::thread::JoinHandle<()>>,
+) -> anyhow::Result<(History, u64)> {
+    sh.stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+    }
+    let history =
+        std::mem::take(&mut *sh.history.lock().map_err(|_| {
+            anyhow::anyhow!("a client thread panicked while recording the history")
+        })?);
+    Ok((history, sh.next_client.load(Ordering::SeqCst)))
 }
 
 fn main() -> ExitCode {
@@ -477,6 +547,9 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut run = Run::prepare(args)?;
+    if let Some(size) = run.args.cluster {
+        return cluster::run(run, size);
+    }
     for cycle in 0..=run.args.cycles {
         // In fail-point mode the server of this cycle carries its fault; if
         // it fires during startup recovery, that is the cycle's crash, and
@@ -653,6 +726,7 @@ impl Run {
         let mut child = server.child;
         let sh = Arc::new(Shared {
             port: server.port,
+            cluster_ports: Vec::new(),
             resp_port: server.resp_port,
             stop: AtomicBool::new(false),
             history: Mutex::new(std::mem::take(&mut self.history)),
@@ -664,14 +738,7 @@ impl Run {
                 String::new()
             },
         });
-        let clients: Vec<_> = (0..self.args.clients)
-            .map(|_| {
-                let sh = Arc::clone(&sh);
-                let rng = SplitMix64::new(self.rng.next_u64());
-                let keys = self.args.keys as u64;
-                std::thread::spawn(move || client_loop(sh, rng, keys))
-            })
-            .collect();
+        let clients = spawn_clients(&sh, &self.args, &mut self.rng);
         let (min, max) = (self.args.min_ms, self.args.max_ms);
         let wait = min + self.rng.below(max.saturating_sub(min) + 1);
         if has_fault {
@@ -688,15 +755,7 @@ impl Run {
         }
         let _ = child.kill(); // SIGKILL, at a random moment under load
         child.wait()?;
-        sh.stop.store(true, Ordering::SeqCst);
-        for c in clients {
-            c.join()
-                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
-        }
-        self.next_client = sh.next_client.load(Ordering::SeqCst);
-        self.history = std::mem::take(&mut *sh.history.lock().map_err(|_| {
-            anyhow::anyhow!("a client thread panicked while recording the history")
-        })?);
+        (self.history, self.next_client) = stop_clients(&sh, clients)?;
         Ok(())
     }
 

@@ -41,6 +41,19 @@ use std::time::Duration;
 
 /// The header naming the leader on every answer of a cluster node.
 pub const LEADER_HEADER: &str = "x-keel-leader";
+/// On a 503 that is certain nothing was written (no leader, leadership
+/// moved before the append, the leader could not be reached at all), this
+/// header says so (`x-keel-outcome: not-written`): a client may retry at
+/// once. A 503 without it is an unknown outcome.
+pub const OUTCOME_HEADER: &str = "x-keel-outcome";
+
+/// A 503 certain that nothing was written (see [`OUTCOME_HEADER`]).
+pub fn not_written(why: &str) -> Response {
+    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, why);
+    r.headers_mut()
+        .insert(OUTCOME_HEADER, HeaderValue::from_static("not-written"));
+    r
+}
 /// The largest body a node forwards or takes on `/raft/*`.
 const MAX_FORWARDED: usize = 256 << 20;
 
@@ -443,14 +456,12 @@ pub async fn route(node: &Arc<ClusterNode>, req: Request) -> Routed {
 /// Sends `req` to the leader and returns its answer.
 async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bool) -> Response {
     if req.headers().contains_key(FORWARDED_HEADER) {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return not_written(
             "forwarded here, but this node is not the leader (leadership moved): nothing was done; retry",
         );
     }
     let Some(addr) = leader.and_then(|l| node.addr_of(l)) else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return not_written(
             "no leader is elected yet (or a majority is down): nothing was done; retry shortly",
         );
     };
@@ -481,13 +492,21 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
         Ok(answer) => {
             let mut resp = Response::new(Body::from(answer.body));
             *resp.status_mut() = answer.status;
-            for name in [header::CONTENT_TYPE, header::WWW_AUTHENTICATE] {
+            let names = [
+                header::CONTENT_TYPE,
+                header::WWW_AUTHENTICATE,
+                header::HeaderName::from_static(OUTCOME_HEADER),
+            ];
+            for name in names {
                 if let Some(v) = answer.headers.get(&name) {
                     resp.headers_mut().insert(name, v.clone());
                 }
             }
             resp
         }
+        Err(e @ network::PeerError::NotConnected { .. }) => not_written(&format!(
+            "the leader could not be reached ({e}): nothing was sent to it; retry"
+        )),
         Err(e) if read => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the leader did not answer ({e}): retry"),

@@ -50,6 +50,14 @@ pub enum PeerError {
         /// The deadline.
         after: Duration,
     },
+    /// No connection could be made: nothing was sent.
+    #[error("cannot connect to {addr}: {why}")]
+    NotConnected {
+        /// The peer.
+        addr: String,
+        /// What went wrong.
+        why: String,
+    },
     /// The connection failed, or the answer was cut.
     #[error("request to {addr} failed: {why}")]
     Failed {
@@ -127,11 +135,16 @@ impl PeerClient {
             .body(Full::new(body))
             .map_err(|e| failed(e.to_string()))?;
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    PeerError::NotConnected {
+                        addr: addr.to_string(),
+                        why: e.to_string(),
+                    }
+                } else {
+                    failed(e.to_string())
+                }
+            })?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_ANSWER)
                 .collect()
@@ -244,9 +257,11 @@ impl HttpPeer {
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             // A peer that did not answer (or refused the connection) is
             // retried after a backoff; a garbled answer at once.
-            Err(e @ (PeerError::Timeout { .. } | PeerError::Failed { .. })) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
+            Err(
+                e @ (PeerError::Timeout { .. }
+                | PeerError::Failed { .. }
+                | PeerError::NotConnected { .. }),
+            ) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e @ PeerError::Status { .. }) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }

@@ -1,0 +1,289 @@
+//! `keel-torture --cluster N`: N real `keel serve --node-id` processes on
+//! loopback under load from the clients, each request sent to a random
+//! node (followers forward to the leader). Each cycle kills one node with
+//! SIGKILL (the leader half the time) after a random wait, keeps the load
+//! on the others while it is down, and restarts it.
+//!
+//! After each cycle the load stops and the cluster settles: a leader, and
+//! on every node the last log index applied (so no entry is left
+//! uncommitted anywhere). An operation whose outcome is unknown (a write the
+//! killed leader appended may be committed by the next one) can take effect
+//! only until then, so its window closes there. Then, and at the end: the
+//! same keys on every node (compared whole, read from each node's own
+//! copy), every acknowledged write there unless a later-or-concurrent write
+//! may have replaced it; at the end every key linearizable over the whole
+//! history.
+
+use super::*;
+
+/// One node of the cluster: its id, port and process.
+struct ClusterNode {
+    id: u64,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// The cluster under test.
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    peers: String,
+    nodes: Vec<ClusterNode>,
+    storage: String,
+    memtable_size: Option<String>,
+    starts: u32,
+}
+
+impl Cluster {
+    fn start_node(&mut self, i: usize) -> anyhow::Result<Duration> {
+        let node = &self.nodes[i];
+        let dir = self.dir.join(format!("n{}", node.id));
+        std::fs::create_dir_all(&dir)?;
+        self.starts += 1;
+        let log = std::fs::File::create(dir.join(format!("server-{}.log", self.starts)))?;
+        let started = Instant::now();
+        let child = Command::new(&self.bin)
+            .args(["serve", "--port", &node.port.to_string(), "--working-dir"])
+            .arg(dir.join("data"))
+            .args(["--node-id", &node.id.to_string(), "--peers", &self.peers])
+            .args(["--cluster-secret", "keel-torture"])
+            // Snapshots (and log purges) happen during the run, too.
+            .args(["--snapshot-every", "500"])
+            .args(
+                self.memtable_size
+                    .as_ref()
+                    .map(|m| vec!["--memtable-size".to_string(), m.clone()])
+                    .unwrap_or_default(),
+            )
+            .env(
+                "KEEL_STORAGE",
+                if self.storage == "buffered" {
+                    "buffered"
+                } else {
+                    ""
+                },
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let port = node.port;
+        self.nodes[i].child = Some(child);
+        loop {
+            if matches!(raw(port, "GET", "/health", b""), Ok((200, _))) {
+                return Ok(started.elapsed());
+            }
+            if let Some(st) = self.nodes[i]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "node {} exited with {st} at start; see {}",
+                    i + 1,
+                    dir.display()
+                );
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("node {} did not come up within 60 s", i + 1);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill(); // SIGKILL
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// `GET /cluster` of a running node.
+    fn status(&self, i: usize) -> Option<serde_json::Value> {
+        match raw(self.nodes[i].port, "GET", "/cluster", b"") {
+            Ok((200, body)) => serde_json::from_slice(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// The leader the running nodes name, if any.
+    fn leader(&self) -> Option<u64> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .find_map(|i| self.status(i)?["leader_id"].as_u64())
+    }
+
+    /// Waits until every node has applied what the leader has.
+    fn settle(&self) -> anyhow::Result<u64> {
+        let started = Instant::now();
+        loop {
+            let applied: Vec<Option<u64>> = (0..self.nodes.len())
+                .map(|i| self.status(i).and_then(|s| s["applied_index"].as_u64()))
+                .collect();
+            let last: Vec<Option<u64>> = (0..self.nodes.len())
+                .map(|i| self.status(i).and_then(|s| s["last_log_index"].as_u64()))
+                .collect();
+            if self.leader().is_some()
+                && applied.iter().all(|a| a.is_some() && *a == applied[0])
+                && last.iter().all(|l| *l == applied[0])
+            {
+                return Ok(applied[0].unwrap_or(0));
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the nodes did not converge within 60 s: applied {applied:?}, log {last:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.kill(i);
+        }
+    }
+}
+
+/// Runs the cluster torture (module doc).
+pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
+    if run.args.protocol != "http" || run.args.failpoints || run.args.archive {
+        bail!("--cluster runs over HTTP, without --failpoints and --archive");
+    }
+    let ports: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cluster = Cluster {
+        bin: run.bin.clone(),
+        dir: run.dir.clone(),
+        peers,
+        nodes: ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| ClusterNode {
+                id: i as u64 + 1,
+                port,
+                child: None,
+            })
+            .collect(),
+        storage: run.args.storage.clone(),
+        memtable_size: run.args.memtable_size.clone(),
+        starts: 0,
+    };
+    for i in 0..size as usize {
+        cluster.start_node(i)?;
+    }
+    let (mut leader_kills, mut restarts) = (0u32, Vec::new());
+    let mut history = History::default();
+    let mut next_client = 0;
+    let mut applied = 0;
+    for cycle in 0..run.args.cycles {
+        let sh = Arc::new(Shared {
+            port: ports[0],
+            cluster_ports: ports.clone(),
+            resp_port: None,
+            stop: AtomicBool::new(false),
+            history: Mutex::new(std::mem::take(&mut history)),
+            next_client: AtomicU64::new(next_client),
+            epoch: run.epoch,
+            value_padding: String::new(),
+        });
+        let clients = spawn_clients(&sh, &run.args, &mut run.rng);
+        let (min, max) = (run.args.min_ms, run.args.max_ms);
+        std::thread::sleep(Duration::from_millis(
+            min + run.rng.below(max.saturating_sub(min) + 1),
+        ));
+        let victim = match cluster.leader() {
+            Some(l) if run.rng.chance(1, 2) => {
+                leader_kills += 1;
+                (l - 1) as usize
+            }
+            _ => run.rng.below(size as u64) as usize,
+        };
+        cluster.kill(victim)?;
+        // The others go on under load while it is down.
+        std::thread::sleep(Duration::from_millis(100 + run.rng.below(900)));
+        (history, next_client) = stop_clients(&sh, clients)?;
+        restarts.push(cluster.start_node(victim)?);
+        applied = cluster.settle()?;
+        history.close_unknown_windows(run.now());
+        if let Err(what) = check_nodes(&cluster, &mut history, &run, applied) {
+            return violation(
+                &run.dir,
+                &history,
+                run.seed,
+                &format!("after cycle {cycle}: {what}"),
+            );
+        }
+    }
+    restarts.sort();
+    let counts = history.counts();
+    eprintln!(
+        "checking {} ops ({} unknown) for linearizability",
+        counts.ok + counts.fail + counts.unknown,
+        counts.unknown
+    );
+    let lin = history.check_linearizable();
+    println!(
+        "cluster of {size}: {} kill -9 ({leader_kills} of the leader), ops ok {} / fail {} / unknown {}, acknowledged writes verified {}, lost 0, every node equal at applied index {applied}, keys linearizable {}/{}, restart-to-ready p50 {:.0} ms, {:.1} s",
+        run.args.cycles,
+        counts.ok,
+        counts.fail,
+        counts.unknown,
+        counts.acked_writes,
+        lin.iter().filter(|(_, ok)| *ok).count(),
+        lin.len(),
+        restarts.get(restarts.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        run.started.elapsed().as_secs_f64()
+    );
+    if let Some((k, _)) = lin.iter().find(|(_, ok)| !ok) {
+        return violation(
+            &run.dir,
+            &history,
+            run.seed,
+            &format!("key {k} is not linearizable"),
+        );
+    }
+    if counts.acked_writes == 0 {
+        bail!("no write was acknowledged: the cluster never served");
+    }
+    drop(cluster);
+    if std::env::var_os("KEEL_TORTURE_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&run.dir);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads every node's own copy: all equal, and consistent with the
+/// history (recorded as a read of every key).
+fn check_nodes(
+    cluster: &Cluster,
+    history: &mut History,
+    run: &Run,
+    applied: u64,
+) -> Result<(), String> {
+    let call = run.now();
+    let mut listings = Vec::new();
+    for n in &cluster.nodes {
+        match raw(n.port, "GET", "/kv?limit=10000&consistency=stale", b"") {
+            Ok((200, body)) => listings.push(body),
+            other => return Err(format!("reading node {} back failed: {other:?}", n.id)),
+        }
+    }
+    let ret = run.now();
+    if let Some(i) = listings.iter().position(|l| *l != listings[0]) {
+        return Err(format!(
+            "node {} holds other keys than node 1 at applied index {applied}",
+            i + 1
+        ));
+    }
+    let state = history::parse_listing(&listings[0]).map_err(|e| e.to_string())?;
+    history.check_snapshot(&state).map_err(|v| v.to_string())?;
+    history.push_snapshot(call, ret, &state, run.args.keys as u64, key);
+    Ok(())
+}
