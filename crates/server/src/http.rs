@@ -149,6 +149,10 @@ async fn handle(State(st): State<AppState>, req: Request) -> Response {
         }
     } else if let Some(refused) = refuse_unauthenticated(&st, &req) {
         refused
+    } else if let Some(refused) = refuse_cross_site_write(&req) {
+        // Here, before a follower forwards it: the forwarded request does
+        // not carry the browser's Origin and Sec-Fetch-Site.
+        refused
     } else {
         match crate::cluster::route(&node, req).await {
             Routed::Done(r) => r,

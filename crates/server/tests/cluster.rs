@@ -239,7 +239,9 @@ fn join_fourth(base: &Path, via: &Node, extra: &[&str], before: impl Fn(&Node)) 
 #[test]
 fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secret() {
     let t = tempfile::tempdir().unwrap();
-    let (nodes, _) = three(t.path());
+    let cfg = t.path().join("keel.toml");
+    std::fs::write(&cfg, "max_key_len = 1024\nmax_value_len = 4096\nmax_batch_bytes = 8192\n").unwrap();
+    let (nodes, _) = three_with(t.path(), &["--config", cfg.to_str().unwrap()]);
     let all: Vec<&Node> = nodes.iter().collect();
     let l = leader(&all);
     // Writes through every node, reads through every node.
@@ -266,6 +268,27 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
         );
         assert_eq!(call("GET", &n.url("/kv/k0"), None, &[]).0, 404);
     }
+    // A browser's cross-site write through a follower: refused there.
+    let a = agent();
+    let mut r = a
+        .put(follower.url("/kv/csrf"))
+        .header("origin", "http://evil.example")
+        .send(&b"x"[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let _ = r.body_mut().read_to_vec();
+    assert_eq!(call("GET", &nodes[0].url("/kv/csrf"), None, &[]).0, 404);
+    // A value over the limit: 413 from the leader; a body far over it:
+    // 413 from the follower, which reads no more of it than the leader would.
+    let big = vec![b'v'; 5000];
+    assert_eq!(
+        call("PUT", &follower.url("/kv/big"), Some(&big), &[]).0,
+        413
+    );
+    let huge = vec![b'v'; 200_000];
+    let (code, body, _) = call("PUT", &follower.url("/kv/big"), Some(&huge), &[]);
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("over 73728 bytes"));
     // Bad input through a follower: refused, nothing proposed.
     let before = status(&nodes[0])["last_log_index"].as_u64();
     let bad = br#"{"ops":[{"op":"put","key":"ok","value":"x"},{"op":"put","key":"","value":"x"}]}"#;

@@ -54,8 +54,9 @@ pub fn not_written(why: &str) -> Response {
         .insert(OUTCOME_HEADER, HeaderValue::from_static("not-written"));
     r
 }
-/// The largest body a node forwards or takes on `/raft/*`.
-const MAX_FORWARDED: usize = 256 << 20;
+/// The largest body a node takes on `/raft/*` (from peers that gave the
+/// secret: a batch of entries, a snapshot chunk).
+const MAX_RAFT_BODY: usize = 256 << 20;
 
 /// How a node is started.
 pub struct ClusterConfig {
@@ -363,6 +364,10 @@ use crate::http::text;
 async fn read_all(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
     match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
         Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {limit} bytes (the largest value or batch the store takes)"),
+        )),
         Err(e) => Err(text(
             StatusCode::BAD_REQUEST,
             format!("reading the request: {e}"),
@@ -466,7 +471,11 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
         );
     };
     let (parts, body) = req.into_parts();
-    let body = match read_all(body, MAX_FORWARDED).await {
+    // No larger than the leader would take: a client's memory bound holds
+    // on the follower too (413 from the leader names the limit).
+    let opts = node.engine.current().options().clone();
+    let limit = opts.max_value_len.max(opts.max_batch_bytes) + (64 << 10);
+    let body = match read_all(body, limit).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -520,7 +529,7 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
 
 /// `/raft/append`, `/raft/vote`, `/raft/snapshot`: openraft's RPCs.
 async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
-    let body = match read_all(req.into_body(), MAX_FORWARDED).await {
+    let body = match read_all(req.into_body(), MAX_RAFT_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
     };
