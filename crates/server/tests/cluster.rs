@@ -240,7 +240,11 @@ fn join_fourth(base: &Path, via: &Node, extra: &[&str], before: impl Fn(&Node)) 
 fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secret() {
     let t = tempfile::tempdir().unwrap();
     let cfg = t.path().join("keel.toml");
-    std::fs::write(&cfg, "max_key_len = 1024\nmax_value_len = 4096\nmax_batch_bytes = 8192\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "max_key_len = 1024\nmax_value_len = 4096\nmax_batch_bytes = 8192\n",
+    )
+    .unwrap();
     let (nodes, _) = three_with(t.path(), &["--config", cfg.to_str().unwrap()]);
     let all: Vec<&Node> = nodes.iter().collect();
     let l = leader(&all);
