@@ -322,6 +322,8 @@ fn failover(cluster: &mut Cluster) -> anyhow::Result<Duration> {
     Ok(t.elapsed())
 }
 
+/// The run (module doc): checks, the two clusters, the table, then the
+/// failovers; about 80 lines, one block per part, in the order printed.
 fn main() -> anyhow::Result<()> {
     let seconds: f64 = arg("--seconds", 5.0);
     let rounds: usize = arg("--rounds", 3);

@@ -138,7 +138,8 @@ pub enum WriteFailure {
 impl ClusterNode {
     /// Opens the node's log and engine under `config.dir` and starts Raft;
     /// a node with an empty Raft state initializes the cluster from
-    /// `config.peers`.
+    /// `config.peers`. About 90 lines, most of them configuration (the
+    /// log's, the engine's, openraft's), in the order a node starts.
     pub async fn start(
         config: ClusterConfig,
         storage: Arc<dyn Storage>,
