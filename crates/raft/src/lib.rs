@@ -14,22 +14,29 @@
 //!   applied is one engine record that also sets the applied log id in the
 //!   engine's metadata; a snapshot is an engine backup packed into one file
 //!   ([`snapshot`]), installed by a restore and a durable switch.
+//! - [`propose`]: a client's write, with what its failure says about it
+//!   (certainly not written, or unknown); [`SnapshotReceiver`]: a follower
+//!   fed a snapshot holds its elections off while the chunks come.
 //!
 //! The byte layouts are in docs/FORMAT.md ("Raft log", "Raft state
 //! machine").
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod entry_cache;
 pub mod entry_codec;
 pub mod log_store;
 pub mod meta;
 pub mod snapshot;
+pub mod snapshot_receiver;
 pub mod state_machine;
 
-pub use log_store::{KeelLogReader, KeelLogStore, LogStoreError};
+pub use client::{propose, ProposeError};
+pub use log_store::{AppendsInFlight, KeelLogReader, KeelLogStore, LogStoreError};
 pub use meta::RaftMeta;
 pub use snapshot::SnapshotFile;
+pub use snapshot_receiver::SnapshotReceiver;
 pub use state_machine::{EngineHandle, KeelStateMachine, StateMachineError};
 
 use serde::{Deserialize, Serialize};

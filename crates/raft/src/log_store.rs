@@ -28,6 +28,18 @@
 //!   `SkipAnyCorruptedRecords`) are refused: a node that forgot an entry it
 //!   acknowledged could let a committed entry be lost.
 //! - Every entry read back is checked to hold the index it was read for.
+//! - A store opened again hands openraft its vote *uncommitted* (same term,
+//!   same candidate: a weakening, never a second vote). openraft 0.9 lets a
+//!   node whose stored vote says it led come back as that leader without
+//!   an election; but a leader's own appends can be replicated and
+//!   committed before its own fdatasync, so it may come back without
+//!   entries its followers hold, and would then write other entries under
+//!   the same term and indexes (two logs disagreeing at one log id), and
+//!   its commit index is not stored, so it would also serve reads from a
+//!   state machine not yet caught up. (openraft issue #1511; the
+//!   in-process simulated cluster found both.) A node that must win a new
+//!   election first commits a blank entry of its new term before it
+//!   serves anything.
 
 use crate::entry_cache::EntryCache;
 use crate::entry_codec;
@@ -40,6 +52,7 @@ use openraft::{AnyError, LogState, OptionalSend, RaftLogId, StorageIOError};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -86,6 +99,28 @@ pub struct KeelLogStore {
     /// Appends waiting for their fdatasync: (log generation, last LSN,
     /// callback).
     flusher: mpsc::Sender<Flush>,
+    in_flight: AppendsInFlight,
+}
+
+/// How many appends of one store wait for their fdatasync (queued, their
+/// callback not yet called). An append leaves the count only after openraft
+/// was told, so a simulation on tokio's paused clock can hold its clock
+/// still while the count is above zero: the sync runs on a thread of the
+/// store's own, which the runtime cannot see, and an idle runtime would
+/// otherwise jump its clock to the next timer (every disk would look as
+/// slow as the nearest timeout).
+#[derive(Clone, Debug, Default)]
+pub struct AppendsInFlight(Arc<AtomicU64>);
+
+impl AppendsInFlight {
+    /// Appends queued whose callback has not run yet.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn done(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Reads entries for openraft's replication tasks, beside the store.
@@ -184,7 +219,7 @@ type Flush = (u64, u64, LogFlushed<TypeConfig>, std::time::Instant);
 
 /// Waits for each append's fdatasync in arrival order, then tells
 /// openraft.
-fn flusher_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Flush>) {
+fn flusher_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Flush>, in_flight: AppendsInFlight) {
     for (generation, lsn, callback, queued) in rx {
         let wal = {
             let st = shared.lock();
@@ -203,6 +238,7 @@ fn flusher_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Flush>) {
         // counts its own vote for the entries.
         metrics::histogram!("keel_raft_append_seconds").record(queued.elapsed().as_secs_f64());
         callback.log_io_completed(result);
+        in_flight.done();
     }
 }
 
@@ -251,7 +287,11 @@ impl KeelLogStore {
             )));
         }
         keel_storage::create_dir_durable(&*storage, &dir)?;
-        let meta = RaftMeta::load(&*storage, &meta_path(&dir))?;
+        let mut meta = RaftMeta::load(&*storage, &meta_path(&dir))?;
+        // A restarted node never resumes as the leader it was (module doc).
+        if let Some(vote) = meta.vote.as_mut() {
+            vote.committed = false;
+        }
         let wal_opts = WalOptions {
             start_lsn: 1,
             ..opts.clone()
@@ -278,14 +318,22 @@ impl KeelLogStore {
         shared.lock().last = last;
         let (tx, rx) = mpsc::channel();
         let for_flusher = Arc::clone(&shared);
+        let in_flight = AppendsInFlight::default();
+        let counted = in_flight.clone();
         std::thread::Builder::new()
             .name("keel-raft-log-flusher".into())
-            .spawn(move || flusher_loop(for_flusher, rx))
+            .spawn(move || flusher_loop(for_flusher, rx, counted))
             .map_err(|e| LogStoreError::Options(format!("cannot start a thread: {e}")))?;
         Ok(KeelLogStore {
             shared,
             flusher: tx,
+            in_flight,
         })
+    }
+
+    /// The count of this store's appends waiting for their fdatasync.
+    pub fn appends_in_flight(&self) -> AppendsInFlight {
+        self.in_flight.clone()
     }
 
     /// The meta file as it stands (vote, purge point, generation).
@@ -554,6 +602,7 @@ impl RaftLogStorage<TypeConfig> for KeelLogStore {
     {
         match self.enqueue(entries).map_err(write_err)? {
             Some((generation, lsn)) => {
+                self.in_flight.0.fetch_add(1, Ordering::SeqCst);
                 if let Err(mpsc::SendError((_, _, callback, _))) =
                     self.flusher
                         .send((generation, lsn, callback, std::time::Instant::now()))
@@ -561,6 +610,7 @@ impl RaftLogStorage<TypeConfig> for KeelLogStore {
                     callback.log_io_completed(Err(std::io::Error::other(
                         "the log's flusher thread is gone",
                     )));
+                    self.in_flight.done();
                 }
             }
             None => callback.log_io_completed(Ok(())),

@@ -329,7 +329,7 @@ async fn write(st: &AppState, db: &Db, op: Op) -> Result<u64, Response> {
         WriteFailure::Refused(e) => error_response(e),
         WriteFailure::RefusedAtApply(why) => text(StatusCode::BAD_REQUEST, why),
         WriteFailure::NotLeader => crate::cluster::not_written(
-            "this node stopped leading before the write was appended: nothing was written; retry",
+            "this node was not the leader when the write came: nothing was written; retry",
         ),
         WriteFailure::Unknown(why) => text(
             StatusCode::SERVICE_UNAVAILABLE,

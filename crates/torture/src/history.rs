@@ -1,6 +1,6 @@
 //! The recorded history of a torture run and the checks made on it.
 
-use crate::linearizability;
+use keel_torture::linearizability;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;

@@ -25,7 +25,6 @@
 
 mod cluster;
 mod history;
-mod linearizability;
 mod resp_client;
 
 use anyhow::{bail, Context};

@@ -29,10 +29,13 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel::op::Op;
-use keel_raft::{Command, EngineHandle, KeelLogStore, KeelStateMachine, TypeConfig};
+use keel_raft::{
+    Command, EngineHandle, KeelLogStore, KeelStateMachine, ProposeError, SnapshotReceiver,
+    TypeConfig,
+};
 use keel_storage::Storage;
 use network::{HttpNetwork, PeerClient, FORWARDED_HEADER, SECRET_HEADER};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{BasicNode, ChangeMembers, Raft};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -116,6 +119,8 @@ pub struct ClusterNode {
     pub raft: Raft<TypeConfig>,
     /// The engine reads are served from.
     pub engine: EngineHandle,
+    /// Where `/raft/snapshot` chunks go (elections held off meanwhile).
+    snapshots: SnapshotReceiver,
     secret: AuthToken,
     client: PeerClient,
     peers: BTreeMap<u64, String>,
@@ -129,7 +134,8 @@ pub enum WriteFailure {
     Refused(keel::Error),
     /// The engine refused it when applying (same limits on every node).
     RefusedAtApply(String),
-    /// This node is not the leader (any more): nothing was written.
+    /// This node was not the leader when the write came: nothing was
+    /// written.
     NotLeader,
     /// It may or may not be applied.
     Unknown(String),
@@ -216,6 +222,7 @@ impl ClusterNode {
         }
         let node = Arc::new(ClusterNode {
             id: config.node_id,
+            snapshots: SnapshotReceiver::new(raft.clone()),
             raft,
             engine,
             secret,
@@ -249,24 +256,17 @@ impl ClusterNode {
             .check_write(&op)
             .map_err(WriteFailure::Refused)?;
         let started = std::time::Instant::now();
-        let proposed = self.raft.client_write(Command(op.encode()));
-        let outcome = tokio::time::timeout(self.timeout, proposed).await;
+        let outcome = keel_raft::propose(&self.raft, Command(op.encode()), self.timeout).await;
         metrics::histogram!("keel_raft_write_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(Ok(r)) => match r.data.error {
+            Ok(r) => match r.data.error {
                 None => Ok(r.log_id.index),
                 Some(why) => Err(WriteFailure::RefusedAtApply(why)),
             },
-            // Sent before the entry was appended, or after it was removed
-            // as a conflicting suffix: it is not in the log.
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(WriteFailure::NotLeader)
-            }
-            Ok(Err(e)) => Err(WriteFailure::Unknown(e.to_string())),
-            Err(_) => Err(WriteFailure::Unknown(format!(
-                "not applied within {:?} (no quorum?)",
-                self.timeout
-            ))),
+            // Refused before proposing: not in any log (keel_raft::client
+            // says why a refusal after proposing is not certain).
+            Err(ProposeError::NotLeader { .. }) => Err(WriteFailure::NotLeader),
+            Err(ProposeError::Unknown(why)) => Err(WriteFailure::Unknown(why)),
         }
     }
 
@@ -553,7 +553,7 @@ async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
             Err(e) => malformed(e),
         },
         "/raft/snapshot" => match serde_json::from_slice(&body) {
-            Ok(r) => answer(&node.raft.install_snapshot(r).await),
+            Ok(r) => answer(&node.snapshots.install_snapshot(r).await),
             Err(e) => malformed(e),
         },
         _ => text(
