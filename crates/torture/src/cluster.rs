@@ -2,7 +2,10 @@
 //! loopback under load from the clients, each request sent to a random
 //! node (followers forward to the leader). Each cycle kills one node with
 //! SIGKILL (the leader half the time) after a random wait, keeps the load
-//! on the others while it is down, and restarts it.
+//! on the others while it is down, and restarts it. With `--partitions`,
+//! the nodes reach each other through proxies ([`crate::link_proxy`]) and
+//! half the cycles isolate the node instead (both ways, every open
+//! connection closed) while the load goes on everywhere, then heal.
 //!
 //! After each cycle the load stops and the cluster settles: a leader, and
 //! on every node the last log index applied (so no entry is left
@@ -15,6 +18,7 @@
 //! history.
 
 use super::*;
+use crate::link_proxy::LinkProxies;
 
 /// One node of the cluster: its id, port and process.
 struct ClusterNode {
@@ -49,6 +53,9 @@ impl Cluster {
             .args(["--cluster-secret", "keel-torture"])
             // Snapshots (and log purges) happen during the run, too.
             .args(["--snapshot-every", "500"])
+            // A write or read the leader cannot finish (cut off) answers
+            // 503 after this, not after the default 10 s.
+            .args(["--cluster-timeout", "3s"])
             .args(
                 self.memtable_size
                     .as_ref()
@@ -155,7 +162,19 @@ pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
         bail!("--cluster runs over HTTP, without --failpoints and --archive");
     }
     let ports: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let peers = ports
+    let ids: Vec<u64> = (1..=size as u64).collect();
+    let proxies = match run.args.partitions {
+        true => Some(LinkProxies::start(
+            &ids.iter()
+                .copied()
+                .zip(ports.iter().copied())
+                .collect::<Vec<_>>(),
+        )?),
+        false => None,
+    };
+    // The nodes know each other by their proxies' ports, if any.
+    let peer_ports = proxies.as_ref().map_or(&ports, |p| &p.ports);
+    let peers = peer_ports
         .iter()
         .enumerate()
         .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
@@ -182,6 +201,7 @@ pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
         cluster.start_node(i)?;
     }
     let (mut leader_kills, mut restarts) = (0u32, Vec::new());
+    let (mut partitions, mut leader_partitions) = (0u32, 0u32);
     let mut history = History::default();
     let mut next_client = 0;
     let mut applied = 0;
@@ -201,18 +221,37 @@ pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(
             min + run.rng.below(max.saturating_sub(min) + 1),
         ));
-        let victim = match cluster.leader() {
-            Some(l) if run.rng.chance(1, 2) => {
-                leader_kills += 1;
-                (l - 1) as usize
-            }
-            _ => run.rng.below(size as u64) as usize,
+        let isolate = proxies.as_ref().filter(|_| run.rng.chance(1, 2));
+        let (victim, of_leader) = match cluster.leader() {
+            Some(l) if run.rng.chance(1, 2) => ((l - 1) as usize, 1),
+            _ => (run.rng.below(size as u64) as usize, 0),
         };
-        cluster.kill(victim)?;
-        // The others go on under load while it is down.
-        std::thread::sleep(Duration::from_millis(100 + run.rng.below(900)));
+        match isolate {
+            Some(p) => {
+                p.isolate(victim as u64 + 1, &ids);
+                partitions += 1;
+                leader_partitions += of_leader;
+            }
+            None => {
+                cluster.kill(victim)?;
+                leader_kills += of_leader;
+            }
+        }
+        // The others go on under load while it is down or cut off (the
+        // clients still reach it: they are on both sides). A partition
+        // lasts past an election (the followers' leader lease and election
+        // timeout: 2-3 s), so the other side elects a leader and commits
+        // while a cut-off leader still believes it leads.
+        let pause = match isolate {
+            Some(_) => 2500 + run.rng.below(2500),
+            None => 100 + run.rng.below(900),
+        };
+        std::thread::sleep(Duration::from_millis(pause));
         (history, next_client) = stop_clients(&sh, clients)?;
-        restarts.push(cluster.start_node(victim)?);
+        match isolate {
+            Some(p) => p.heal(),
+            None => restarts.push(cluster.start_node(victim)?),
+        }
         applied = cluster.settle()?;
         history.close_unknown_windows(run.now());
         if let Err(what) = check_nodes(&cluster, &mut history, &run, applied) {
@@ -233,8 +272,8 @@ pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
     );
     let lin = history.check_linearizable();
     println!(
-        "cluster of {size}: {} kill -9 ({leader_kills} of the leader), ops ok {} / fail {} / unknown {}, acknowledged writes verified {}, lost 0, every node equal at applied index {applied}, keys linearizable {}/{}, restart-to-ready p50 {:.0} ms, {:.1} s",
-        run.args.cycles,
+        "cluster of {size}: {} kill -9 ({leader_kills} of the leader), {partitions} partitions ({leader_partitions} isolating the leader), ops ok {} / fail {} / unknown {}, acknowledged writes verified {}, lost 0, every node equal at applied index {applied}, keys linearizable {}/{}, restart-to-ready p50 {:.0} ms, {:.1} s",
+        run.args.cycles - partitions,
         counts.ok,
         counts.fail,
         counts.unknown,

@@ -21,10 +21,12 @@
 //! Long tier: `cargo run --release -p keel-torture -- --release-bin --cycles 1000`.
 //!
 //! `--cluster 3`: three `keel serve --node-id` processes, a node killed
-//! each cycle (the leader half the time); see `cluster`.
+//! each cycle (the leader half the time); with `--partitions`, half the
+//! cycles isolate a node instead (`link_proxy`); see `cluster`.
 
 mod cluster;
 mod history;
+mod link_proxy;
 mod resp_client;
 
 use anyhow::{bail, Context};
@@ -115,6 +117,11 @@ struct Args {
     /// under load and restarts it; clients talk to random nodes.
     #[arg(long)]
     cluster: Option<u32>,
+    /// With `--cluster`: node-to-node traffic goes through proxies the
+    /// harness controls, and half the cycles isolate a node (the leader
+    /// half the time) instead of killing it.
+    #[arg(long, requires = "cluster")]
+    partitions: bool,
 }
 
 /// The fail point of a cycle in `--failpoints` mode (`KEEL_FAULT` syntax).
@@ -493,8 +500,15 @@ fn client_loop(sh: Arc<Shared>, mut rng: SplitMix64, keys: u64) {
                 client = sh.next_client.fetch_add(1, Ordering::SeqCst);
                 seq = 0;
                 // A cluster elects a leader in about a second: retrying at
-                // once would only pile up failures.
-                let pause = if sh.cluster_ports.is_empty() { 2 } else { 20 };
+                // once would only pile up failures. After an unknown
+                // outcome (a leader lost, a node cut off) a client backs
+                // off longer, as a real one would: each unknown write
+                // doubles what the linearizability check may have to try.
+                let pause = match (sh.cluster_ports.is_empty(), outcome) {
+                    (true, _) => 2,
+                    (false, Outcome::Unknown) => 200,
+                    (false, _) => 20,
+                };
                 std::thread::sleep(Duration::from_millis(pause));
             }
         }

@@ -185,7 +185,7 @@ impl ClusterNode {
         }
         .validate()
         .context("the Raft configuration")?;
-        let client = PeerClient::new(&config.secret);
+        let client = PeerClient::new(&config.secret, config.node_id);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),

@@ -33,6 +33,9 @@ use std::time::Duration;
 
 /// The header that carries the cluster secret on every node-to-node request.
 pub const SECRET_HEADER: &str = "x-keel-cluster-secret";
+/// The id of the node that sent a node-to-node request (for logs, and for a
+/// test harness's proxy that cuts links between chosen nodes).
+pub const FROM_HEADER: &str = "x-keel-from";
 /// Set on a request one node forwarded to another, so it is never
 /// forwarded twice.
 pub const FORWARDED_HEADER: &str = "x-keel-forwarded";
@@ -88,16 +91,17 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// HTTP to the other nodes, with the cluster secret.
+/// HTTP to the other nodes, with the cluster secret and this node's id.
 #[derive(Clone)]
 pub struct PeerClient {
     client: Client<HttpConnector, Full<Bytes>>,
     secret: Arc<str>,
+    from: u64,
 }
 
 impl PeerClient {
-    /// A client sending `secret` with every request.
-    pub fn new(secret: &str) -> PeerClient {
+    /// A client of node `from` sending `secret` with every request.
+    pub fn new(secret: &str, from: u64) -> PeerClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -106,6 +110,7 @@ impl PeerClient {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
             secret: Arc::from(secret),
+            from,
         }
     }
 
@@ -127,7 +132,8 @@ impl PeerClient {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path_and_query}"))
-            .header(SECRET_HEADER, &*self.secret);
+            .header(SECRET_HEADER, &*self.secret)
+            .header(FROM_HEADER, self.from);
         for (name, value) in headers {
             req = req.header(name, value);
         }
