@@ -33,7 +33,7 @@ pub mod snapshot_receiver;
 pub mod state_machine;
 
 pub use client::{propose, ProposeError};
-pub use log_store::{AppendsInFlight, KeelLogReader, KeelLogStore, LogStoreError};
+pub use log_store::{AppendsInFlight, CommitIndex, KeelLogReader, KeelLogStore, LogStoreError};
 pub use meta::RaftMeta;
 pub use snapshot::SnapshotFile;
 pub use snapshot_receiver::SnapshotReceiver;

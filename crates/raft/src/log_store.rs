@@ -100,6 +100,21 @@ pub struct KeelLogStore {
     /// callback).
     flusher: mpsc::Sender<Flush>,
     in_flight: AppendsInFlight,
+    committed: CommitIndex,
+}
+
+/// The newest log index openraft has told this store is committed, kept in
+/// memory only: a restarted node learns it again from the leader (and a
+/// restarted node never resumes as leader, module doc), and writing it
+/// durably at every commit would cost an fsync each. For `GET /cluster`.
+#[derive(Clone, Debug, Default)]
+pub struct CommitIndex(Arc<AtomicU64>);
+
+impl CommitIndex {
+    /// The committed index, if one was reported since the store opened.
+    pub fn get(&self) -> Option<u64> {
+        self.0.load(Ordering::SeqCst).checked_sub(1)
+    }
 }
 
 /// How many appends of one store wait for their fdatasync (queued, their
@@ -328,7 +343,13 @@ impl KeelLogStore {
             shared,
             flusher: tx,
             in_flight,
+            committed: CommitIndex::default(),
         })
+    }
+
+    /// The commit index openraft reports to this store.
+    pub fn commit_index(&self) -> CommitIndex {
+        self.committed.clone()
     }
 
     /// The count of this store's appends waiting for their fdatasync.
@@ -589,6 +610,14 @@ impl RaftLogStorage<TypeConfig> for KeelLogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         Ok(self.shared.lock().meta.vote)
+    }
+
+    /// Kept in memory only ([`CommitIndex`]): openraft then re-learns it
+    /// from the leader after a restart, as it does when nothing is saved.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let v = committed.map_or(0, |c| c.index + 1);
+        self.committed.0.fetch_max(v, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn append<I>(

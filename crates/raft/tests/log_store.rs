@@ -187,6 +187,25 @@ fn a_reopened_store_hands_back_its_vote_uncommitted() {
     });
 }
 
+/// The commit index openraft reports is kept in memory for `GET /cluster`
+/// (never going back), and not across a reopen: openraft learns it again.
+#[test]
+fn the_commit_index_is_reported_and_not_kept_across_a_reopen() {
+    block_on(async {
+        let s = sim(5);
+        let mut store = open(&s);
+        let committed = store.commit_index();
+        assert_eq!(committed.get(), None);
+        store.save_committed(Some(log_id(1, 7))).await.unwrap();
+        assert_eq!(committed.get(), Some(7));
+        store.save_committed(Some(log_id(1, 3))).await.unwrap();
+        assert_eq!(committed.get(), Some(7));
+        assert_eq!(store.read_committed().await.unwrap(), None);
+        drop(store);
+        assert_eq!(open(&s).commit_index().get(), None);
+    });
+}
+
 #[test]
 fn options_that_could_lose_an_acknowledged_entry_are_refused() {
     let s = sim(4);

@@ -306,6 +306,12 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
         .as_u64()
         .unwrap();
     wait_applied(&all, applied);
+    for n in &nodes {
+        let st = status(n);
+        let commit = st["commit_index"].as_u64().unwrap();
+        assert!(commit >= st["applied_index"].as_u64().unwrap(), "{st}");
+        assert!(commit <= st["last_log_index"].as_u64().unwrap(), "{st}");
+    }
     let want = contents(&nodes[0]);
     assert_eq!(want.len(), 29);
     for n in &nodes {

@@ -30,8 +30,8 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel::op::Op;
 use keel_raft::{
-    Command, EngineHandle, KeelLogStore, KeelStateMachine, ProposeError, SnapshotReceiver,
-    TypeConfig,
+    Command, CommitIndex, EngineHandle, KeelLogStore, KeelStateMachine, ProposeError,
+    SnapshotReceiver, TypeConfig,
 };
 use keel_storage::Storage;
 use network::{HttpNetwork, PeerClient, FORWARDED_HEADER, SECRET_HEADER};
@@ -121,6 +121,8 @@ pub struct ClusterNode {
     pub engine: EngineHandle,
     /// Where `/raft/snapshot` chunks go (elections held off meanwhile).
     snapshots: SnapshotReceiver,
+    /// The commit index openraft reports to the log store.
+    committed: CommitIndex,
     secret: AuthToken,
     client: PeerClient,
     peers: BTreeMap<u64, String>,
@@ -164,6 +166,7 @@ impl ClusterNode {
         };
         let log = KeelLogStore::open(Arc::clone(&storage), config.dir.join("raft"), wal)
             .context("opening the Raft log")?;
+        let committed = log.commit_index();
         // The Raft log's fdatasync acknowledges every write; the engine
         // re-applies from its recovered log id what a crash took from it
         // (keel_raft::state_machine), so it needs no fdatasync of its own.
@@ -223,6 +226,7 @@ impl ClusterNode {
         let node = Arc::new(ClusterNode {
             id: config.node_id,
             snapshots: SnapshotReceiver::new(raft.clone()),
+            committed,
             raft,
             engine,
             secret,
@@ -351,7 +355,9 @@ impl ClusterNode {
             "role": format!("{:?}", m.state),
             "term": m.current_term,
             "members": members,
-            "commit_index": m.last_applied.map(|l| l.index),
+            // What was applied was committed; a node restarted learns the
+            // commit index again from the leader.
+            "commit_index": self.committed.get().max(m.last_applied.map(|l| l.index)),
             "applied_index": m.last_applied.map(|l| l.index),
             "last_log_index": m.last_log_index,
             "replication": replication,
