@@ -4,7 +4,8 @@
 //! back (so RPCs overtake each other), delivered with its answer lost (it
 //! took effect, the sender cannot know), or cut by a partition; a node that
 //! is down refuses at once. Time is tokio's paused clock: a delay costs no
-//! wall time.
+//! wall time, and [`SimNet::hold_clock_for_disks`] keeps the clock still
+//! while a node's log syncs on a thread the runtime cannot see.
 
 use keel_raft::{AppendsInFlight, EngineHandle, SnapshotReceiver, TypeConfig};
 use keel_storage::rng::SplitMix64;
@@ -63,12 +64,12 @@ struct State {
     weather: Weather,
     /// A node whose log sync never ended (the clock was let go).
     stuck: Option<u64>,
-    /// Where the run is (phase, simulated time, nodes), for a run that
-    /// does not end.
+    /// Where the run is (simulated time, each node's state), for a run
+    /// that does not end.
     progress: String,
-    /// RPCs sent, lost (either way) and cut.
-    pub sent: u64,
-    pub lost: u64,
+    /// RPCs sent, and those lost (either way, or cut).
+    sent: u64,
+    lost: u64,
 }
 
 /// The network every node of one simulated cluster shares.
