@@ -261,6 +261,52 @@ fn check_equal(net: &SimNet) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
     Ok(first)
 }
 
+/// After the cluster settled: every node holds the same keys, and each
+/// key's history, closed by a final read of them, is linearizable. A key
+/// that is not has its history written to `target/tmp/`, each operation
+/// with its node and log id, among the nemesis' actions.
+fn check_history(seed: u64, net: &SimNet, rec: &Recorder) -> Result<(), String> {
+    let keys = check_equal(net)?;
+    for k in 0..KEYS {
+        let key = key_name(k);
+        let v = keys
+            .get(key.as_bytes())
+            .map(|v| String::from_utf8(v.clone()).unwrap());
+        rec.final_read(&key, v);
+    }
+    for (key, mut ops) in rec.close() {
+        if linearizability::check(&ops) {
+            continue;
+        }
+        ops.sort_by_key(|o| o.call);
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("sim-cluster-seed-{seed}-{key}.txt"));
+        let notes = rec.notes();
+        let mut lines: Vec<(u64, String)> = ops
+            .iter()
+            .map(|o| {
+                let note = notes.get(&o.call).cloned().unwrap_or_default();
+                (o.call, format!("{o:?} {note}"))
+            })
+            .collect();
+        lines.extend(
+            notes
+                .iter()
+                .filter(|(_, n)| n.starts_with("nemesis"))
+                .map(|(t, n)| (*t, format!("{t}: {n}"))),
+        );
+        lines.sort();
+        let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        return Err(format!(
+            "{key}'s history ({} operations) is not linearizable: {}",
+            ops.len(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 async fn simulate(
     seed: u64,
     share: std::sync::mpsc::Sender<Arc<SimNet>>,
@@ -311,43 +357,7 @@ async fn simulate(
         ));
     }
     report.applied_index = settled?;
-    let keys = check_equal(&net)?;
-    for k in 0..KEYS {
-        let key = key_name(k);
-        let v = keys
-            .get(key.as_bytes())
-            .map(|v| String::from_utf8(v.clone()).unwrap());
-        rec.final_read(&key, v);
-    }
-    for (key, mut ops) in rec.close() {
-        if !linearizability::check(&ops) {
-            ops.sort_by_key(|o| o.call);
-            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("sim-cluster-seed-{seed}-{key}.txt"));
-            let notes = rec.notes();
-            let mut lines: Vec<(u64, String)> = ops
-                .iter()
-                .map(|o| {
-                    let note = notes.get(&o.call).cloned().unwrap_or_default();
-                    (o.call, format!("{o:?} {note}"))
-                })
-                .collect();
-            lines.extend(
-                notes
-                    .iter()
-                    .filter(|(_, n)| n.starts_with("nemesis"))
-                    .map(|(t, n)| (*t, format!("{t}: {n}"))),
-            );
-            lines.sort();
-            let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
-            std::fs::write(&path, lines.join("\n")).unwrap();
-            return Err(format!(
-                "{key}'s history ({} operations) is not linearizable: {}",
-                ops.len(),
-                path.display()
-            ));
-        }
-    }
+    check_history(seed, &net, &rec)?;
     report.snapshot_index = MEMBERS
         .iter()
         .filter_map(|&id| {
