@@ -153,9 +153,9 @@ impl Drop for Cluster {
     }
 }
 
-/// Runs the cluster torture (module doc). About 110 lines on purpose:
-/// one cycle's steps in the order they happen (load, kill, down time,
-/// stop the load, restart, settle, check), read top to bottom; the
+/// Runs the cluster torture (module doc). About 140 lines on purpose:
+/// one cycle's steps in the order they happen (load, kill or isolate, down time,
+/// stop the load, restart or heal, settle, check), read top to bottom; the
 /// cluster's own steps and the checks are functions of their own.
 pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
     if run.args.protocol != "http" || run.args.failpoints || run.args.archive {
