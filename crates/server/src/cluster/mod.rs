@@ -367,14 +367,33 @@ impl ClusterNode {
 
 use crate::http::text;
 
-/// The whole body of `body`, at most `limit` bytes.
-async fn read_all(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
-    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+/// The whole body of a request with `headers`, at most `limit` bytes.
+///
+/// A declared length over the limit is refused before a byte of the body is
+/// read: a client that sent `Expect: 100-continue` is told at once (hyper
+/// answers 100 only when the body is first read), and one that sends the
+/// body anyway is not kept writing bytes that will be thrown away.
+async fn read_all(
+    headers: &header::HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, Response> {
+    let too_large = || {
+        text(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body over {limit} bytes (the largest value or batch the store takes)"),
-        )),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(text(
             StatusCode::BAD_REQUEST,
             format!("reading the request: {e}"),
@@ -482,7 +501,7 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
     // on the follower too (413 from the leader names the limit).
     let opts = node.engine.current().options().clone();
     let limit = opts.max_value_len.max(opts.max_batch_bytes) + (64 << 10);
-    let body = match read_all(body, limit).await {
+    let body = match read_all(&parts.headers, body, limit).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -536,7 +555,8 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
 
 /// `/raft/append`, `/raft/vote`, `/raft/snapshot`: openraft's RPCs.
 async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
-    let body = match read_all(req.into_body(), MAX_RAFT_BODY).await {
+    let (parts, body) = req.into_parts();
+    let body = match read_all(&parts.headers, body, MAX_RAFT_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -594,7 +614,8 @@ enum MemberChange {
 
 /// `POST /cluster/members` on the leader.
 async fn change_members(node: &ClusterNode, req: Request) -> Response {
-    let body = match read_all(req.into_body(), 64 << 10).await {
+    let (parts, body) = req.into_parts();
+    let body = match read_all(&parts.headers, body, 64 << 10).await {
         Ok(b) => b,
         Err(r) => return r,
     };
