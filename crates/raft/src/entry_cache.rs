@@ -28,7 +28,7 @@ pub struct EntryCache {
 
 fn weight(e: &Entry) -> usize {
     match &e.payload {
-        EntryPayload::Normal(c) => c.0.len().max(64),
+        EntryPayload::Normal(c) => c.writes.iter().map(|w| w.len() + 16).sum::<usize>().max(64),
         _ => 64,
     }
 }
@@ -95,7 +95,7 @@ mod tests {
     fn e(index: u64, len: usize) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command(vec![7; len])),
+            payload: EntryPayload::Normal(Command::one(vec![7; len])),
         }
     }
 

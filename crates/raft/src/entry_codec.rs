@@ -8,8 +8,12 @@
 //! | 1 | 8 | term of the leader that made the entry |
 //! | 9 | 8 | that leader's node id |
 //! | 17 | 8 | the entry's index |
-//! | 25 | 1 | kind: 0 blank, 1 command, 2 membership |
-//! | 26 | ... | command bytes, or the membership as JSON |
+//! | 25 | 1 | kind: 0 blank, 1 one write, 2 membership, 3 writes |
+//! | 26 | ... | the write's bytes (kind 1), the membership as JSON (kind 2), or the writes (kind 3) |
+//!
+//! Kind 3's body: a u32 count, then for each write a u32 length and its
+//! bytes. An entry of exactly one write is written as kind 1, so entries
+//! of a single write keep the layout they had before kind 3 existed.
 //!
 //! Invariants:
 //! - The index is stored although the record's LSN implies it: a record
@@ -29,6 +33,7 @@ pub const HEADER_LEN: usize = 26;
 const BLANK: u8 = 0;
 const COMMAND: u8 = 1;
 const MEMBERSHIP: u8 = 2;
+const WRITES: u8 = 3;
 
 /// Why a record's payload is not an entry.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -48,13 +53,19 @@ pub enum EntryDecodeError {
     /// The membership's JSON does not parse.
     #[error("a Raft membership entry does not parse: {0}")]
     Membership(String),
+    /// A list of writes whose lengths do not add up to its body.
+    #[error("a Raft entry's list of writes is malformed: {0}")]
+    Writes(String),
 }
 
 /// The record payload for `entry`.
 pub fn encode(entry: &Entry) -> Vec<u8> {
     let (kind, body) = match &entry.payload {
         EntryPayload::Blank => (BLANK, Vec::new()),
-        EntryPayload::Normal(c) => (COMMAND, c.0.clone()),
+        EntryPayload::Normal(c) => match c.writes.as_slice() {
+            [one] => (COMMAND, one.clone()),
+            writes => (WRITES, encode_writes(writes)),
+        },
         EntryPayload::Membership(m) => (
             MEMBERSHIP,
             // Invariant: a Membership of u64 ids and BasicNodes (strings)
@@ -70,6 +81,52 @@ pub fn encode(entry: &Entry) -> Vec<u8> {
     out.push(kind);
     out.extend_from_slice(&body);
     out
+}
+
+fn encode_writes(writes: &[Vec<u8>]) -> Vec<u8> {
+    let len = 4 + writes.iter().map(|w| 4 + w.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    // Invariant: a write is at most a keel batch (megabytes), never 4 GiB,
+    // and an entry holds far fewer than 2^32 of them.
+    out.extend_from_slice(&(writes.len() as u32).to_le_bytes());
+    for w in writes {
+        out.extend_from_slice(&(w.len() as u32).to_le_bytes());
+        out.extend_from_slice(w);
+    }
+    out
+}
+
+fn decode_writes(mut b: &[u8]) -> Result<Vec<Vec<u8>>, EntryDecodeError> {
+    let mut take = |n: usize, what: &str| -> Result<&[u8], EntryDecodeError> {
+        if b.len() < n {
+            return Err(EntryDecodeError::Writes(format!(
+                "{what} needs {n} bytes, {} left",
+                b.len()
+            )));
+        }
+        let (head, rest) = b.split_at(n);
+        b = rest;
+        Ok(head)
+    };
+    let count = le32(take(4, "the count")?);
+    let mut writes = Vec::new();
+    for i in 0..count {
+        let len = le32(take(4, &format!("write {i}'s length"))?) as usize;
+        writes.push(take(len, &format!("write {i}"))?.to_vec());
+    }
+    if !b.is_empty() {
+        return Err(EntryDecodeError::Writes(format!(
+            "{} bytes after the last of {count} writes",
+            b.len()
+        )));
+    }
+    Ok(writes)
+}
+
+fn le32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
 }
 
 fn le64(b: &[u8]) -> u64 {
@@ -94,7 +151,10 @@ pub fn decode(b: &[u8]) -> Result<Entry, EntryDecodeError> {
     let payload = match b[25] {
         BLANK if body.is_empty() => EntryPayload::Blank,
         BLANK => return Err(EntryDecodeError::BlankWithBody(body.len())),
-        COMMAND => EntryPayload::Normal(Command(body.to_vec())),
+        COMMAND => EntryPayload::Normal(Command::one(body.to_vec())),
+        WRITES => EntryPayload::Normal(Command {
+            writes: decode_writes(body)?,
+        }),
         MEMBERSHIP => {
             let m: Membership<u64, openraft::BasicNode> = serde_json::from_slice(body)
                 .map_err(|e| EntryDecodeError::Membership(e.to_string()))?;
@@ -127,12 +187,26 @@ mod tests {
         let m = Membership::new(vec![voters], nodes);
         for e in [
             entry(1, 1, 0, EntryPayload::Blank),
-            entry(3, 2, 17, EntryPayload::Normal(Command(b"put k v".to_vec()))),
+            entry(
+                3,
+                2,
+                17,
+                EntryPayload::Normal(Command::one(b"put k v".to_vec())),
+            ),
             entry(
                 u64::MAX,
                 u64::MAX,
                 u64::MAX,
-                EntryPayload::Normal(Command(vec![])),
+                EntryPayload::Normal(Command::one(vec![])),
+            ),
+            entry(4, 1, 3, EntryPayload::Normal(Command::default())),
+            entry(
+                4,
+                1,
+                4,
+                EntryPayload::Normal(Command {
+                    writes: vec![b"a".to_vec(), vec![], b"ccc".to_vec()],
+                }),
             ),
             entry(5, 3, 9, EntryPayload::Membership(m)),
         ] {
@@ -142,7 +216,7 @@ mod tests {
 
     #[test]
     fn the_layout_is_as_documented() {
-        let e = entry(2, 7, 5, EntryPayload::Normal(Command(b"xy".to_vec())));
+        let e = entry(2, 7, 5, EntryPayload::Normal(Command::one(b"xy".to_vec())));
         let b = encode(&e);
         assert_eq!(b.len(), HEADER_LEN + 2);
         assert_eq!(b[0], 1);
@@ -151,6 +225,16 @@ mod tests {
         assert_eq!(&b[17..25], &5u64.to_le_bytes());
         assert_eq!(b[25], 1);
         assert_eq!(&b[26..], b"xy");
+        let two = Command {
+            writes: vec![b"xy".to_vec(), b"z".to_vec()],
+        };
+        let b = encode(&entry(2, 7, 6, EntryPayload::Normal(two)));
+        assert_eq!(b[25], 3);
+        assert_eq!(&b[26..30], &2u32.to_le_bytes());
+        assert_eq!(&b[30..34], &2u32.to_le_bytes());
+        assert_eq!(&b[34..36], b"xy");
+        assert_eq!(&b[36..40], &1u32.to_le_bytes());
+        assert_eq!(&b[40..], b"z");
     }
 
     #[test]
@@ -166,17 +250,31 @@ mod tests {
         let mut b = good.clone();
         b.push(0);
         assert_eq!(decode(&b), Err(EntryDecodeError::BlankWithBody(1)));
-        let mut m = good;
+        let mut m = good.clone();
         m[25] = 2;
         m.extend_from_slice(b"{not json");
         assert!(matches!(decode(&m), Err(EntryDecodeError::Membership(_))));
+        let two = Command {
+            writes: vec![b"xy".to_vec(), b"z".to_vec()],
+        };
+        let w = encode(&entry(1, 1, 1, EntryPayload::Normal(two)));
+        for cut in HEADER_LEN..w.len() {
+            assert!(
+                matches!(decode(&w[..cut]), Err(EntryDecodeError::Writes(_))),
+                "cut at {cut}"
+            );
+        }
+        let mut long = w;
+        long.push(0);
+        assert!(matches!(decode(&long), Err(EntryDecodeError::Writes(_))));
     }
 
     proptest! {
         #[test]
         fn commands_round_trip(term: u64, node: u64, index: u64,
-                               body in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let e = entry(term, node, index, EntryPayload::Normal(Command(body)));
+                               writes in proptest::collection::vec(
+                                   proptest::collection::vec(any::<u8>(), 0..50), 0..5)) {
+            let e = entry(term, node, index, EntryPayload::Normal(Command { writes }));
             prop_assert_eq!(decode(&encode(&e)), Ok(e));
         }
 

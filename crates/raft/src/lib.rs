@@ -15,7 +15,8 @@
 //!   engine's metadata; a snapshot is an engine backup packed into one file
 //!   ([`snapshot`]), installed by a restore and a durable switch.
 //! - [`propose`]: a client's write, with what its failure says about it
-//!   (certainly not written, or unknown); [`SnapshotReceiver`]: a follower
+//!   (certainly not written, or unknown); [`Proposer`]: concurrent writes
+//!   gathered into one entry; [`SnapshotReceiver`]: a follower
 //!   fed a snapshot holds its elections off while the chunks come.
 //!
 //! The byte layouts are in docs/FORMAT.md ("Raft log", "Raft state
@@ -28,6 +29,7 @@ pub mod entry_cache;
 pub mod entry_codec;
 pub mod log_store;
 pub mod meta;
+pub mod proposer;
 pub mod snapshot;
 pub mod snapshot_receiver;
 pub mod state_machine;
@@ -35,24 +37,40 @@ pub mod state_machine;
 pub use client::{propose, ProposeError};
 pub use log_store::{AppendsInFlight, CommitIndex, KeelLogReader, KeelLogStore, LogStoreError};
 pub use meta::RaftMeta;
+pub use proposer::Proposer;
 pub use snapshot::SnapshotFile;
 pub use snapshot_receiver::SnapshotReceiver;
 pub use state_machine::{EngineHandle, KeelStateMachine, StateMachineError};
 
 use serde::{Deserialize, Serialize};
 
-/// A write to replicate: an encoded keel write (opaque to the log).
+/// Clients' writes replicated as one entry: encoded keel writes, opaque to
+/// the log. They are applied in order, each on its own: one refused at
+/// apply leaves the others ([`Proposer`] gathers concurrent writes into one
+/// entry, so a write does not wait on a Raft round of its own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(pub Vec<u8>);
+pub struct Command {
+    /// The writes, each as `keel::op::Op::encode` gives it.
+    pub writes: Vec<Vec<u8>>,
+}
+
+impl Command {
+    /// An entry holding the one write `write`.
+    pub fn one(write: Vec<u8>) -> Command {
+        Command {
+            writes: vec![write],
+        }
+    }
+}
 
 /// What applying a [`Command`] gave.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
     /// The log index the command was applied at.
     pub index: u64,
-    /// Why the engine refused the write (bad input: nothing changed but
-    /// the applied log id), if it did.
-    pub error: Option<String>,
+    /// One per write, in order: why the engine refused it (bad input:
+    /// nothing of it changed), or `None` if it was applied.
+    pub refused: Vec<Option<String>>,
 }
 
 openraft::declare_raft_types!(

@@ -1,14 +1,18 @@
 //! [`KeelStateMachine`]: openraft's `RaftStateMachine` on keel's engine.
 //!
-//! A command is an encoded keel write (`keel::op::Op`). Each entry applied
-//! is one engine record that also sets the engine's application metadata
-//! `raft.applied` (the entry's log id) and, for a membership entry,
-//! `raft.membership` (`keel::Db::write_with_metadata`): after any crash the
-//! engine holds exactly the entries up to the log id it reports, never a
-//! part of one. Writes that reach the engine are idempotent in order (last
-//! writer wins; a clear removes what came before), so an engine that lost
-//! its unsynced tail re-applies from its recovered log id and reaches the
-//! same state: the Raft log's fdatasync is what acknowledges a write.
+//! A command is a list of encoded keel writes (`keel::op::Op`). An entry
+//! of one write (or none, or a membership) is applied as one engine record
+//! that also sets the engine's application metadata `raft.applied` (the
+//! entry's log id) and, for a membership entry, `raft.membership`
+//! (`keel::Db::write_with_metadata`). An entry of several writes is one
+//! record per write: the last sets `raft.applied`, each before it sets
+//! `raft.applying` (the entry's index, how many of its writes are in). So
+//! after any crash the engine holds exactly the entries up to the log id it
+//! reports, plus perhaps the first writes of the next one, which it skips
+//! when that entry is applied again: no write is applied twice, and a
+//! stale read never sees a key go back. An engine that lost its unsynced
+//! tail re-applies from its recovered log id and reaches the same state:
+//! the Raft log's fdatasync is what acknowledges a write.
 //!
 //! Directory (`dir`):
 //! - `CURRENT`: the name of the engine's data directory in use, replaced
@@ -45,6 +49,9 @@ use std::sync::{Arc, Mutex, RwLock};
 pub const APPLIED: &[u8] = b"raft.applied";
 /// Metadata name of the last applied membership (JSON).
 pub const MEMBERSHIP: &[u8] = b"raft.membership";
+/// Metadata name of how far an entry of several writes was applied (16
+/// bytes: the entry's index, then how many of its writes, little endian).
+pub const APPLYING: &[u8] = b"raft.applying";
 
 const CURRENT: &str = "CURRENT";
 const SNAPSHOTS: &str = "snapshots";
@@ -166,6 +173,74 @@ fn refused(e: &keel::Error) -> bool {
             | BatchTooLarge { .. }
             | BadMetadata(_)
     )
+}
+
+/// The entry index and count of writes [`APPLYING`] records, if any.
+fn applying_of(meta: &keel::Metadata) -> Option<(u64, u64)> {
+    let b = meta.get(APPLYING)?;
+    let index = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let done = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+    Some((index, done))
+}
+
+/// Applies the writes of the entry at `index`, one engine record each,
+/// skipping the first `done` (an engine that recovered part of the entry
+/// holds them). The last record sets `applied`; each before it sets
+/// [`APPLYING`] to (`index`, writes up to it). A write refused as bad input
+/// writes nothing and leaves its reason in `refusals` (one per write);
+/// if it is the last, a record of `applied` alone is written. Returns the
+/// LSN of the last record.
+fn apply_writes(
+    db: &Db,
+    index: u64,
+    applied: (Vec<u8>, Vec<u8>),
+    writes: Vec<Vec<u8>>,
+    done: u64,
+    refusals: &mut Vec<Option<String>>,
+) -> Result<u64, keel::Error> {
+    let n = writes.len();
+    let mut lsn = None;
+    for (i, bytes) in writes.into_iter().enumerate() {
+        let is_last = i + 1 == n;
+        if (i as u64) < done && !is_last {
+            refusals.push(None);
+            continue;
+        }
+        let metadata = if is_last {
+            vec![applied.clone()]
+        } else {
+            let mut part = index.to_le_bytes().to_vec();
+            part.extend_from_slice(&(i as u64 + 1).to_le_bytes());
+            vec![(APPLYING.to_vec(), part)]
+        };
+        let mut why = None;
+        let written = match keel::op::Op::decode(&bytes) {
+            Ok(op) => match db.write_with_metadata_deferred(Some(op), metadata.clone()) {
+                Err(e) if refused(&e) => {
+                    why = Some(e.to_string());
+                    None
+                }
+                other => Some(other?),
+            },
+            Err(e) => {
+                why = Some(format!("not a keel write: {e}"));
+                None
+            }
+        };
+        let written = match written {
+            None if is_last => Some(db.write_with_metadata_deferred(None, metadata)?),
+            w => w,
+        };
+        if let Some(w) = written {
+            lsn = Some(w.lsn());
+        }
+        refusals.push(why);
+    }
+    match lsn {
+        Some(lsn) => Ok(lsn),
+        // No writes at all: the entry still advances the applied log id.
+        None => Ok(db.write_with_metadata_deferred(None, vec![applied])?.lsn()),
+    }
 }
 
 impl Shared {
@@ -426,32 +501,36 @@ impl KeelStateMachine {
         let db = self.engine();
         let mut results = Vec::new();
         let mut last = None;
+        // Read once, and only if an entry of several writes comes.
+        let mut applying: Option<Option<(u64, u64)>> = None;
         for e in entries {
-            let mut metadata = vec![(APPLIED.to_vec(), encode_log_id(&e.log_id))];
-            let (op, mut error) = match e.payload {
-                EntryPayload::Blank => (None, None),
-                EntryPayload::Normal(Command(bytes)) => match keel::op::Op::decode(&bytes) {
-                    Ok(op) => (Some(op), None),
-                    Err(why) => (None, Some(format!("not a keel write: {why}"))),
-                },
+            let applied = (APPLIED.to_vec(), encode_log_id(&e.log_id));
+            let mut refusals = Vec::new();
+            let lsn = match e.payload {
+                EntryPayload::Blank => db.write_with_metadata_deferred(None, vec![applied])?.lsn(),
                 EntryPayload::Membership(m) => {
                     let stored = Membership::new(Some(e.log_id), m);
                     let json = serde_json::to_vec(&stored).expect("a membership serialises");
-                    metadata.push((MEMBERSHIP.to_vec(), json));
-                    (None, None)
+                    let metadata = vec![applied, (MEMBERSHIP.to_vec(), json)];
+                    db.write_with_metadata_deferred(None, metadata)?.lsn()
+                }
+                EntryPayload::Normal(Command { writes }) => {
+                    let mut done = 0;
+                    if writes.len() > 1 {
+                        let part = *applying.get_or_insert_with(|| applying_of(&db.metadata()));
+                        if let Some((index, n)) = part {
+                            if index == e.log_id.index {
+                                done = n;
+                            }
+                        }
+                    }
+                    apply_writes(&db, e.log_id.index, applied, writes, done, &mut refusals)?
                 }
             };
-            let deferred = match db.write_with_metadata_deferred(op, metadata.clone()) {
-                Err(why) if refused(&why) => {
-                    error = Some(why.to_string());
-                    db.write_with_metadata_deferred(None, metadata)
-                }
-                other => other,
-            }?;
-            last = Some(deferred.lsn());
+            last = Some(lsn);
             results.push(CommandResult {
                 index: e.log_id.index,
-                error,
+                refused: refusals,
             });
         }
         if let Some(lsn) = last {

@@ -42,7 +42,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn command(term: u64, index: u64) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Command(
+        payload: EntryPayload::Normal(Command::one(
             format!(
                 "t{term}-i{index}-{}",
                 "x".repeat(200 + (index % 40) as usize)

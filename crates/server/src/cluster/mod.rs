@@ -30,7 +30,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel::op::Op;
 use keel_raft::{
-    Command, CommitIndex, EngineHandle, KeelLogStore, KeelStateMachine, ProposeError,
+    CommitIndex, EngineHandle, KeelLogStore, KeelStateMachine, ProposeError, Proposer,
     SnapshotReceiver, TypeConfig,
 };
 use keel_storage::Storage;
@@ -123,6 +123,8 @@ pub struct ClusterNode {
     snapshots: SnapshotReceiver,
     /// The commit index openraft reports to the log store.
     committed: CommitIndex,
+    /// Gathers concurrent writes into entries.
+    proposer: Arc<Proposer>,
     secret: AuthToken,
     client: PeerClient,
     peers: BTreeMap<u64, String>,
@@ -227,6 +229,7 @@ impl ClusterNode {
             id: config.node_id,
             snapshots: SnapshotReceiver::new(raft.clone()),
             committed,
+            proposer: Proposer::new(raft.clone(), config.request_timeout),
             raft,
             engine,
             secret,
@@ -260,11 +263,11 @@ impl ClusterNode {
             .check_write(&op)
             .map_err(WriteFailure::Refused)?;
         let started = std::time::Instant::now();
-        let outcome = keel_raft::propose(&self.raft, Command(op.encode()), self.timeout).await;
+        let outcome = self.proposer.write(op.encode()).await;
         metrics::histogram!("keel_raft_write_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(r) => match r.data.error {
-                None => Ok(r.log_id.index),
+            Ok(r) => match r.refused {
+                None => Ok(r.index),
                 Some(why) => Err(WriteFailure::RefusedAtApply(why)),
             },
             // Refused before proposing: not in any log (keel_raft::client

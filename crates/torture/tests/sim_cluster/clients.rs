@@ -10,7 +10,7 @@
 
 use crate::net::SimNet;
 use keel::op::Op;
-use keel_raft::{Command, ProposeError, TypeConfig};
+use keel_raft::{ProposeError, Proposer};
 use keel_storage::rng::SplitMix64;
 use keel_torture::linearizability::{self, Action};
 use std::collections::BTreeMap;
@@ -110,11 +110,12 @@ enum Written {
     Unknown(String),
 }
 
-/// Proposes as `keel serve` does ([`keel_raft::propose`]).
-async fn write(raft: &openraft::Raft<TypeConfig>, op: Op) -> Written {
-    match keel_raft::propose(raft, Command(op.encode()), Duration::from_secs(2)).await {
-        Ok(r) if r.data.error.is_none() => Written::Yes(r.log_id.to_string()),
-        Ok(r) => panic!("a valid write was refused at apply: {:?}", r.data.error),
+/// Proposes as `keel serve` does ([`keel_raft::Proposer`]: concurrent
+/// writes share an entry).
+async fn write(proposer: &Arc<Proposer>, op: Op) -> Written {
+    match proposer.write(op.encode()).await {
+        Ok(r) if r.refused.is_none() => Written::Yes(format!("index {}", r.index)),
+        Ok(r) => panic!("a valid write was refused at apply: {:?}", r.refused),
         Err(ProposeError::NotLeader { leader }) => Written::No(leader),
         Err(ProposeError::Unknown(why)) => Written::Unknown(why),
     }
@@ -179,7 +180,7 @@ pub async fn run_client(
                 Some(v),
             )
         };
-        match write(&ep.raft, op).await {
+        match write(&ep.proposer, op).await {
             Written::Yes(at) => {
                 rec.note(call, format!("write on node {node}, applied at {at}"));
                 rec.record(&key, call, Action::Write(value));

@@ -7,7 +7,7 @@
 //! wall time, and [`SimNet::hold_clock_for_disks`] keeps the clock still
 //! while a node's log syncs on a thread the runtime cannot see.
 
-use keel_raft::{AppendsInFlight, EngineHandle, SnapshotReceiver, TypeConfig};
+use keel_raft::{AppendsInFlight, EngineHandle, Proposer, SnapshotReceiver, TypeConfig};
 use keel_storage::rng::SplitMix64;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -52,6 +52,8 @@ pub struct Endpoint {
     pub engine: EngineHandle,
     /// Snapshot chunks go through it, as on `/raft/snapshot`.
     pub snapshots: SnapshotReceiver,
+    /// Writes go through it, as in `keel serve`.
+    pub proposer: Arc<Proposer>,
 }
 
 struct State {

@@ -6,11 +6,12 @@
 //! is left.
 
 use crate::net::{Endpoint, SimNet, SimNetwork};
-use keel_raft::{KeelLogStore, KeelStateMachine, SnapshotReceiver, TypeConfig};
+use keel_raft::{KeelLogStore, KeelStateMachine, Proposer, SnapshotReceiver, TypeConfig};
 use keel_storage::{CrashMode, SimStorage};
 use openraft::{BasicNode, Config, Raft};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct SimNode {
     pub id: u64,
@@ -90,6 +91,7 @@ impl SimNode {
                 raft: raft.clone(),
                 engine,
                 snapshots: SnapshotReceiver::new(raft.clone()),
+                proposer: Proposer::new(raft.clone(), Duration::from_secs(2)),
             },
         );
         self.raft = Some(raft);
