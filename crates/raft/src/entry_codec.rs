@@ -83,7 +83,9 @@ pub fn encode(entry: &Entry) -> Vec<u8> {
     out
 }
 
-fn encode_writes(writes: &[Vec<u8>]) -> Vec<u8> {
+/// Kind 3's body for `writes` (also the body of a follower's forwarded
+/// batch, `POST /raft/propose`).
+pub fn encode_writes(writes: &[Vec<u8>]) -> Vec<u8> {
     let len = 4 + writes.iter().map(|w| 4 + w.len()).sum::<usize>();
     let mut out = Vec::with_capacity(len);
     // Invariant: a write is at most a keel batch (megabytes), never 4 GiB,
@@ -96,7 +98,8 @@ fn encode_writes(writes: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-fn decode_writes(mut b: &[u8]) -> Result<Vec<Vec<u8>>, EntryDecodeError> {
+/// The writes [`encode_writes`] encoded.
+pub fn decode_writes(mut b: &[u8]) -> Result<Vec<Vec<u8>>, EntryDecodeError> {
     let mut take = |n: usize, what: &str| -> Result<&[u8], EntryDecodeError> {
         if b.len() < n {
             return Err(EntryDecodeError::Writes(format!(

@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batcher;
 pub mod client;
 pub mod entry_cache;
 pub mod entry_codec;
@@ -34,6 +35,7 @@ pub mod snapshot;
 pub mod snapshot_receiver;
 pub mod state_machine;
 
+pub use batcher::Batcher;
 pub use client::{propose, ProposeError};
 pub use log_store::{AppendsInFlight, CommitIndex, KeelLogReader, KeelLogStore, LogStoreError};
 pub use meta::RaftMeta;

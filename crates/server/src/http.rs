@@ -328,9 +328,7 @@ async fn write(st: &AppState, db: &Db, op: Op) -> Result<u64, Response> {
     node.write(op).await.map_err(|f| match f {
         WriteFailure::Refused(e) => error_response(e),
         WriteFailure::RefusedAtApply(why) => text(StatusCode::BAD_REQUEST, why),
-        WriteFailure::NotLeader => crate::cluster::not_written(
-            "this node was not the leader when the write came: nothing was written; retry",
-        ),
+        WriteFailure::NotWritten(why) => crate::cluster::not_written(&why),
         WriteFailure::Unknown(why) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the write's outcome is unknown ({why}): it may or may not be applied; read it back before retrying"),

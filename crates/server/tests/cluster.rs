@@ -329,8 +329,9 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
     assert_eq!(r.status().as_u16(), 403);
     let _ = r.body_mut().read_to_vec();
     assert_eq!(call("GET", &nodes[0].url("/kv/csrf"), None, &[]).0, 404);
-    // A value over the limit: 413 from the leader; a body far over it:
-    // 413 from the follower, which reads no more of it than the leader would.
+    // A value over the limit, or a body far over it: 413 from the follower,
+    // which checks a write as the leader would before forwarding it, and
+    // reads no more of a body than the limit.
     let big = vec![b'v'; 5000];
     assert_eq!(
         call("PUT", &follower.url("/kv/big"), Some(&big), &[]).0,
@@ -341,7 +342,7 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
         "PUT /kv/big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 200000\r\n\r\n";
     let (code, body) = exchange_while_sending(follower.port, head, Vec::new());
     assert_eq!(code, 413, "{body}");
-    assert!(body.contains("over 73728 bytes"), "{body}");
+    assert!(body.contains("the limit is 4096 bytes"), "{body}");
     // ...and a chunked body is cut off once it passes the limit.
     let mut chunked = Vec::new();
     for _ in 0..25 {
@@ -353,7 +354,7 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
     let head = "PUT /kv/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
     let (code, body) = exchange_while_sending(follower.port, head, chunked);
     assert_eq!(code, 413, "{body}");
-    assert!(body.contains("over 73728 bytes"), "{body}");
+    assert!(body.contains("the limit is 4096 bytes"), "{body}");
     // Bad input through a follower: refused, nothing proposed.
     let before = status(&nodes[0])["last_log_index"].as_u64();
     let bad = br#"{"ops":[{"op":"put","key":"ok","value":"x"},{"op":"put","key":"","value":"x"}]}"#;
@@ -416,6 +417,105 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
     ] {
         assert!(m.contains(want), "/metrics lacks {want}:\n{m}");
     }
+}
+
+/// `name_count` and `name_sum` of a histogram in a `/metrics` page.
+fn histogram(metrics: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        let prefix = format!("{name}_{suffix} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("/metrics lacks {name}_{suffix}:\n{metrics}"))
+    };
+    (value("count"), value("sum"))
+}
+
+#[test]
+fn a_follower_forwards_writes_in_batches_and_each_is_answered_on_its_own() {
+    let t = tempfile::tempdir().unwrap();
+    let (nodes, _) = three(t.path());
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l = leader(&all);
+    let follower = nodes.iter().find(|n| n.id != l).unwrap();
+    // 32 clients, 8 writes each, all through one follower.
+    std::thread::scope(|s| {
+        for c in 0..32 {
+            s.spawn(move || {
+                for i in 0..8 {
+                    let url = follower.url(&format!("/kv/c{c}-{i}"));
+                    let (code, body, _) = call("PUT", &url, Some(b"v"), &[]);
+                    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+                }
+            });
+        }
+    });
+    let m = String::from_utf8(call("GET", &follower.url("/metrics"), None, &[]).1).unwrap();
+    let (requests, writes) = histogram(&m, "keel_raft_forwarded_writes_per_request");
+    assert_eq!(writes, 256.0);
+    assert!(
+        requests < writes,
+        "{writes} forwarded writes took {requests} requests: none shared one"
+    );
+    let leader_node = &nodes[(l - 1) as usize];
+    let m = String::from_utf8(call("GET", &leader_node.url("/metrics"), None, &[]).1).unwrap();
+    let (entries, proposed) = histogram(&m, "keel_raft_writes_per_entry");
+    assert!(
+        proposed >= 256.0 && entries < proposed,
+        "{proposed} writes in {entries} entries"
+    );
+    let applied = status(leader_node)["applied_index"].as_u64().unwrap();
+    wait_applied(&all, applied);
+    for n in &nodes {
+        assert_eq!(contents(n).len(), 256, "node {}", n.id);
+    }
+    // A batch as a follower sends it: each write answered on its own.
+    use keel::op::Op;
+    let writes = [
+        Op::Put(b"p1".to_vec(), b"x".to_vec()).encode(),
+        Op::Put(Vec::new(), b"x".to_vec()).encode(),
+        vec![99, 1],
+        Op::Put(b"p2".to_vec(), b"y".to_vec()).encode(),
+    ];
+    let body = keel_raft::entry_codec::encode_writes(&writes);
+    let ok = [("x-keel-cluster-secret", SECRET)];
+    let (code, answer, _) = call("POST", &leader_node.url("/raft/propose"), Some(&body), &ok);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let kinds: Vec<String> = answer
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_object().unwrap().keys().next().unwrap().clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["applied", "refused", "refused", "applied"],
+        "{answer}"
+    );
+    assert!(answer[2]["refused"]
+        .as_str()
+        .unwrap()
+        .contains("not a keel write"));
+    assert_eq!(call("GET", &follower.url("/kv/p2"), None, &[]).1, b"y");
+    // Sent to a node that does not lead: not written, nothing proposed.
+    let (code, answer, _) = call("POST", &follower.url("/raft/propose"), Some(&body), &ok);
+    assert_eq!(code, 200);
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert!(answer[0]["not_written"].is_string(), "{answer}");
+    assert!(answer[1]["refused"].is_string(), "{answer}");
+    // A malformed batch: 400; without the secret: 401.
+    let cut = &body[..body.len() - 1];
+    assert_eq!(
+        call("POST", &leader_node.url("/raft/propose"), Some(cut), &ok).0,
+        400
+    );
+    assert_eq!(
+        call("POST", &leader_node.url("/raft/propose"), Some(&body), &[]).0,
+        401
+    );
+    assert_eq!(call("GET", &leader_node.url("/kv/p1"), None, &[]).1, b"x");
 }
 
 #[test]

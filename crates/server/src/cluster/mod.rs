@@ -2,8 +2,10 @@
 //! keel-raft's log store and state machine.
 //!
 //! - Writes (`PUT`/`DELETE /kv/{key}`, `DELETE /clear`, `POST /batch`) are
-//!   proposed to the Raft log by the leader and answered once applied; a
-//!   follower forwards them to the leader and returns its answer. A write
+//!   proposed to the Raft log by the leader, concurrent ones together in
+//!   one entry ([`keel_raft::Proposer`]), and answered once applied; a
+//!   follower checks them and forwards them to the leader in batches
+//!   ([`forwarder`]), answering each as the leader would. A write
 //!   whose outcome is unknown (leadership lost mid-request, no quorum in
 //!   time) is answered 503 saying so, never 200.
 //! - Reads are linearizable: the leader confirms it still leads
@@ -21,6 +23,7 @@
 //! so their first entries are identical), and the first election makes a
 //! leader once a majority is up.
 
+pub mod forwarder;
 pub mod network;
 
 use crate::auth::AuthToken;
@@ -30,7 +33,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel::op::Op;
 use keel_raft::{
-    CommitIndex, EngineHandle, KeelLogStore, KeelStateMachine, ProposeError, Proposer,
+    Batcher, CommitIndex, EngineHandle, KeelLogStore, KeelStateMachine, ProposeError, Proposer,
     SnapshotReceiver, TypeConfig,
 };
 use keel_storage::Storage;
@@ -125,6 +128,8 @@ pub struct ClusterNode {
     committed: CommitIndex,
     /// Gathers concurrent writes into entries.
     proposer: Arc<Proposer>,
+    /// Gathers the writes a follower forwards into requests to the leader.
+    forwarder: Arc<Batcher<forwarder::Outcome>>,
     secret: AuthToken,
     client: PeerClient,
     peers: BTreeMap<u64, String>,
@@ -138,9 +143,9 @@ pub enum WriteFailure {
     Refused(keel::Error),
     /// The engine refused it when applying (same limits on every node).
     RefusedAtApply(String),
-    /// This node was not the leader when the write came: nothing was
-    /// written.
-    NotLeader,
+    /// Certainly not written (why: no leader, or the node proposing it
+    /// did not lead).
+    NotWritten(String),
     /// It may or may not be applied.
     Unknown(String),
 }
@@ -225,7 +230,8 @@ impl ClusterNode {
                 config.peers.len()
             );
         }
-        let node = Arc::new(ClusterNode {
+        let node = Arc::new_cyclic(|me| ClusterNode {
+            forwarder: forwarder::forwarder(me.clone()),
             id: config.node_id,
             snapshots: SnapshotReceiver::new(raft.clone()),
             committed,
@@ -256,25 +262,41 @@ impl ClusterNode {
         found.or_else(|| self.peers.get(&id).cloned())
     }
 
-    /// Proposes `op` and waits until it is applied.
+    /// Proposes `op` (through the leader, on a follower) and waits until
+    /// it is applied.
     pub async fn write(&self, op: Op) -> Result<u64, WriteFailure> {
         self.engine
             .current()
             .check_write(&op)
             .map_err(WriteFailure::Refused)?;
         let started = std::time::Instant::now();
-        let outcome = self.proposer.write(op.encode()).await;
+        let outcome = if self.leader() == Some(self.id) {
+            match self.proposer.write(op.encode()).await {
+                Ok(r) => match r.refused {
+                    None => Ok(r.index),
+                    Some(why) => Err(WriteFailure::RefusedAtApply(why)),
+                },
+                // Refused before proposing: not in any log (keel_raft::client
+                // says why a refusal after proposing is not certain).
+                Err(ProposeError::NotLeader { .. }) => Err(WriteFailure::NotWritten(
+                    "this node was not the leader when the write came: nothing was written; retry"
+                        .into(),
+                )),
+                Err(ProposeError::Unknown(why)) => Err(WriteFailure::Unknown(why)),
+            }
+        } else {
+            match self.forwarder.submit(op.encode()).await {
+                Some(forwarder::Outcome::Applied(index)) => Ok(index),
+                Some(forwarder::Outcome::Refused(why)) => Err(WriteFailure::RefusedAtApply(why)),
+                Some(forwarder::Outcome::NotWritten(why)) => Err(WriteFailure::NotWritten(why)),
+                Some(forwarder::Outcome::Unknown(why)) => Err(WriteFailure::Unknown(why)),
+                None => Err(WriteFailure::Unknown(
+                    "the node stopped while forwarding the write".into(),
+                )),
+            }
+        };
         metrics::histogram!("keel_raft_write_seconds").record(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(r) => match r.refused {
-                None => Ok(r.index),
-                Some(why) => Err(WriteFailure::RefusedAtApply(why)),
-            },
-            // Refused before proposing: not in any log (keel_raft::client
-            // says why a refusal after proposing is not certain).
-            Err(ProposeError::NotLeader { .. }) => Err(WriteFailure::NotLeader),
-            Err(ProposeError::Unknown(why)) => Err(WriteFailure::Unknown(why)),
-        }
+        outcome
     }
 
     /// Refreshes the cluster's gauges for a scrape of `/metrics`: role,
@@ -408,17 +430,8 @@ async fn read_all(
 pub enum Routed {
     /// Answered here (forwarded, a Raft RPC, a cluster endpoint, a refusal).
     Done(Response),
-    /// Served by the ordinary API on this node's engine.
+    /// Served by the ordinary API here (its writes go through Raft).
     Local(Request),
-}
-
-fn is_write(method: &Method, path: &str) -> bool {
-    match path {
-        "/clear" => *method == Method::DELETE,
-        "/batch" => *method == Method::POST,
-        p if p.starts_with("/kv/") => matches!(*method, Method::PUT | Method::DELETE),
-        _ => false,
-    }
 }
 
 fn is_read(method: &Method, path: &str) -> bool {
@@ -463,7 +476,9 @@ pub async fn route(node: &Arc<ClusterNode>, req: Request) -> Routed {
     if read && stale(req.uri().query()) {
         return Routed::Local(req);
     }
-    if !(members || read || is_write(&method, &path)) {
+    // Writes too: a node's write path proposes them, or forwards them in
+    // batches (forwarder), once the API here has checked them.
+    if !(members || read) {
         return Routed::Local(req);
     }
     if here {
@@ -556,7 +571,8 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
     }
 }
 
-/// `/raft/append`, `/raft/vote`, `/raft/snapshot`: openraft's RPCs.
+/// `/raft/append`, `/raft/vote`, `/raft/snapshot`: openraft's RPCs;
+/// `/raft/propose`: a follower's forwarded writes.
 async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = match read_all(&parts.headers, body, MAX_RAFT_BODY).await {
@@ -585,9 +601,10 @@ async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
             Ok(r) => answer(&node.snapshots.install_snapshot(r).await),
             Err(e) => malformed(e),
         },
+        forwarder::PROPOSE_PATH => forwarder::handle_propose(node, &body).await,
         _ => text(
             StatusCode::NOT_FOUND,
-            "not a Raft RPC: /raft/append, /raft/vote, /raft/snapshot",
+            "not a Raft RPC: /raft/append, /raft/vote, /raft/snapshot, /raft/propose",
         ),
     }
 }
