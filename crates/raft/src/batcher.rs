@@ -127,6 +127,12 @@ impl<R: Send + 'static> Batcher<R> {
     /// Sends `batch`, answers its writes, and goes on with what queued
     /// meanwhile until the queue is empty.
     async fn run(self: Arc<Self>, mut batch: (Vec<Vec<u8>>, Vec<oneshot::Sender<R>>)) {
+        // If sending panics, the slot is given back all the same (the
+        // batch's callers get no answer): later writes still go out.
+        let mut slot = Slot {
+            batcher: &self,
+            held: true,
+        };
         loop {
             let (writes, answers) = batch;
             let results = (self.send)(writes).await;
@@ -137,6 +143,7 @@ impl<R: Send + 'static> Batcher<R> {
             let mut q = self.queue.lock().expect("the batcher's queue lock");
             if q.writes.is_empty() {
                 q.in_flight -= 1;
+                slot.held = false;
                 return;
             }
             batch = q.take();
@@ -144,9 +151,29 @@ impl<R: Send + 'static> Batcher<R> {
     }
 }
 
+/// A batch slot held by a running batch.
+struct Slot<'a, R> {
+    batcher: &'a Batcher<R>,
+    held: bool,
+}
+
+impl<R> Drop for Slot<'_, R> {
+    fn drop(&mut self) {
+        if self.held {
+            let mut q = self
+                .batcher
+                .queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            q.in_flight -= 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn queue(lens: &[usize]) -> Queue<()> {
         let mut q = Queue {
@@ -161,6 +188,35 @@ mod tests {
             q.bytes += len;
         }
         q
+    }
+
+    #[test]
+    fn a_sender_that_panics_gives_its_slot_back() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let b: Arc<Batcher<usize>> = Batcher::new(Arc::new(|writes: Vec<Vec<u8>>| {
+                Box::pin(async move {
+                    assert!(writes[0] != b"boom", "a bug in a sender");
+                    writes.iter().map(Vec::len).collect::<Vec<usize>>()
+                })
+            }));
+            let ten_s = Duration::from_secs(10);
+            // More panics than slots: a slot kept by each would strand the
+            // writes after them.
+            for i in 0..MAX_IN_FLIGHT + 2 {
+                let boom = tokio::time::timeout(ten_s, b.submit(b"boom".to_vec())).await;
+                assert_eq!(boom, Ok(None), "panic {i} is stranded");
+            }
+            let after = tokio::time::timeout(ten_s, b.submit(b"abc".to_vec())).await;
+            assert_eq!(after, Ok(Some(3)), "a write after the panics is stranded");
+            assert_eq!(
+                b.submit_all(vec![b"a".to_vec(), b"bb".to_vec()]).await,
+                [Some(1), Some(2)]
+            );
+        });
     }
 
     #[test]
