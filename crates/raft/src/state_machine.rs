@@ -30,7 +30,8 @@
 //! holds, packed into one file. Installing one unpacks it, restores it
 //! into a new data directory (`keel::restore`), checks that the store
 //! opens at the snapshot's log id, and then switches `CURRENT`: a crash
-//! before leaves the old state, after it the new one.
+//! before leaves the old state, after it the new one (with the received
+//! file kept as its snapshot at the next open, if the crash came first).
 
 use crate::snapshot::{self, SnapshotError, SnapshotFile};
 use crate::{Command, CommandResult, Entry, LogId, SnapshotMeta, StorageError, TypeConfig};
@@ -173,6 +174,57 @@ fn refused(e: &keel::Error) -> bool {
             | BatchTooLarge { .. }
             | BadMetadata(_)
     )
+}
+
+/// At open: a received snapshot (`receiving-<n>`) whose install switched
+/// `CURRENT` but was cut before keeping it (the engine's log id is the
+/// snapshot's, and the file checks whole) is kept now as the current
+/// snapshot, as the install would have; any other never finished and
+/// goes, as do temp files. Without this, a node restarted there would hold
+/// the new engine with an older snapshot (or none) whose log it had
+/// already dropped.
+fn finish_or_drop_received(
+    storage: &dyn Storage,
+    snaps: &Path,
+    applied: Option<LogId>,
+) -> Result<(), StateMachineError> {
+    let listed = storage
+        .list(snaps)
+        .map_err(|e| IoError::new("listing snapshots", snaps, e))?;
+    let mut kept = None;
+    for n in &listed {
+        if n.ends_with(".snap") {
+            continue;
+        }
+        let path = snaps.join(n);
+        let finished = n.starts_with("receiving-")
+            && kept.is_none()
+            && applied.is_some()
+            && snapshot::check_whole(storage, &path).is_ok_and(|m| m.last_log_id == applied);
+        if !finished {
+            remove_file(storage, &path)?;
+            continue;
+        }
+        let meta = snapshot::check_whole(storage, &path)?;
+        let dest = snaps.join(snapshot::file_name(&meta));
+        storage
+            .rename(&path, &dest)
+            .map_err(|e| IoError::new("keeping a received snapshot", &path, e))?;
+        // The rename is durable only once its directory is (rule 2).
+        storage
+            .sync_dir(snaps)
+            .map_err(|e| IoError::new("syncing a directory", snaps, e))?;
+        kept = Some(dest);
+    }
+    if let Some(keep) = kept {
+        for n in &listed {
+            let path = snaps.join(n);
+            if n.ends_with(".snap") && path != keep {
+                remove_file(storage, &path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The entry index and count of writes [`APPLYING`] records, if any.
@@ -412,16 +464,9 @@ impl KeelStateMachine {
                 remove_tree(&*storage, &dir.join(n))?;
             }
         }
-        let snaps = dir.join(SNAPSHOTS);
-        for n in storage
-            .list(&snaps)
-            .map_err(|e| IoError::new("listing snapshots", &snaps, e))?
-        {
-            if !n.ends_with(".snap") {
-                remove_file(&*storage, &snaps.join(n))?;
-            }
-        }
         let db = open_engine(&storage, &dir.join(data_name(current)), &options, sync)?;
+        let (applied, _) = applied_of(&db.metadata()).map_err(StateMachineError::Damaged)?;
+        finish_or_drop_received(&*storage, &dir.join(SNAPSHOTS), applied)?;
         let engine = EngineHandle(Arc::new(RwLock::new(Arc::new(db))));
         let shared = Shared {
             storage,
@@ -668,11 +713,19 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        // The bytes received, durable before the switch relies on them.
+        // The bytes received, and the file's name (rule 2), durable before
+        // the switch relies on them: a crash after the switch finds the
+        // file at open and keeps it (`finish_or_drop_received`).
         snapshot
             .file()
             .sync_data()
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        if let Some(dir) = snapshot.path().parent() {
+            self.shared
+                .storage
+                .sync_dir(dir)
+                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        }
         let installed = self.install(meta, &**snapshot.file(), snapshot.path());
         if installed.is_err() {
             // What a failed install leaves is never read; it goes now (and

@@ -445,6 +445,14 @@ fn power_loss_at_every_storage_operation_of_an_install_leaves_old_or_new() {
             match applied(&mut sm) {
                 Some(60) => {
                     assert_eq!(keys(&sm), model(60), "{mode:?} op {nth}");
+                    // With the snapshot it came from: the log it covers
+                    // may be gone.
+                    let current = block_on(sm.get_current_snapshot()).unwrap();
+                    assert_eq!(
+                        current.map(|c| c.meta),
+                        Some(meta.clone()),
+                        "{mode:?} op {nth}: the new engine without its snapshot"
+                    );
                     new += 1;
                 }
                 before if before.unwrap_or(0) <= 20 => {
