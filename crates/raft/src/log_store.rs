@@ -189,6 +189,22 @@ impl Shared {
     }
 
     /// Entries with indexes in `[start, end)` that the log holds.
+    /// Entries `[start, end)` for replication: all of them from `start`
+    /// on, or none. openraft sends what this returns as the entries after
+    /// the one at `start - 1`; entries that begin later (those before were
+    /// purged since it chose the range) would leave a hole in the
+    /// follower's log (openraft's follower asserts against it in debug
+    /// builds; seen in the simulated cluster). Given none, openraft treats
+    /// the round as a heartbeat, and the next finds the purge and sends a
+    /// snapshot.
+    fn read_from_start(&self, start: u64, end: u64) -> Result<Vec<Entry>, LogStoreError> {
+        let entries = self.read(start, end)?;
+        if entries.first().is_some_and(|e| e.log_id.index != start) {
+            return Ok(Vec::new());
+        }
+        Ok(entries)
+    }
+
     fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, LogStoreError> {
         let (wal, from, to, base) = {
             let st = self.lock();
@@ -574,6 +590,14 @@ impl RaftLogReader<TypeConfig> for KeelLogReader {
         let (start, end) = bounds(&range);
         self.shared.read(start, end).map_err(read_err)
     }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.shared.read_from_start(start, end).map_err(read_err)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for KeelLogStore {
@@ -583,6 +607,14 @@ impl RaftLogReader<TypeConfig> for KeelLogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
         self.shared.read(start, end).map_err(read_err)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.shared.read_from_start(start, end).map_err(read_err)
     }
 }
 

@@ -126,6 +126,24 @@ fn a_purge_hides_entries_durably_and_one_past_the_end_starts_a_new_generation() 
         store.blocking_append(old.clone()).await.unwrap();
         store.purge(log_id(1, 70)).await.unwrap();
         assert_eq!(all(&mut store).await, old[71..]);
+        // Replication asking for a range that begins below the purge
+        // point gets nothing, never the entries after a hole; asking
+        // from the purge point on gets them.
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(
+            reader.limited_get_log_entries(60, 80).await.unwrap(),
+            vec![]
+        );
+        assert_eq!(store.limited_get_log_entries(60, 80).await.unwrap(), vec![]);
+        assert_eq!(
+            reader.limited_get_log_entries(71, 80).await.unwrap(),
+            old[71..80]
+        );
+        // (Where a gap is allowed, the entries that remain.)
+        assert_eq!(
+            reader.try_get_log_entries(60..80).await.unwrap(),
+            old[71..80]
+        );
         drop(store);
         let mut store = open(&s);
         assert_eq!(all(&mut store).await, old[71..]);
