@@ -1,7 +1,11 @@
-//! `keel_raft::Proposer` on a one-node Raft (keel's log and engine on
-//! simulated storage): concurrent writes share entries and each gets its
-//! own answer, a bad write is refused alone, a node that does not lead
-//! refuses before proposing, and callers that stop waiting strand no one.
+//! keel-raft's parts that face a running Raft, on a one-node Raft (keel's
+//! log and engine on simulated storage).
+//!
+//! `Proposer`: concurrent writes share entries and each gets its own
+//! answer, a bad write is refused alone, a node that does not lead refuses
+//! before proposing, and callers that stop waiting strand no one.
+//! `SnapshotReceiver`: a transfer is installed whole, and chunks delivered
+//! again after it ended cannot complete a file with a hole.
 
 mod common;
 
@@ -211,6 +215,96 @@ fn callers_that_stop_waiting_strand_no_one() {
         let a = proposer.write(put(1000)).await.unwrap();
         assert_eq!(a.refused, None);
         assert!(engine.current().get("k1000").unwrap().is_some());
+        raft.shutdown().await.unwrap();
+    });
+}
+
+/// A snapshot of an engine that applied `n` puts: its meta and bytes.
+fn snapshot_bytes(n: u64) -> (keel_raft::SnapshotMeta, Vec<u8>) {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+    let s = SimStorage::new(9);
+    let (mut sm, _) = KeelStateMachine::open(
+        Arc::new(s.clone()),
+        "/src/sm",
+        keel::Options::default(),
+        keel::SyncPolicy::Never,
+    )
+    .unwrap();
+    let entries = (1..=n).map(|i| keel_raft::Entry {
+        log_id: keel_raft::LogId::new(CommittedLeaderId::new(1, 2), i),
+        payload: EntryPayload::Normal(keel_raft::Command::one(put(i as usize))),
+    });
+    block_on(async {
+        sm.apply(entries).await.unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let bytes = s.read_file(snap.snapshot.path()).unwrap();
+        (snap.meta, bytes)
+    })
+}
+
+#[test]
+fn a_snapshot_transfer_is_installed_whole_and_stale_chunks_cannot_complete_another() {
+    use keel_raft::SnapshotReceiver;
+    use openraft::error::{InstallSnapshotError, RaftError};
+    use openraft::raft::InstallSnapshotRequest;
+    let (meta, bytes) = snapshot_bytes(40);
+    let chunks: Vec<(u64, Vec<u8>)> = bytes
+        .chunks(1000)
+        .enumerate()
+        .map(|(i, c)| (i as u64 * 1000, c.to_vec()))
+        .collect();
+    assert!(chunks.len() > 3);
+    block_on(async {
+        let (raft, engine) = node(false).await;
+        let receiver = SnapshotReceiver::new(raft.clone());
+        let send = |(offset, data): &(u64, Vec<u8>)| {
+            let req = InstallSnapshotRequest {
+                vote: openraft::Vote::new_committed(1, 2),
+                meta: meta.clone(),
+                offset: *offset,
+                done: *offset + data.len() as u64 == bytes.len() as u64,
+                data: data.clone(),
+            };
+            receiver.install_snapshot(req)
+        };
+        let mismatch = |r: Result<_, RaftError<u64, InstallSnapshotError>>| {
+            matches!(
+                r,
+                Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
+                    _
+                )))
+            )
+        };
+        // A chunk past the start of a transfer that never began: refused.
+        assert!(mismatch(send(&chunks[2]).await));
+        // The whole transfer, a chunk sent twice on the way: installed.
+        send(&chunks[0]).await.unwrap();
+        send(&chunks[1]).await.unwrap();
+        send(&chunks[1]).await.unwrap();
+        // A gap: refused, and the transfer goes on from where it was.
+        assert!(mismatch(send(&chunks[3]).await));
+        for c in &chunks[2..] {
+            send(c).await.unwrap();
+        }
+        raft.wait(Some(Duration::from_secs(10)))
+            .snapshot(meta.last_log_id.unwrap(), "installed")
+            .await
+            .unwrap();
+        assert_eq!(engine.current().len(), 40);
+        // Delivered again after the end: the first chunk starts a new
+        // transfer, and the stale last chunk cannot complete it.
+        send(&chunks[0]).await.unwrap();
+        assert!(mismatch(send(chunks.last().unwrap()).await));
+        // The node is still up and serving.
+        assert_ne!(raft.metrics().borrow().state, ServerState::Shutdown);
+        assert!(raft.metrics().borrow().running_state.is_ok());
+        assert_eq!(engine.current().len(), 40);
         raft.shutdown().await.unwrap();
     });
 }
