@@ -129,6 +129,11 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// Its operations, in order (to send the batch elsewhere: a cluster
+    /// node proposes it as one `Op::Batch`).
+    pub fn into_ops(self) -> Vec<BatchOp> {
+        self.ops
+    }
 }
 
 struct TreeState {

@@ -9,6 +9,7 @@ use keel_server::config::{ConfigFile, ServerSection};
 use keel_server::guarded::GuardedListener;
 use keel_server::http::{router, AppState};
 use keel_server::http_server::{self, HttpServeConfig};
+use keel_server::resp::remote::Remote;
 use keel_server::resp::{RespConfig, RespServer};
 use keel_server::tls::TlsListener;
 use std::net::SocketAddr;
@@ -234,6 +235,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             config,
             storage_from_env()?,
         ))?;
+        // The RESP event loop hands its commands to Raft on this runtime.
+        let remote = keel_server::cluster::resp::ClusterCommands::new(
+            Arc::clone(&node),
+            rt.handle().clone(),
+        );
+        let resp = resp_listener(
+            &args,
+            &auth,
+            &bounds,
+            &tls,
+            &node.engine.current(),
+            Some(remote),
+        )?;
         let state = AppState {
             db: node.engine.current(),
             metrics,
@@ -241,6 +255,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             cluster: Some(Arc::clone(&node)),
         };
         serve_http(&rt, addr, state, &dir, grace, bounds, tls.map(|t| t.http))?;
+        if let Some(r) = resp {
+            r.shutdown();
+        }
         tracing::info!("shutting down: stopping Raft");
         if let Err(e) = rt.block_on(node.raft.shutdown()) {
             tracing::error!("stopping Raft: {e}");
@@ -252,19 +269,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return close_store(engine);
     }
     let db = Arc::new(open_store(&dir, opts, storage_from_env()?)?);
-    // The RESP listener runs its own event loop thread (see resp::event_loop).
-    let resp = match args.resp_port {
-        Some(p) => {
-            let config = RespConfig {
-                auth: auth.clone(),
-                max_connections: bounds.max_connections,
-                idle_timeout: bounds.idle_timeout,
-                tls: tls.as_ref().map(|t| Arc::clone(&t.resp)),
-            };
-            Some(start_resp(listen_addr(&args.bind, p)?, &db, config)?)
-        }
-        None => None,
-    };
+    let resp = resp_listener(&args, &auth, &bounds, &tls, &db, None)?;
     let state = AppState {
         db: Arc::clone(&db),
         metrics,
@@ -286,9 +291,6 @@ fn cluster_config(
     node_id: u64,
     options: Options,
 ) -> anyhow::Result<keel_server::cluster::ClusterConfig> {
-    if args.resp_port.is_some() {
-        anyhow::bail!("a cluster node serves HTTP only for now: drop --resp-port (the Redis protocol is served by a single node)");
-    }
     let peers = keel_server::cluster::parse_peers(args.peers.as_deref().unwrap_or(""))
         .map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
     let secret = match &args.cluster_secret {
@@ -468,6 +470,34 @@ fn listen_addr(bind: &str, port: u16) -> anyhow::Result<SocketAddr> {
     format!("{bind}:{port}")
         .parse()
         .with_context(|| format!("bad listen address {bind}:{port}"))
+}
+
+/// The RESP listener, if `--resp-port` asks for one. It runs its own event
+/// loop thread (see resp::event_loop); on a cluster node, `remote` runs
+/// its commands through Raft.
+fn resp_listener(
+    args: &ServeArgs,
+    auth: &Option<Arc<AuthToken>>,
+    bounds: &Bounds,
+    tls: &Option<TlsConfigs>,
+    db: &Arc<Db>,
+    remote: Option<Arc<dyn Remote>>,
+) -> anyhow::Result<Option<RespServer>> {
+    let Some(port) = args.resp_port else {
+        return Ok(None);
+    };
+    let config = RespConfig {
+        auth: auth.clone(),
+        max_connections: bounds.max_connections,
+        idle_timeout: bounds.idle_timeout,
+        tls: tls.as_ref().map(|t| Arc::clone(&t.resp)),
+        remote,
+    };
+    Ok(Some(start_resp(
+        listen_addr(&args.bind, port)?,
+        db,
+        config,
+    )?))
 }
 
 fn start_resp(addr: SocketAddr, db: &Arc<Db>, config: RespConfig) -> anyhow::Result<RespServer> {

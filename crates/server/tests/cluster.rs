@@ -702,3 +702,147 @@ fn a_node_far_behind_is_sent_a_snapshot_over_http() {
         .to_string_lossy()
         .ends_with(".snap")));
 }
+
+/// A Redis connection to `port`.
+fn redis_on(port: u16) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    client.get_connection().unwrap()
+}
+
+/// Runs a command; its reply, or the error's text.
+fn redis_call(con: &mut redis::Connection, args: &[&str]) -> Result<redis::Value, String> {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(con).map_err(|e| e.to_string())
+}
+
+fn bulk(s: &str) -> redis::Value {
+    redis::Value::BulkString(s.as_bytes().to_vec())
+}
+
+#[test]
+fn every_node_speaks_the_redis_protocol_through_raft() {
+    let t = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let peers = (0..3)
+        .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let resp = ports[3 + i].to_string();
+            Node::start(
+                t.path(),
+                i as u64 + 1,
+                ports[i],
+                &peers,
+                &["--resp-port", &resp],
+            )
+        })
+        .collect();
+    let l = leader(&nodes.iter().collect::<Vec<_>>()) as usize - 1;
+    let (f, g) = ((l + 1) % 3, (l + 2) % 3);
+    let mut cons: Vec<redis::Connection> = (0..3).map(|i| redis_on(ports[3 + i])).collect();
+    let ok = Ok(redis::Value::Okay);
+    // Written through one follower, read at once through the other: its
+    // read waits for the leader's read index, never answers stale.
+    for i in 0..20 {
+        let v = i.to_string();
+        assert_eq!(redis_call(&mut cons[f], &["SET", "a", &v]), ok);
+        assert_eq!(
+            redis_call(&mut cons[g], &["GET", "a"]),
+            Ok(bulk(&v)),
+            "stale read at {i}"
+        );
+    }
+    // A pipeline on a follower: replies in order, each read sees the
+    // connection's own writes before it (the first read's confirmation
+    // came before them); PING (run on the event loop) does not overtake
+    // the writes before it.
+    let mut pipe = redis::pipe();
+    pipe.cmd("GET")
+        .arg("a")
+        .cmd("SET")
+        .arg("p")
+        .arg("1")
+        .cmd("GET")
+        .arg("p")
+        .cmd("PING");
+    pipe.cmd("MSET").arg("p").arg("2").arg("q").arg("3");
+    pipe.cmd("MGET")
+        .arg("p")
+        .arg("q")
+        .arg("none")
+        .cmd("EXISTS")
+        .arg("p")
+        .arg("none");
+    let got: Vec<redis::Value> = pipe.query(&mut cons[f]).unwrap();
+    let nil = redis::Value::Nil;
+    let expected = vec![
+        bulk("19"),
+        redis::Value::Okay,
+        bulk("1"),
+        redis::Value::SimpleString("PONG".into()),
+        redis::Value::Okay,
+        redis::Value::Array(vec![bulk("2"), bulk("3"), nil.clone()]),
+        redis::Value::Int(1),
+    ];
+    assert_eq!(got, expected);
+    // DEL counts what it deletes; a transaction's writes are one entry.
+    assert_eq!(
+        redis_call(&mut cons[g], &["DEL", "q", "none"]),
+        Ok(redis::Value::Int(1))
+    );
+    let mut tx = redis::pipe();
+    tx.atomic()
+        .cmd("SET")
+        .arg("t")
+        .arg("x")
+        .cmd("DEL")
+        .arg("p")
+        .cmd("GET")
+        .arg("t");
+    let got: Vec<redis::Value> = tx.query(&mut cons[l]).unwrap();
+    assert_eq!(
+        got,
+        vec![redis::Value::Okay, redis::Value::Int(1), bulk("x")]
+    );
+    assert_eq!(redis_call(&mut cons[f], &["GET", "p"]), Ok(nil));
+    assert_eq!(
+        redis_call(&mut cons[f], &["DBSIZE"]),
+        Ok(redis::Value::Int(2))
+    );
+    // Bad input is refused on every node and changes nothing.
+    for c in cons.iter_mut() {
+        let e = redis_call(c, &["SET", "k", ""]).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let e = redis_call(c, &["SET", "k", "v", "NX"]).unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
+    }
+    // INFO reports the node's part in the cluster.
+    for (i, c) in cons.iter_mut().enumerate() {
+        let Ok(redis::Value::BulkString(info)) = redis_call(c, &["INFO"]) else {
+            panic!("INFO");
+        };
+        let info = String::from_utf8(info).unwrap();
+        let role = if i == l {
+            "role:Leader"
+        } else {
+            "role:Follower"
+        };
+        assert!(info.contains(role), "{info}");
+        assert!(info.contains(&format!("leader_id:{}\r\n", l + 1)), "{info}");
+        let lag = format!("follower_{}_lag_entries:", f + 1);
+        assert_eq!(info.contains(&lag), i == l, "{info}");
+    }
+    let applied = status(&nodes[l])["applied_index"].as_u64().unwrap();
+    wait_applied(&nodes.iter().collect::<Vec<_>>(), applied);
+    let want: BTreeMap<String, String> = [("a", "19"), ("t", "x")]
+        .map(|(k, v)| (k.into(), v.into()))
+        .into();
+    for n in &nodes {
+        assert_eq!(contents(n), want, "node {}", n.id);
+    }
+}

@@ -25,6 +25,8 @@
 
 pub mod forwarder;
 pub mod network;
+pub mod reads;
+pub mod resp;
 
 use crate::auth::AuthToken;
 use axum::body::Body;
@@ -130,6 +132,8 @@ pub struct ClusterNode {
     proposer: Arc<Proposer>,
     /// Gathers the writes a follower forwards into requests to the leader.
     forwarder: Arc<Batcher<forwarder::Outcome>>,
+    /// Gathers concurrent linearizable reads into one confirmation.
+    reads: Arc<Batcher<reads::Confirmed>>,
     secret: AuthToken,
     client: PeerClient,
     peers: BTreeMap<u64, String>,
@@ -232,6 +236,7 @@ impl ClusterNode {
         }
         let node = Arc::new_cyclic(|me| ClusterNode {
             forwarder: forwarder::forwarder(me.clone()),
+            reads: reads::confirmations(me.clone()),
             id: config.node_id,
             snapshots: SnapshotReceiver::new(raft.clone()),
             committed,
@@ -313,15 +318,9 @@ impl ClusterNode {
         metrics::gauge!("keel_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
         metrics::gauge!("keel_raft_applied_index")
             .set(m.last_applied.map_or(0.0, |l| l.index as f64));
-        if let Some(r) = &m.replication {
-            for (id, matched) in r.iter() {
-                let lag = m
-                    .last_log_index
-                    .unwrap_or(0)
-                    .saturating_sub(matched.map_or(0, |l| l.index));
-                metrics::gauge!("keel_raft_replication_lag_entries", "follower" => id.to_string())
-                    .set(lag as f64);
-            }
+        for (id, _, lag) in follower_lags(&m) {
+            metrics::gauge!("keel_raft_replication_lag_entries", "follower" => id.to_string())
+                .set(lag as f64);
         }
     }
 
@@ -360,17 +359,12 @@ impl ClusterNode {
                 serde_json::json!({"id": id, "addr": node.addr, "voter": voter})
             })
             .collect();
-        let replication = m.replication.as_ref().map(|r| {
-            r.iter()
-                .map(|(id, matched)| {
-                    let lag = m
-                        .last_log_index
-                        .unwrap_or(0)
-                        .saturating_sub(matched.map_or(0, |l| l.index));
-                    (
-                        id.to_string(),
-                        serde_json::json!({"matched": matched.map(|l| l.index), "lag": lag}),
-                    )
+        let replication = m.replication.is_some().then(|| {
+            follower_lags(&m)
+                .into_iter()
+                .map(|(id, matched, lag)| {
+                    let v = serde_json::json!({"matched": matched, "lag": lag});
+                    (id.to_string(), v)
                 })
                 .collect::<serde_json::Map<_, _>>()
         });
@@ -388,6 +382,24 @@ impl ClusterNode {
             "replication": replication,
         })
     }
+}
+
+/// On the leader, each follower's id, the last index known to match the
+/// leader's log, and how many entries it is behind; elsewhere none.
+pub fn follower_lags(m: &openraft::RaftMetrics<u64, BasicNode>) -> Vec<(u64, Option<u64>, u64)> {
+    let Some(r) = &m.replication else {
+        return Vec::new();
+    };
+    r.iter()
+        .map(|(id, matched)| {
+            let matched = matched.map(|l| l.index);
+            let lag = m
+                .last_log_index
+                .unwrap_or(0)
+                .saturating_sub(matched.unwrap_or(0));
+            (*id, matched, lag)
+        })
+        .collect()
 }
 
 use crate::http::text;
@@ -572,7 +584,8 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
 }
 
 /// `/raft/append`, `/raft/vote`, `/raft/snapshot`: openraft's RPCs;
-/// `/raft/propose`: a follower's forwarded writes.
+/// `/raft/propose`: a follower's forwarded writes; `/raft/read-index`: a
+/// follower's linearizable read.
 async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = match read_all(&parts.headers, body, MAX_RAFT_BODY).await {
@@ -602,9 +615,10 @@ async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
             Err(e) => malformed(e),
         },
         forwarder::PROPOSE_PATH => forwarder::handle_propose(node, &body).await,
+        reads::READ_INDEX_PATH => reads::handle_read_index(node).await,
         _ => text(
             StatusCode::NOT_FOUND,
-            "not a Raft RPC: /raft/append, /raft/vote, /raft/snapshot, /raft/propose",
+            "not a Raft RPC: /raft/append, /raft/vote, /raft/snapshot, /raft/propose, /raft/read-index",
         ),
     }
 }

@@ -37,7 +37,7 @@ pub enum Outcome {
 
 /// The command name in upper case, for dispatch, in `buf` (no allocation
 /// per command). A name too long for it is no command keel knows.
-fn upper_name<'a>(name: &[u8], buf: &'a mut [u8; 16]) -> &'a [u8] {
+pub fn upper_name<'a>(name: &[u8], buf: &'a mut [u8; 16]) -> &'a [u8] {
     if name.len() > buf.len() {
         return b"";
     }
@@ -111,15 +111,7 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
     let mut buf = [0u8; 16];
     let cmd = upper_name(name, &mut buf);
     let argc = args.len();
-    let arity = |out: &mut Vec<u8>| {
-        error(
-            out,
-            &format!(
-                "ERR wrong number of arguments for '{}' command",
-                String::from_utf8_lossy(cmd).to_ascii_lowercase()
-            ),
-        );
-    };
+    let arity = |out: &mut Vec<u8>| wrong_arity(out, cmd);
     if is_http_line(cmd) {
         return Outcome::Close;
     }
@@ -138,13 +130,18 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
             if args[1] == b"0" {
                 simple(out, "OK")
             } else {
-                error(out, "ERR DB index is out of range (keel has one database, 0)")
+                error(
+                    out,
+                    "ERR DB index is out of range (keel has one database, 0)",
+                )
             }
         }
         b"SET" if argc == 3 => {
-            return deferred(out, db.put_deferred(&args[1], &args[2]), |o| simple(o, "OK"))
+            return deferred(out, db.put_deferred(&args[1], &args[2]), |o| {
+                simple(o, "OK")
+            })
         }
-        b"SET" if argc > 3 => error(out, "ERR syntax error: SET options (NX, XX, EX, PX, KEEPTTL, GET) are not supported by keel; use plain SET key value"),
+        b"SET" if argc > 3 => error(out, SET_OPTIONS),
         b"GET" if argc == 2 => {
             match db.get(&args[1]) {
                 Ok(v) => bulk(out, v.as_deref()),
@@ -188,17 +185,44 @@ pub fn execute(db: &Db, args: Vec<Vec<u8>>, out: &mut Vec<u8>) -> Outcome {
         }
         b"FLUSHDB" | b"FLUSHALL" if argc <= 2 => return flush(db, &args, out),
         b"DBSIZE" if argc == 1 => integer(out, db.len() as i64),
-        b"INFO" => info(db, out),
+        b"INFO" => bulk(
+            out,
+            Some(info_text(db, &format!("{:?}", db.options().sync)).as_bytes()),
+        ),
         b"COMMAND" => array_len(out, 0),
         b"CONFIG" if argc == 3 && args[1].eq_ignore_ascii_case(b"GET") => {
-            config_get(db, &args[2], out)
+            config_get(db.options().sync, &args[2], out)
         }
-        b"HELLO" => error(out, "NOPROTO keel speaks RESP2 only; HELLO is not supported"),
-        b"ECHO" | b"SELECT" | b"SET" | b"GET" | b"DEL" | b"EXISTS" | b"MSET" | b"MGET" | b"FLUSHDB"
-        | b"FLUSHALL" | b"DBSIZE" | b"CONFIG" => arity(out),
+        b"HELLO" => error(
+            out,
+            "NOPROTO keel speaks RESP2 only; HELLO is not supported",
+        ),
+        b"ECHO" | b"SELECT" | b"SET" | b"GET" | b"DEL" | b"EXISTS" | b"MSET" | b"MGET"
+        | b"FLUSHDB" | b"FLUSHALL" | b"DBSIZE" | b"CONFIG" => arity(out),
         _ => unknown(&args, out),
     }
     Outcome::Done
+}
+
+/// The reply to command `cmd` with the wrong number of arguments.
+pub fn wrong_arity(out: &mut Vec<u8>, cmd: &[u8]) {
+    error(
+        out,
+        &format!(
+            "ERR wrong number of arguments for '{}' command",
+            String::from_utf8_lossy(cmd).to_ascii_lowercase()
+        ),
+    );
+}
+
+/// The reply to `SET` with options (keel takes none).
+pub const SET_OPTIONS: &str = "ERR syntax error: SET options (NX, XX, EX, PX, KEEPTTL, GET) are not supported by keel; use plain SET key value";
+
+/// Whether `FLUSHALL`/`FLUSHDB`'s arguments are a mode keel takes (none,
+/// `ASYNC` or `SYNC`: both mean durably, now).
+pub fn flush_mode_ok(args: &[Vec<u8>]) -> bool {
+    args.get(1)
+        .is_none_or(|m| m.eq_ignore_ascii_case(b"ASYNC") || m.eq_ignore_ascii_case(b"SYNC"))
 }
 
 /// Whether a command name is the first word of an HTTP request line or
@@ -218,23 +242,22 @@ fn is_http_line(cmd: &[u8]) -> bool {
 
 /// FLUSHALL / FLUSHDB [ASYNC|SYNC]: both modes mean durably, now.
 fn flush(db: &Db, args: &[Vec<u8>], out: &mut Vec<u8>) -> Outcome {
-    let mode_ok = args
-        .get(1)
-        .is_none_or(|m| m.eq_ignore_ascii_case(b"ASYNC") || m.eq_ignore_ascii_case(b"SYNC"));
-    if !mode_ok {
+    if !flush_mode_ok(args) {
         error(out, "ERR syntax error");
         return Outcome::Done;
     }
     deferred(out, db.clear_deferred(), |o| simple(o, "OK"))
 }
 
-fn info(db: &Db, out: &mut Vec<u8>) {
+/// `INFO`'s text for `db`; `sync`: the sync policy that acknowledges
+/// writes (a cluster node's is its Raft log's).
+pub fn info_text(db: &Db, sync: &str) -> String {
     let st = db.stats();
     let text = format!(
-        "# Server\r\nkeel_version:{}\r\n# Keyspace\r\ndb0:keys={}\r\n# Persistence\r\nsync_policy:{:?}\r\napplied_lsn:{}\r\ndurable_lsn:{}\r\nwal_fsyncs:{}\r\nwal_appends:{}\r\nwal_bytes_written:{}\r\nwal_segments:{}\r\ncheckpoint_lsn:{}\r\nstopped:{}\r\nlast_recovery:{}\r\n",
+        "# Server\r\nkeel_version:{}\r\n# Keyspace\r\ndb0:keys={}\r\n# Persistence\r\nsync_policy:{}\r\napplied_lsn:{}\r\ndurable_lsn:{}\r\nwal_fsyncs:{}\r\nwal_appends:{}\r\nwal_bytes_written:{}\r\nwal_segments:{}\r\ncheckpoint_lsn:{}\r\nstopped:{}\r\nlast_recovery:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         st.keys,
-        db.options().sync,
+        sync,
         st.applied_lsn,
         st.durable_lsn,
         st.wal.syncs,
@@ -245,11 +268,10 @@ fn info(db: &Db, out: &mut Vec<u8>) {
         st.stopped,
         st.recovery.to_string().replace(['\r', '\n'], " ")
     );
-    let text = match &st.tables {
+    match &st.tables {
         Some(t) => text + &tables_info(t, db.options().exact_key_count),
         None => text,
-    };
-    bulk(out, Some(text.as_bytes()))
+    }
 }
 
 /// INFO's `# Tables` section (a store on tables); `exact`: whether
@@ -279,12 +301,13 @@ fn tables_info(t: &keel::TablesStats, exact: bool) -> String {
     s
 }
 
-fn config_get(db: &Db, param: &[u8], out: &mut Vec<u8>) {
+/// `CONFIG GET param`; `sync`: the sync policy that acknowledges writes.
+pub fn config_get(sync: keel::SyncPolicy, param: &[u8], out: &mut Vec<u8>) {
     let param = String::from_utf8_lossy(param).to_ascii_lowercase();
     let value = match param.as_str() {
         "save" => Some(""),
         "appendonly" => Some("yes"),
-        "appendfsync" => Some(match db.options().sync {
+        "appendfsync" => Some(match sync {
             keel::SyncPolicy::Always => "always",
             keel::SyncPolicy::Interval(_) => "everysec",
             keel::SyncPolicy::Never => "no",

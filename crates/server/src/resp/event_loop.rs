@@ -28,10 +28,17 @@
 //!
 //! Sockets are registered edge-triggered, so a connection that stopped
 //! reading before its socket said `WouldBlock` is remembered as runnable.
+//!
+//! With a [`Remote`] (a cluster node), the commands that touch the store
+//! are not run on this thread: a connection's consecutive ones (at most
+//! [`HANDOFF_COMMANDS`] or [`HANDOFF_BYTES`]) are handed off together, and
+//! the connection runs nothing more until their replies come back
+//! ([`super::remote`]), so replies keep their order.
 
 use super::command::{can_run, db_error, execute, Outcome};
 use super::frame::error;
 use super::parser::{CommandParser, RespLimits};
+use super::remote::{Answers, Handoff, Remote};
 use super::transaction::{self, Transaction};
 use super::transport::Transport;
 use crate::auth::{self, AuthToken, Gate};
@@ -56,6 +63,11 @@ const READ_CHUNK: usize = 64 * 1024;
 pub const READS_PER_TURN: usize = 16;
 /// Unsent reply bytes past which a connection's input waits.
 pub const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// Commands a connection hands off to the [`Remote`] at once, at most.
+pub const HANDOFF_COMMANDS: usize = 512;
+/// Argument bytes a connection hands off at once, at most (one command of
+/// any size always goes).
+pub const HANDOFF_BYTES: usize = 1 << 20;
 
 /// A running RESP listener. [`shutdown`](Self::shutdown) (or drop) stops it.
 pub struct RespServer {
@@ -87,6 +99,9 @@ impl RespServer {
             listener,
             db,
             limits,
+            remote: config.remote,
+            answers: Answers::new(Arc::clone(&waker)),
+            next_id: 0,
             auth: config.auth,
             max_connections: config.max_connections,
             idle_timeout: config.idle_timeout,
@@ -170,6 +185,13 @@ struct Conn {
     tx: Option<Transaction>,
     /// When bytes last arrived (for the idle timeout).
     last_active: Instant,
+    /// Unique among the loop's connections (a slot is reused).
+    id: u64,
+    /// Commands gathered this turn for the [`Remote`], and their bytes.
+    handoff: Vec<Handoff>,
+    handoff_bytes: usize,
+    /// Handed off commands not yet answered: run nothing more till then.
+    waiting: bool,
 }
 
 impl Conn {
@@ -200,6 +222,21 @@ impl Conn {
         }
     }
 
+    /// Adds a command to what this turn hands off.
+    fn hand_off(&mut self, h: Handoff) {
+        self.handoff_bytes += h.bytes();
+        self.handoff.push(h);
+    }
+
+    /// Moves the replies written to `out` from `before` on behind the
+    /// commands handed off this turn, if any (they must not overtake).
+    fn keep_order(&mut self, before: usize) {
+        if !self.handoff.is_empty() && self.out.len() > before {
+            let reply = self.out.split_off(before);
+            self.hand_off(Handoff::Reply(reply));
+        }
+    }
+
     /// Replaces the replies to uncommitted writes with `err` (the commit
     /// failed, so none of them is acknowledged).
     fn fail_acks(&mut self, err: &[u8]) {
@@ -221,6 +258,12 @@ struct EventLoop {
     listener: TcpListener,
     db: Arc<Db>,
     limits: RespLimits,
+    /// Runs the commands that touch the store, on a cluster node.
+    remote: Option<Arc<dyn Remote>>,
+    /// Where the remote's replies come back.
+    answers: Arc<Answers>,
+    /// The next connection's id.
+    next_id: u64,
     /// The token connections must `AUTH` with, if any.
     auth: Option<Arc<AuthToken>>,
     /// Connections open at most; more are told so and closed.
@@ -255,6 +298,9 @@ pub struct RespConfig {
     pub idle_timeout: Option<Duration>,
     /// Speak only TLS, with this configuration (`crate::tls`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Hand the commands that touch the store to this (a cluster node's
+    /// Raft); `None`: run them on the loop's engine.
+    pub remote: Option<Arc<dyn Remote>>,
 }
 
 /// How long to wait before accepting again after `accept` failed (out of
@@ -296,7 +342,7 @@ impl EventLoop {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => {}
+                    WAKER => self.deliver_answers(),
                     Token(t) => {
                         let Some(Some(c)) = self.conns.get_mut(t - FIRST_CONN) else {
                             continue;
@@ -344,7 +390,10 @@ impl EventLoop {
         let now = Instant::now();
         for i in 0..self.conns.len() {
             let idle = self.conns[i].as_ref().is_some_and(|c| {
-                now.duration_since(c.last_active) > limit && c.acks.is_empty() && c.unsent() == 0
+                now.duration_since(c.last_active) > limit
+                    && c.acks.is_empty()
+                    && !c.waiting
+                    && c.unsent() == 0
             });
             if idle {
                 self.close(i);
@@ -418,7 +467,12 @@ impl EventLoop {
                         authed: false,
                         tx: None,
                         last_active: Instant::now(),
+                        id: self.next_id,
+                        handoff: Vec::new(),
+                        handoff_bytes: 0,
+                        waiting: false,
                     });
+                    self.next_id += 1;
                     self.live += 1;
                     self.mark_runnable(i);
                 }
@@ -450,8 +504,16 @@ impl EventLoop {
                     db: &self.db,
                     limits: &self.limits,
                     auth: self.auth.as_deref(),
+                    remote: self.remote.as_deref(),
                 };
                 run_commands(&ctx, c, &mut self.scratch, &mut turn);
+                if let (Some(remote), false) = (&self.remote, c.handoff.is_empty()) {
+                    c.waiting = true;
+                    c.paused = false;
+                    c.handoff_bytes = 0;
+                    let commands = std::mem::take(&mut c.handoff);
+                    remote.run(commands, self.answers.reply_to(i, c.id));
+                }
                 if !c.acks.is_empty() {
                     turn.holding.push(i);
                 } else {
@@ -489,17 +551,44 @@ impl EventLoop {
             let Some(Some(c)) = self.conns.get_mut(i) else {
                 continue;
             };
-            if c.dead || (c.closing && c.unsent() == 0) {
+            if c.dead || (c.closing && c.unsent() == 0 && !c.waiting) {
                 self.close(i);
                 continue;
             }
             let blocked = c.unsent() > OUTPUT_HIGH_WATER;
-            if c.paused && !blocked {
+            if c.waiting {
+                // Runnable again when its answer comes (deliver_answers).
+            } else if c.paused && !blocked {
                 c.queued = true;
                 self.runnable.push_front(i);
             } else if (c.may_read || c.backlog) && !c.closing && !blocked {
                 self.mark_runnable(i);
             }
+        }
+    }
+
+    /// Appends the remote's replies to their connections (those still
+    /// open) and lets them run again.
+    fn deliver_answers(&mut self) {
+        for answer in self.answers.take() {
+            let Some(Some(c)) = self.conns.get_mut(answer.conn) else {
+                continue;
+            };
+            if c.id != answer.id {
+                continue; // its connection closed; the slot is another's
+            }
+            let Some(replies) = answer.replies else {
+                tracing::warn!(
+                    "RESP: commands handed off stopped without an answer; closing their connection"
+                );
+                self.close(answer.conn);
+                continue;
+            };
+            c.out.extend_from_slice(&replies);
+            c.waiting = false;
+            c.last_active = Instant::now();
+            c.flush();
+            self.mark_runnable(answer.conn);
         }
     }
 
@@ -526,6 +615,7 @@ struct Ctx<'a> {
     db: &'a Db,
     limits: &'a RespLimits,
     auth: Option<&'a AuthToken>,
+    remote: Option<&'a dyn Remote>,
 }
 
 /// Runs one parsed command of `c` through the auth gate and the
@@ -537,7 +627,13 @@ fn run_one(
     args: Vec<Vec<u8>>,
     turn: &mut Turn,
 ) -> Result<(), Vec<Vec<u8>>> {
+    let before = c.out.len();
     if auth::resp_gate(ctx.auth, &mut c.authed, &args, &mut c.out) == Gate::Answered {
+        c.keep_order(before);
+        return Ok(());
+    }
+    if let Some(remote) = ctx.remote {
+        hand_off(ctx.db, remote, c, args);
         return Ok(());
     }
     // EXEC reads and writes, like DEL: it waits until no write of any
@@ -568,6 +664,31 @@ fn run_one(
     Ok(())
 }
 
+/// With a [`Remote`]: adds `args` to what `c` hands off if it touches the
+/// store (or is the `EXEC` of an open transaction), else runs it here.
+fn hand_off(db: &Db, remote: &dyn Remote, c: &mut Conn, args: Vec<Vec<u8>>) {
+    let before = c.out.len();
+    if c.tx.is_some() && args[0].eq_ignore_ascii_case(b"EXEC") {
+        let t = c.tx.take().expect("checked above");
+        if let Some(queued) = transaction::queued_for_exec(t, &mut c.out) {
+            c.hand_off(Handoff::Exec(queued));
+        }
+    } else if c.tx.is_none() && remote.takes(&args[0]) {
+        c.hand_off(Handoff::Command(args));
+    } else {
+        // Neither reads nor writes the store (what the remote does not
+        // take, and a transaction's queueing: its EXEC is handed off).
+        let outcome = match transaction::intercept(&mut c.tx, db, &args, &mut c.out) {
+            Some(o) => o,
+            None => execute(db, args, &mut c.out),
+        };
+        if outcome == Outcome::Close {
+            c.closing = true;
+        }
+    }
+    c.keep_order(before);
+}
+
 /// The next complete command of `c`: the one held back for a commit, or
 /// the next the parser finds in its input. `Ok(None)`: more input needed.
 fn next_command(ctx: &Ctx<'_>, c: &mut Conn) -> Result<Option<Vec<Vec<u8>>>, super::ProtocolError> {
@@ -585,9 +706,15 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
     let limits = ctx.limits;
     let mut reads = 0;
     c.backlog = false;
+    if c.waiting {
+        return;
+    }
     loop {
         // Execute every complete command buffered.
         while !c.closing && c.unsent() <= OUTPUT_HIGH_WATER {
+            if c.handoff.len() >= HANDOFF_COMMANDS || c.handoff_bytes >= HANDOFF_BYTES {
+                return; // the rest after the answer
+            }
             match next_command(ctx, c) {
                 Ok(Some(args)) => {
                     if let Err(args) = run_one(ctx, c, args, turn) {
@@ -599,7 +726,9 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
                 Ok(None) => break,
                 Err(why) => {
                     tracing::info!("RESP: protocol error ({why}); closing the connection");
+                    let before = c.out.len();
                     error(&mut c.out, &format!("ERR Protocol error: {why}"));
+                    c.keep_order(before);
                     c.closing = true;
                 }
             }
@@ -618,10 +747,12 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
                 "RESP: closing a client that reached the query buffer limit ({} bytes)",
                 limits.max_pending
             );
+            let before = c.out.len();
             error(
                 &mut c.out,
                 "ERR Protocol error: query buffer limit reached (the command is larger than the largest batch)",
             );
+            c.keep_order(before);
             c.closing = true;
             return;
         }

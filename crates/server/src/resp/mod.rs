@@ -10,7 +10,9 @@
 //! - [`command`]: what each command does and answers;
 //! - [`event_loop`]: one thread that reads, executes, commits the turn's
 //!   writes with one fdatasync, and replies (Redis's model, so the write
-//!   path has no thread hand-off).
+//!   path has no thread hand-off);
+//! - [`remote`]: on a cluster node, what the event loop hands to Raft
+//!   instead (`crate::cluster::resp` runs it).
 //!
 //! Commands: PING, ECHO, SET (plain; NX/XX/EX/PX answer a clear error), GET,
 //! DEL, EXISTS, MSET (one atomic batch), MGET, FLUSHDB/FLUSHALL (durable
@@ -28,6 +30,7 @@ pub mod command;
 pub mod event_loop;
 pub mod frame;
 pub mod parser;
+pub mod remote;
 pub mod transaction;
 pub mod transport;
 

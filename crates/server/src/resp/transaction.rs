@@ -14,7 +14,7 @@
 //! batch the store refuses (an empty value, a limit) discards the whole
 //! transaction with `-EXECABORT` instead of running part of it.
 
-use super::command::{db_error, execute, Outcome};
+use super::command::{execute, Outcome};
 use super::frame::{array_len, bulk, error, integer, simple};
 use keel::{Db, WriteBatch};
 use std::collections::HashMap;
@@ -141,23 +141,31 @@ impl Overlay<'_> {
     }
 }
 
-/// Runs a queued transaction: one batch for its writes, replies in order.
-fn exec(db: &Db, t: Transaction, out: &mut Vec<u8>) -> Outcome {
+/// The queued commands of `t`, for `EXEC` run elsewhere (a cluster node
+/// hands it to Raft); `None`, after answering `EXECABORT`, if one was
+/// refused when queued.
+pub fn queued_for_exec(t: Transaction, out: &mut Vec<u8>) -> Option<Vec<Vec<Vec<u8>>>> {
     if t.refused {
-        error(
-            out,
-            "EXECABORT Transaction discarded because of previous errors.",
-        );
-        return Outcome::Done;
+        error(out, ABORTED);
+        return None;
     }
+    Some(t.queued)
+}
+
+const ABORTED: &str = "EXECABORT Transaction discarded because of previous errors.";
+
+/// What a transaction's queued commands answer and write, run over `db`:
+/// the replies (one array) and the batch of its writes. The reads see the
+/// transaction's own earlier writes.
+pub fn plan(db: &Db, queued: &[Vec<Vec<u8>>]) -> (Vec<u8>, WriteBatch) {
     let mut o = Overlay {
         db,
         batch: WriteBatch::new(),
         changed: HashMap::new(),
     };
     let mut replies = Vec::new();
-    array_len(&mut replies, t.queued.len());
-    for args in &t.queued {
+    array_len(&mut replies, queued.len());
+    for args in queued {
         let name = args[0].to_ascii_uppercase();
         match name.as_slice() {
             b"SET" => {
@@ -196,24 +204,35 @@ fn exec(db: &Db, t: Transaction, out: &mut Vec<u8>) -> Outcome {
             }
         }
     }
-    if o.batch.is_empty() {
+    (replies, o.batch)
+}
+
+/// Runs a queued transaction: one batch for its writes, replies in order.
+fn exec(db: &Db, t: Transaction, out: &mut Vec<u8>) -> Outcome {
+    if t.refused {
+        error(out, ABORTED);
+        return Outcome::Done;
+    }
+    let (replies, batch) = plan(db, &t.queued);
+    if batch.is_empty() {
         out.extend_from_slice(&replies);
         return Outcome::Read;
     }
-    match db.write_deferred(o.batch) {
+    match db.write_deferred(batch) {
         Ok(d) => {
             out.extend_from_slice(&replies);
             Outcome::Deferred(d.lsn())
         }
         Err(e) => {
-            let mut why = Vec::new();
-            db_error(&mut why, &e);
-            let why = String::from_utf8_lossy(&why);
-            let why = why.trim_start_matches("-ERR ").trim_end();
-            error(out, &format!("EXECABORT Transaction discarded: {why}"));
+            aborted(out, &crate::refusal::message(&e));
             Outcome::Done
         }
     }
+}
+
+/// `EXECABORT` for a batch refused whole (`why`: the refusal).
+pub fn aborted(out: &mut Vec<u8>, why: &str) {
+    error(out, &format!("EXECABORT Transaction discarded: {why}"));
 }
 
 #[cfg(test)]
