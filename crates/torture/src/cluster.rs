@@ -5,7 +5,9 @@
 //! on the others while it is down, and restarts it. With `--partitions`,
 //! the nodes reach each other through proxies ([`crate::link_proxy`]) and
 //! half the cycles isolate the node instead (both ways, every open
-//! connection closed) while the load goes on everywhere, then heal.
+//! connection closed) while the load goes on everywhere, then heal. With
+//! `--protocol resp`, each client keeps a Redis connection to a random node
+//! (a new one after a failure).
 //!
 //! After each cycle the load stops and the cluster settles: a leader, and
 //! on every node the last log index applied (so no entry is left
@@ -20,10 +22,12 @@
 use super::*;
 use crate::link_proxy::LinkProxies;
 
-/// One node of the cluster: its id, port and process.
+/// One node of the cluster: its id, ports and process.
 struct ClusterNode {
     id: u64,
     port: u16,
+    /// With `--protocol resp`: its Redis protocol port.
+    resp_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -56,6 +60,11 @@ impl Cluster {
             // A write or read the leader cannot finish (cut off) answers
             // 503 after this, not after the default 10 s.
             .args(["--cluster-timeout", "3s"])
+            .args(
+                node.resp_port
+                    .map(|p| vec!["--resp-port".to_string(), p.to_string()])
+                    .unwrap_or_default(),
+            )
             .args(
                 self.memtable_size
                     .as_ref()
@@ -158,10 +167,14 @@ impl Drop for Cluster {
 /// stop the load, restart or heal, settle, check), read top to bottom; the
 /// cluster's own steps and the checks are functions of their own.
 pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
-    if run.args.protocol != "http" || run.args.failpoints || run.args.archive {
-        bail!("--cluster runs over HTTP, without --failpoints and --archive");
+    if run.args.failpoints || run.args.archive {
+        bail!("--cluster runs without --failpoints and --archive");
     }
     let ports: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let resp_ports: Vec<u16> = match run.args.protocol.as_str() {
+        "resp" => (0..size).map(|_| free_port()).collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
     let ids: Vec<u64> = (1..=size as u64).collect();
     let proxies = match run.args.partitions {
         true => Some(LinkProxies::start(
@@ -190,6 +203,7 @@ pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
             .map(|(i, &port)| ClusterNode {
                 id: i as u64 + 1,
                 port,
+                resp_port: resp_ports.get(i).copied(),
                 child: None,
             })
             .collect(),
@@ -209,6 +223,7 @@ pub fn run(mut run: Run, size: u32) -> anyhow::Result<ExitCode> {
         let sh = Arc::new(Shared {
             port: ports[0],
             cluster_ports: ports.clone(),
+            cluster_resp_ports: resp_ports.clone(),
             resp_port: None,
             stop: AtomicBool::new(false),
             history: Mutex::new(std::mem::take(&mut history)),

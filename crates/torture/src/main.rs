@@ -22,7 +22,8 @@
 //!
 //! `--cluster 3`: three `keel serve --node-id` processes, a node killed
 //! each cycle (the leader half the time); with `--partitions`, half the
-//! cycles isolate a node instead (`link_proxy`); see `cluster`.
+//! cycles isolate a node instead (`link_proxy`); with `--protocol resp`,
+//! the clients speak the Redis protocol to the nodes; see `cluster`.
 
 mod cluster;
 mod history;
@@ -298,6 +299,9 @@ struct Shared {
     /// With `--cluster`: every node's port; each request goes to one at
     /// random.
     cluster_ports: Vec<u16>,
+    /// With `--cluster` and `--protocol resp`: every node's Redis port; a
+    /// client connects to one at random, again after a failure.
+    cluster_resp_ports: Vec<u16>,
     resp_port: Option<u16>,
     stop: AtomicBool,
     history: Mutex<History>,
@@ -405,9 +409,10 @@ fn over_http(port: u16, req: &Request) -> (Outcome, Option<Option<String>>) {
     }
 }
 
-/// Runs `req` over RESP on the client's connection (opened if needed).
-/// An error reply to a write counts as unknown: the commit behind it may
-/// have failed after writing.
+/// Runs `req` over RESP on the client's connection (opened to `port` if
+/// needed). An error reply to a write counts as unknown (the commit behind
+/// it may have failed after writing), except a cluster node's `-TRYAGAIN`:
+/// nothing was written or read.
 fn over_resp(
     conn: &mut Option<RespConn>,
     port: u16,
@@ -450,6 +455,10 @@ fn over_resp(
         {
             (Outcome::Ok, None)
         }
+        (_, Ok(Reply::Error(e))) if e.starts_with("TRYAGAIN ") => {
+            *conn = None; // another node may serve: a real client moves on
+            (Outcome::Fail, None)
+        }
         (_, Err(Failed::NotSent)) => {
             *conn = None;
             (Outcome::Fail, None)
@@ -468,15 +477,18 @@ fn client_loop(sh: Arc<Shared>, mut rng: SplitMix64, keys: u64) {
     while !sh.stop.load(Ordering::Relaxed) {
         seq += 1;
         let val = |j: u64| format!("c{client}:{seq}:{j}{}", sh.value_padding);
-        let req = Request::random(&mut rng, keys, sh.resp_port.is_some(), val);
+        let (port, resp_port) = match sh.cluster_ports.len() {
+            0 => (sh.port, sh.resp_port),
+            n => {
+                let i = rng.below(n as u64) as usize;
+                (sh.cluster_ports[i], sh.cluster_resp_ports.get(i).copied())
+            }
+        };
+        let req = Request::random(&mut rng, keys, resp_port.is_some(), val);
         let mut targets = req.targets();
         let call = sh.now();
-        let port = match sh.cluster_ports.len() {
-            0 => sh.port,
-            n => sh.cluster_ports[rng.below(n as u64) as usize],
-        };
-        let (outcome, read) = match sh.resp_port {
-            Some(p) => over_resp(&mut conn, p, sh.port, &req),
+        let (outcome, read) = match resp_port {
+            Some(p) => over_resp(&mut conn, p, port, &req),
             None => over_http(port, &req),
         };
         let ret = sh.now();
@@ -740,6 +752,7 @@ impl Run {
         let sh = Arc::new(Shared {
             port: server.port,
             cluster_ports: Vec::new(),
+            cluster_resp_ports: Vec::new(),
             resp_port: server.resp_port,
             stop: AtomicBool::new(false),
             history: Mutex::new(std::mem::take(&mut self.history)),
