@@ -722,29 +722,34 @@ fn bulk(s: &str) -> redis::Value {
     redis::Value::BulkString(s.as_bytes().to_vec())
 }
 
-#[test]
-fn every_node_speaks_the_redis_protocol_through_raft() {
-    let t = tempfile::tempdir().unwrap();
+/// Three nodes, each with a Redis port too, started with `extra`; the
+/// nodes and their Redis ports.
+fn three_with_resp(base: &Path, extra: &[&str]) -> (Vec<Node>, Vec<u16>) {
     let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     let peers = (0..3)
         .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i]))
         .collect::<Vec<_>>()
         .join(",");
-    let nodes: Vec<Node> = (0..3)
+    let nodes = (0..3)
         .map(|i| {
             let resp = ports[3 + i].to_string();
-            Node::start(
-                t.path(),
-                i as u64 + 1,
-                ports[i],
-                &peers,
-                &["--resp-port", &resp],
-            )
+            let args: Vec<&str> = ["--resp-port", &resp]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect();
+            Node::start(base, i as u64 + 1, ports[i], &peers, &args)
         })
         .collect();
+    (nodes, ports[3..].to_vec())
+}
+
+#[test]
+fn every_node_speaks_the_redis_protocol_through_raft() {
+    let t = tempfile::tempdir().unwrap();
+    let (nodes, resp) = three_with_resp(t.path(), &[]);
     let l = leader(&nodes.iter().collect::<Vec<_>>()) as usize - 1;
     let (f, g) = ((l + 1) % 3, (l + 2) % 3);
-    let mut cons: Vec<redis::Connection> = (0..3).map(|i| redis_on(ports[3 + i])).collect();
+    let mut cons: Vec<redis::Connection> = resp.iter().map(|p| redis_on(*p)).collect();
     let ok = Ok(redis::Value::Okay);
     // Written through one follower, read at once through the other: its
     // read waits for the leader's read index, never answers stale.
@@ -845,4 +850,49 @@ fn every_node_speaks_the_redis_protocol_through_raft() {
     for n in &nodes {
         assert_eq!(contents(n), want, "node {}", n.id);
     }
+}
+
+#[test]
+fn without_a_quorum_resp_clients_get_errors_that_say_what_happened() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut nodes, resp) = three_with_resp(t.path(), &["--cluster-timeout", "1s"]);
+    let l = leader(&nodes.iter().collect::<Vec<_>>()) as usize - 1;
+    let mut con = redis_on(resp[l]);
+    assert_eq!(
+        redis_call(&mut con, &["SET", "a", "1"]),
+        Ok(redis::Value::Okay)
+    );
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i != l {
+            n.kill9();
+        }
+    }
+    // The leader appends the first SET but cannot commit it: its outcome
+    // is unknown. The pipeline's later writes are not tried (one timeout
+    // for the pipeline, not one per write); the read cannot be confirmed.
+    // (Raw: the redis crate turns a pipeline with errors into one error.)
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", resp[l])).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut sent = Vec::new();
+    for v in ["2", "3", "4"] {
+        sent.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n{v}\r\n").as_bytes());
+    }
+    sent.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n$4\r\nPING\r\n");
+    std::io::Write::write_all(&mut sock, &sent).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.iter().filter(|b| **b == b'\n').count() < 5 {
+        let n = std::io::Read::read(&mut sock, &mut buf).unwrap();
+        assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let got = String::from_utf8(got).unwrap();
+    let codes: Vec<&str> = got.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        codes,
+        ["-UNKNOWN", "-TRYAGAIN", "-TRYAGAIN", "-TRYAGAIN", "+PONG"],
+        "{got}"
+    );
+    assert!(got.contains("not tried"), "{got}");
 }

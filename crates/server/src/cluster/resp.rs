@@ -9,6 +9,10 @@
 //!   commands of one hand-off (sent before it started) share one.
 //! - A connection's commands run one after another: a read after the
 //!   connection's own write waits until this node has applied it.
+//! - Time per hand-off is bounded by about one timeout, not one per
+//!   command: after a write with an unknown outcome the hand-off's later
+//!   writes are not tried (`-TRYAGAIN`), and a failed read confirmation
+//!   fails its later reads at once.
 //!
 //! Errors, one word first as Redis's are: `-ERR` a refused command
 //! (nothing written); `-TRYAGAIN` nothing was written or read (no leader,
@@ -22,6 +26,7 @@
 //! between. What is stored is always right; `EXEC`'s writes apply as one
 //! entry, all or none.
 
+use super::reads::Confirmed;
 use super::{ClusterNode, WriteFailure};
 use crate::resp::command::{
     config_get, db_error, flush_mode_ok, info_text, upper_name, wrong_arity, SET_OPTIONS,
@@ -71,8 +76,9 @@ impl Remote for ClusterCommands {
         self.runtime.spawn(async move {
             let mut session = Session {
                 node: &node,
-                confirmed: false,
+                confirmed: None,
                 applied_write: None,
+                unknown_write: false,
             };
             let mut out = Vec::new();
             for h in commands {
@@ -90,12 +96,18 @@ impl Remote for ClusterCommands {
 /// One hand-off's commands, run in order.
 struct Session<'a> {
     node: &'a ClusterNode,
-    /// A read confirmation was made during this hand-off (after every one
-    /// of its commands came in, so it serves them all).
-    confirmed: bool,
+    /// The read confirmation made during this hand-off, if one was (after
+    /// every one of its commands came in, so it serves them all; one that
+    /// failed fails the hand-off's later reads at once, rather than each
+    /// waiting out the timeout again).
+    confirmed: Option<Confirmed>,
     /// The last write of this hand-off acknowledged, by log index: later
     /// reads wait until this node has applied it.
     applied_write: Option<u64>,
+    /// A write of this hand-off has an unknown outcome (it waited out the
+    /// timeout, or the leader was lost): the later ones are not tried, so a
+    /// pipeline costs one timeout, not one per write.
+    unknown_write: bool,
 }
 
 impl Session<'_> {
@@ -212,8 +224,7 @@ impl Session<'_> {
             return;
         }
         let op = Op::Batch(batch.into_ops());
-        let applied = self.node.write(op).await;
-        match applied {
+        match self.propose(op).await {
             Ok(index) => {
                 self.applied_write = Some(index);
                 out.extend_from_slice(&replies);
@@ -228,7 +239,7 @@ impl Session<'_> {
 
     /// Proposes `op`; on success writes `ok`'s reply, else the failure's.
     async fn write(&mut self, op: Op, out: &mut Vec<u8>, ok: impl FnOnce(&mut Vec<u8>)) {
-        match self.node.write(op).await {
+        match self.propose(op).await {
             Ok(index) => {
                 self.applied_write = Some(index);
                 ok(out);
@@ -237,15 +248,28 @@ impl Session<'_> {
         }
     }
 
+    /// Proposes `op` through the node, unless an earlier write of this
+    /// hand-off has an unknown outcome.
+    async fn propose(&mut self, op: Op) -> Result<u64, WriteFailure> {
+        if self.unknown_write {
+            return Err(WriteFailure::NotWritten(
+                "not tried: an earlier write of this pipeline has an unknown outcome".into(),
+            ));
+        }
+        let r = self.node.write(op).await;
+        self.unknown_write = matches!(r, Err(WriteFailure::Unknown(_)));
+        r
+    }
+
     /// The engine to read, once a read here is linearizable; `None` after
     /// writing the error reply if it cannot be.
     async fn readable(&mut self, out: &mut Vec<u8>) -> Option<Arc<keel::Db>> {
-        if !self.confirmed {
-            if let Err(why) = self.node.read_barrier().await {
-                error(out, &format!("TRYAGAIN {why}: nothing was read; retry"));
-                return None;
-            }
-            self.confirmed = true;
+        if self.confirmed.is_none() {
+            self.confirmed = Some(self.node.read_barrier().await);
+        }
+        if let Some(Err(why)) = &self.confirmed {
+            error(out, &format!("TRYAGAIN {why}: nothing was read; retry"));
+            return None;
         }
         if let Err(why) = self.node.wait_applied(self.applied_write).await {
             error(out, &format!("TRYAGAIN {why}: nothing was read; retry"));
