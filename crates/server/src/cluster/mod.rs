@@ -8,9 +8,11 @@
 //!   ([`forwarder`]), answering each as the leader would. A write
 //!   whose outcome is unknown (leadership lost mid-request, no quorum in
 //!   time) is answered 503 saying so, never 200.
-//! - Reads are linearizable: the leader confirms it still leads
-//!   (`ensure_linearizable`, ReadIndex) before reading its engine; a
-//!   follower forwards them. `?consistency=stale` reads the local copy.
+//! - Reads are linearizable and served from this node's own engine once
+//!   confirmed ([`reads`], ReadIndex: the leader confirms it still leads; a
+//!   follower asks the leader for its read index and waits until it has
+//!   applied it). `?consistency=stale` reads the local copy at once.
+//! - The Redis protocol ([`resp`]) goes through the same paths.
 //! - Every answer names the leader in `X-Keel-Leader` when one is known.
 //! - `/raft/*` carries openraft's RPCs between nodes, each with the
 //!   cluster secret ([`network::SECRET_HEADER`]); without it: 401 whatever
@@ -484,38 +486,30 @@ pub async fn route(node: &Arc<ClusterNode>, req: Request) -> Routed {
     if members && here {
         return Routed::Done(change_members(node, req).await);
     }
-    let read = is_read(&method, &path);
-    if read && stale(req.uri().query()) {
-        return Routed::Local(req);
+    if is_read(&method, &path) {
+        if stale(req.uri().query()) {
+            return Routed::Local(req);
+        }
+        // Linearizable, from this node's copy once confirmed (reads.rs).
+        return match node.read_barrier().await {
+            Ok(()) => Routed::Local(req),
+            Err(why) => Routed::Done(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{why}: nothing was read; retry, or read with ?consistency=stale"),
+            )),
+        };
     }
     // Writes too: a node's write path proposes them, or forwards them in
     // batches (forwarder), once the API here has checked them.
-    if !(members || read) {
+    if !members || here {
         return Routed::Local(req);
     }
-    if here {
-        if read {
-            let confirmed =
-                tokio::time::timeout(node.timeout, node.raft.ensure_linearizable()).await;
-            return match confirmed {
-                Ok(Ok(_)) => Routed::Local(req),
-                Ok(Err(e)) => Routed::Done(text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot confirm this node still leads ({e}): retry, or read with ?consistency=stale"),
-                )),
-                Err(_) => Routed::Done(text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no quorum confirmed the leader in time: retry, or read with ?consistency=stale",
-                )),
-            };
-        }
-        return Routed::Local(req);
-    }
-    Routed::Done(forward(node, leader, req, read).await)
+    Routed::Done(forward(node, leader, req).await)
 }
 
-/// Sends `req` to the leader and returns its answer.
-async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bool) -> Response {
+/// Sends `req` (a membership change, asked of a follower) to the leader and
+/// returns its answer.
+async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request) -> Response {
     if req.headers().contains_key(FORWARDED_HEADER) {
         return not_written(
             "forwarded here, but this node is not the leader (leadership moved): nothing was done; retry",
@@ -527,11 +521,9 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
         );
     };
     let (parts, body) = req.into_parts();
-    // No larger than the leader would take: a client's memory bound holds
-    // on the follower too (413 from the leader names the limit).
-    let opts = node.engine.current().options().clone();
-    let limit = opts.max_value_len.max(opts.max_batch_bytes) + (64 << 10);
-    let body = match read_all(&parts.headers, body, limit).await {
+    // No larger than the leader takes (`change_members`): a client's
+    // memory bound holds on the follower too.
+    let body = match read_all(&parts.headers, body, MAX_MEMBERS_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -572,10 +564,6 @@ async fn forward(node: &ClusterNode, leader: Option<u64>, req: Request, read: bo
         Err(e @ network::PeerError::NotConnected { .. }) => not_written(&format!(
             "the leader could not be reached ({e}): nothing was sent to it; retry"
         )),
-        Err(e) if read => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the leader did not answer ({e}): retry"),
-        ),
         Err(e) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the leader did not answer ({e}): the write's outcome is unknown; read the key back before retrying"),
@@ -623,6 +611,10 @@ async fn rpc(node: &ClusterNode, path: &str, req: Request) -> Response {
     }
 }
 
+/// The largest body of `POST /cluster/members` (one change: an id and an
+/// address).
+const MAX_MEMBERS_BODY: usize = 64 << 10;
+
 /// The body of `POST /cluster/members`: one change.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -649,7 +641,7 @@ enum MemberChange {
 /// `POST /cluster/members` on the leader.
 async fn change_members(node: &ClusterNode, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match read_all(&parts.headers, body, 64 << 10).await {
+    let body = match read_all(&parts.headers, body, MAX_MEMBERS_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -1,5 +1,6 @@
 //! Linearizable reads served from this node's own engine (ReadIndex, as
-//! the Raft thesis §6.4 describes and etcd does), for the Redis protocol.
+//! the Raft thesis §6.4 describes and etcd does), over HTTP and the Redis
+//! protocol.
 //!
 //! Before a read, the node learns an index that covers every write
 //! acknowledged before the read came in, and waits until its engine has
