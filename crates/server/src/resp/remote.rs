@@ -129,3 +129,147 @@ impl Answers {
         std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The event loop with a remote that answers later, on its own thread.
+
+    use super::*;
+    use crate::resp::{RespConfig, RespServer};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Takes GET; answers each with the key as a bulk string after
+    /// `delay`, or drops the reply unsent for key `drop`. Records the size
+    /// of every hand-off.
+    struct Later {
+        delay: Duration,
+        sizes: Mutex<Vec<usize>>,
+    }
+
+    impl Remote for Later {
+        fn takes(&self, name: &[u8]) -> bool {
+            name.eq_ignore_ascii_case(b"GET")
+        }
+
+        fn run(&self, commands: Vec<Handoff>, done: Reply) {
+            self.sizes.lock().unwrap().push(commands.len());
+            let delay = self.delay;
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let mut out = Vec::new();
+                for h in commands {
+                    match h {
+                        Handoff::Command(args) if args[1] == b"drop" => return, // done dropped
+                        Handoff::Command(args) => {
+                            crate::resp::frame::bulk(&mut out, Some(&args[1]))
+                        }
+                        Handoff::Reply(r) => out.extend_from_slice(&r),
+                        Handoff::Exec(_) => unreachable!("no MULTI in these tests"),
+                    }
+                }
+                done.send(out);
+            });
+        }
+    }
+
+    fn serve(delay: Duration) -> (RespServer, Arc<Later>, tempfile::TempDir) {
+        let t = tempfile::tempdir().unwrap();
+        let (db, _) = keel::Db::open(t.path(), keel::Options::default()).unwrap();
+        let later = Arc::new(Later {
+            delay,
+            sizes: Mutex::new(Vec::new()),
+        });
+        let config = RespConfig {
+            remote: Some(Arc::clone(&later) as Arc<dyn Remote>),
+            ..RespConfig::default()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = RespServer::start(listener, Arc::new(db), config).unwrap();
+        (server, later, t)
+    }
+
+    fn connect(server: &RespServer) -> TcpStream {
+        let s = TcpStream::connect(server.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// Reads until `want` bytes came (or the connection closed).
+    fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {
+        let mut got = vec![0; want];
+        let mut at = 0;
+        while at < want {
+            match s.read(&mut got[at..]).unwrap() {
+                0 => break,
+                n => at += n,
+            }
+        }
+        got.truncate(at);
+        got
+    }
+
+    fn get(key: &str) -> String {
+        format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len())
+    }
+
+    #[test]
+    fn replies_keep_their_order_and_a_hand_off_is_bounded() {
+        let (server, later, _t) = serve(Duration::from_millis(20));
+        let mut s = connect(&server);
+        // A PING after a handed-off GET is answered after it, not before.
+        let sent = format!("{}*1\r\n$4\r\nPING\r\n{}", get("a"), get("b"));
+        s.write_all(sent.as_bytes()).unwrap();
+        let want = b"$1\r\na\r\n+PONG\r\n$1\r\nb\r\n";
+        assert_eq!(read_n(&mut s, want.len()), want);
+        // 1,200 pipelined GETs: every reply, in order, in hand-offs of at
+        // most HANDOFF_COMMANDS.
+        let keys: Vec<String> = (0..1200).map(|i| format!("k{i:04}")).collect();
+        let sent: String = keys.iter().map(|k| get(k)).collect();
+        s.write_all(sent.as_bytes()).unwrap();
+        let want: String = keys.iter().map(|k| format!("$5\r\n{k}\r\n")).collect();
+        let got = read_n(&mut s, want.len());
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        let sizes = later.sizes.lock().unwrap().clone();
+        let max = crate::resp::event_loop::HANDOFF_COMMANDS;
+        assert!(sizes.iter().all(|n| *n <= max), "{sizes:?}");
+        // The first: GET a, PING's reply behind it, GET b.
+        assert_eq!(sizes[0], 3, "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 3 + 1200, "{sizes:?}");
+    }
+
+    #[test]
+    fn a_late_answer_reaches_only_its_connection_and_a_lost_one_closes() {
+        let (server, _later, _t) = serve(Duration::from_millis(300));
+        // A hangs up while its GET is out: A stays open until the answer
+        // (its half-closed client may still read), B is served meanwhile.
+        let mut a = connect(&server);
+        a.write_all(get("secret").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(a);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut b = connect(&server);
+        b.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        assert_eq!(read_n(&mut b, 7), b"+PONG\r\n");
+        // After A's answer came back, B got nothing of it.
+        std::thread::sleep(Duration::from_millis(500));
+        b.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut more = [0u8; 64];
+        match b.read(&mut more) {
+            Ok(n) => panic!("B got {:?}", String::from_utf8_lossy(&more[..n])),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            ),
+        }
+        // A hand-off that is never answered closes its connection.
+        b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        b.write_all(get("drop").as_bytes()).unwrap();
+        assert_eq!(read_n(&mut b, 1), b"", "the connection stayed open");
+    }
+}
