@@ -46,6 +46,7 @@ use openraft::error::RaftError;
 use openraft::{BasicNode, ChangeMembers, Raft};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,6 +137,8 @@ pub struct ClusterNode {
     forwarder: Arc<Batcher<forwarder::Outcome>>,
     /// Gathers concurrent linearizable reads into one confirmation.
     reads: Arc<Batcher<reads::Confirmed>>,
+    /// Leader changes seen since the node started (`INFO`).
+    leader_changes: Arc<AtomicU64>,
     secret: AuthToken,
     client: PeerClient,
     peers: BTreeMap<u64, String>,
@@ -239,6 +242,7 @@ impl ClusterNode {
         let node = Arc::new_cyclic(|me| ClusterNode {
             forwarder: forwarder::forwarder(me.clone()),
             reads: reads::confirmations(me.clone()),
+            leader_changes: Arc::new(AtomicU64::new(0)),
             id: config.node_id,
             snapshots: SnapshotReceiver::new(raft.clone()),
             committed,
@@ -252,6 +256,11 @@ impl ClusterNode {
         });
         node.watch_leader();
         Ok(node)
+    }
+
+    /// Leader changes this node has seen since it started.
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Relaxed)
     }
 
     /// The leader this node knows of.
@@ -330,12 +339,14 @@ impl ClusterNode {
     /// openraft reports them, until the node stops.
     fn watch_leader(self: &Arc<Self>) {
         let mut rx = self.raft.metrics();
+        let changes = Arc::clone(&self.leader_changes);
         tokio::spawn(async move {
             let mut leader = rx.borrow().current_leader;
             while rx.changed().await.is_ok() {
                 let now = rx.borrow().current_leader;
                 if now != leader {
                     metrics::counter!("keel_raft_leader_changes_total").increment(1);
+                    changes.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(from = ?leader, to = ?now, "leader changed");
                     leader = now;
                 }

@@ -285,11 +285,12 @@ impl Session<'_> {
         let m = self.node.raft.metrics().borrow().clone();
         let applied = m.last_applied.map_or(0, |l| l.index);
         text += &format!(
-            "# Cluster\r\nnode_id:{}\r\nrole:{:?}\r\nterm:{}\r\nleader_id:{}\r\nlast_log_index:{}\r\napplied_index:{}\r\n",
+            "# Cluster\r\nnode_id:{}\r\nrole:{:?}\r\nterm:{}\r\nleader_id:{}\r\nleader_changes:{}\r\nlast_log_index:{}\r\napplied_index:{}\r\n",
             self.node.id,
             m.state,
             m.current_term,
             m.current_leader.map_or_else(|| "none".into(), |l| l.to_string()),
+            self.node.leader_changes(),
             m.last_log_index.unwrap_or(0),
             applied,
         );
