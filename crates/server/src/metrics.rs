@@ -26,6 +26,19 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// The median and 99th percentile of the summary `name` (a histogram with
+/// no buckets set, over the exporter's recent window), from the rendered
+/// exposition `text`; `None` if it has no samples.
+pub fn quantiles(text: &str, name: &str) -> Option<(f64, f64)> {
+    let q = |which: &str| {
+        let prefix = format!("{name}{{quantile=\"{which}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+    };
+    Some((q("0.5")?, q("0.99")?))
+}
+
 /// The Prometheus text exposition, with the engine's gauges refreshed.
 pub fn render(handle: &PrometheusHandle, db: &Db) -> String {
     let st = db.stats();
@@ -88,4 +101,21 @@ fn render_tables(t: &keel::TablesStats) {
     metrics::gauge!("keel_block_cache_hits").set(t.cache_hits as f64);
     metrics::gauge!("keel_block_cache_misses").set(t.cache_misses as f64);
     metrics::gauge!("keel_block_cache_hit_ratio").set(t.cache_hit_ratio());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantiles;
+
+    #[test]
+    fn quantiles_are_read_from_a_summary_and_absent_without_samples() {
+        let text = "# TYPE a summary\na{quantile=\"0\"} 0.1\na{quantile=\"0.5\"} 0.25\na{quantile=\"0.99\"} 0.75\na_sum 3\na_count 9\nab{quantile=\"0.5\"} 9\n";
+        assert_eq!(quantiles(text, "a"), Some((0.25, 0.75)));
+        assert_eq!(quantiles(text, "ab"), None, "no 0.99 line");
+        assert_eq!(quantiles(text, "b"), None);
+        assert_eq!(
+            quantiles("a{quantile=\"0.5\"} NaN\na{quantile=\"0.99\"} NaN\n", "a"),
+            None
+        );
+    }
 }

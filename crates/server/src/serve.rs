@@ -239,6 +239,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let remote = keel_server::cluster::resp::ClusterCommands::new(
             Arc::clone(&node),
             rt.handle().clone(),
+            Some(metrics.clone()),
         );
         let resp = resp_listener(
             &args,

@@ -841,6 +841,10 @@ fn every_node_speaks_the_redis_protocol_through_raft() {
         assert!(info.contains(&format!("leader_id:{}\r\n", l + 1)), "{info}");
         // Every node saw the first leader elected: at least one change.
         assert!(!info.contains("leader_changes:0\r\n"), "{info}");
+        // Every node appended and applied entries.
+        for line in ["raft_append_p99_ms:", "raft_apply_p50_ms:"] {
+            assert!(info.contains(line), "{info}");
+        }
         let lag = format!("follower_{}_lag_entries:", f + 1);
         assert_eq!(info.contains(&lag), i == l, "{info}");
     }

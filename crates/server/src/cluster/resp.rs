@@ -35,6 +35,7 @@ use crate::resp::frame::{array_len, bulk, error, integer, simple};
 use crate::resp::remote::{Handoff, Remote, Reply};
 use crate::resp::transaction;
 use keel::op::{BatchOp, Op};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
 /// The commands a cluster node runs through Raft (everything that reads or
@@ -57,12 +58,23 @@ const TAKEN: [&[u8]; 11] = [
 pub struct ClusterCommands {
     node: Arc<ClusterNode>,
     runtime: tokio::runtime::Handle,
+    /// For `INFO`'s append and apply latencies.
+    metrics: Option<PrometheusHandle>,
 }
 
 impl ClusterCommands {
-    /// Commands for `node`, run on `runtime`.
-    pub fn new(node: Arc<ClusterNode>, runtime: tokio::runtime::Handle) -> Arc<ClusterCommands> {
-        Arc::new(ClusterCommands { node, runtime })
+    /// Commands for `node`, run on `runtime`; `INFO` reads latencies from
+    /// `metrics`, if given.
+    pub fn new(
+        node: Arc<ClusterNode>,
+        runtime: tokio::runtime::Handle,
+        metrics: Option<PrometheusHandle>,
+    ) -> Arc<ClusterCommands> {
+        Arc::new(ClusterCommands {
+            node,
+            runtime,
+            metrics,
+        })
     }
 }
 
@@ -73,9 +85,11 @@ impl Remote for ClusterCommands {
 
     fn run(&self, commands: Vec<Handoff>, done: Reply) {
         let node = Arc::clone(&self.node);
+        let metrics = self.metrics.clone();
         self.runtime.spawn(async move {
             let mut session = Session {
                 node: &node,
+                metrics: metrics.as_ref(),
                 confirmed: None,
                 applied_write: None,
                 unknown_write: false,
@@ -96,6 +110,7 @@ impl Remote for ClusterCommands {
 /// One hand-off's commands, run in order.
 struct Session<'a> {
     node: &'a ClusterNode,
+    metrics: Option<&'a PrometheusHandle>,
     /// The read confirmation made during this hand-off, if one was (after
     /// every one of its commands came in, so it serves them all; one that
     /// failed fails the hand-off's later reads at once, rather than each
@@ -296,6 +311,19 @@ impl Session<'_> {
         );
         for (id, _, lag) in super::follower_lags(&m) {
             text += &format!("follower_{id}_lag_entries:{lag}\r\n");
+        }
+        let rendered = self.metrics.map(|h| h.render()).unwrap_or_default();
+        for (what, name) in [
+            ("append", "keel_raft_append_seconds"),
+            ("apply", "keel_raft_apply_seconds"),
+        ] {
+            if let Some((p50, p99)) = crate::metrics::quantiles(&rendered, name) {
+                text += &format!(
+                    "raft_{what}_p50_ms:{:.3}\r\nraft_{what}_p99_ms:{:.3}\r\n",
+                    p50 * 1e3,
+                    p99 * 1e3
+                );
+            }
         }
         text
     }
