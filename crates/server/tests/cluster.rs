@@ -902,3 +902,54 @@ fn without_a_quorum_resp_clients_get_errors_that_say_what_happened() {
     );
     assert!(got.contains("not tried"), "{got}");
 }
+
+#[test]
+fn a_node_whose_write_limits_differ_is_refused_rather_than_diverging() {
+    let t = tempfile::tempdir().unwrap();
+    let small = t.path().join("small.toml");
+    std::fs::write(&small, "max_value_len = 4096\n").unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (0..3)
+        .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let n1 = Node::start(t.path(), 1, ports[0], &peers, &[]);
+    let n2 = Node::start(t.path(), 2, ports[1], &peers, &[]);
+    let n3 = Node::start(
+        t.path(),
+        3,
+        ports[2],
+        &peers,
+        &["--config", small.to_str().unwrap()],
+    );
+    // Nodes 1 and 2 agree and lead; node 3 would refuse at apply the value
+    // they accept (over its 4096 bytes), so it must not take their log.
+    let l = leader(&[&n1, &n2]);
+    let leader = if l == 1 { &n1 } else { &n2 };
+    let big = vec![b'v'; 5000];
+    let (code, body, _) = call("PUT", &leader.url("/kv/big"), Some(&big), &[]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let applied = status(leader)["applied_index"].as_u64().unwrap();
+    wait_applied(&[&n1, &n2], applied);
+    std::thread::sleep(Duration::from_millis(500));
+    let third = status(&n3)["applied_index"].as_u64().unwrap_or(0);
+    assert!(third < applied, "node 3 applied {third} of {applied}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !n3.log().contains("runs with the write limits") {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 said nothing: {}",
+            n3.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Any node-to-node request with other limits: 409, before its body.
+    let headers = [
+        ("x-keel-cluster-secret", SECRET),
+        ("x-keel-from", "9"),
+        ("x-keel-limits", "max_key_len=1"),
+    ];
+    let (code, body, _) = call("POST", &n1.url("/raft/append"), Some(b"{}"), &headers);
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("same config"));
+}

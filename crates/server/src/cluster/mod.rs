@@ -41,7 +41,7 @@ use keel_raft::{
     SnapshotReceiver, TypeConfig,
 };
 use keel_storage::Storage;
-use network::{HttpNetwork, PeerClient, FORWARDED_HEADER, SECRET_HEADER};
+use network::{HttpNetwork, PeerClient, FORWARDED_HEADER, LIMITS_HEADER, SECRET_HEADER};
 use openraft::error::RaftError;
 use openraft::{BasicNode, ChangeMembers, Raft};
 use std::collections::{BTreeMap, BTreeSet};
@@ -140,6 +140,10 @@ pub struct ClusterNode {
     /// Leader changes seen since the node started (`INFO`).
     leader_changes: Arc<AtomicU64>,
     secret: AuthToken,
+    /// This node's write limits, as [`write_limits`] spells them.
+    limits: String,
+    /// Nodes already reported for limits that differ (warned once each).
+    warned_limits: std::sync::Mutex<BTreeSet<u64>>,
     client: PeerClient,
     peers: BTreeMap<u64, String>,
     timeout: Duration,
@@ -176,6 +180,7 @@ impl ClusterNode {
             );
         }
         let secret = AuthToken::new(&config.secret).context("the cluster secret")?;
+        let limits = write_limits(&config.options);
         let wal = keel_wal::WalOptions {
             sync: keel_wal::SyncPolicy::Always,
             ..keel_wal::WalOptions::default()
@@ -204,7 +209,7 @@ impl ClusterNode {
         }
         .validate()
         .context("the Raft configuration")?;
-        let client = PeerClient::new(&config.secret, config.node_id);
+        let client = PeerClient::new(&config.secret, config.node_id, &limits);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -250,6 +255,8 @@ impl ClusterNode {
             raft,
             engine,
             secret,
+            limits,
+            warned_limits: std::sync::Mutex::new(BTreeSet::new()),
             client,
             peers: config.peers,
             timeout: config.request_timeout,
@@ -354,6 +361,37 @@ impl ClusterNode {
         });
     }
 
+    /// 409 for a node-to-node request from a node whose write limits
+    /// differ from this one's: the limits decide which writes the engine
+    /// refuses when it applies an entry, so two such nodes would apply the
+    /// same log to different states.
+    fn refuse_other_limits(&self, req: &Request) -> Option<Response> {
+        let theirs = req.headers().get(LIMITS_HEADER)?.to_str().unwrap_or("?");
+        if theirs == self.limits {
+            return None;
+        }
+        let from = req
+            .headers()
+            .get(network::FROM_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let why = format!(
+            "node {} runs with the write limits {theirs}, this node ({}) with {}: every node of a cluster must have the same max_key_len, max_value_len, max_batch_bytes and allow_empty_values, or a write one applies another refuses and their copies diverge; give them the same config and restart the odd one",
+            from.map_or_else(|| "?".into(), |f| f.to_string()),
+            self.id,
+            self.limits
+        );
+        let first = self
+            .warned_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(from.unwrap_or(0));
+        if first {
+            tracing::error!("refusing Raft requests: {why}");
+        }
+        Some(text(StatusCode::CONFLICT, why))
+    }
+
     /// Whether the request's cluster secret is right.
     fn secret_ok(&self, req: &Request) -> bool {
         req.headers()
@@ -395,6 +433,15 @@ impl ClusterNode {
             "replication": replication,
         })
     }
+}
+
+/// The options that decide which writes an engine refuses, spelled the
+/// same on every node that has them (compared on node-to-node requests).
+pub fn write_limits(o: &keel::Options) -> String {
+    format!(
+        "max_key_len={},max_value_len={},max_batch_bytes={},allow_empty_values={}",
+        o.max_key_len, o.max_value_len, o.max_batch_bytes, o.allow_empty_values
+    )
 }
 
 /// On the leader, each follower's id, the last index known to match the
@@ -479,6 +526,9 @@ pub async fn route(node: &Arc<ClusterNode>, req: Request) -> Routed {
                 StatusCode::UNAUTHORIZED,
                 "a /raft/ request needs the cluster secret (x-keel-cluster-secret)",
             ));
+        }
+        if let Some(refused) = node.refuse_other_limits(&req) {
+            return Routed::Done(refused);
         }
         return Routed::Done(rpc(node, &path, req).await);
     }

@@ -36,6 +36,10 @@ pub const SECRET_HEADER: &str = "x-keel-cluster-secret";
 /// The id of the node that sent a node-to-node request (for logs, and for a
 /// test harness's proxy that cuts links between chosen nodes).
 pub const FROM_HEADER: &str = "x-keel-from";
+/// The sender's write limits ([`super::write_limits`]) on every node-to-node
+/// request: a node whose limits differ refuses it (409), so two nodes
+/// that would refuse different writes never share a log.
+pub const LIMITS_HEADER: &str = "x-keel-limits";
 /// Set on a request one node forwarded to another, so it is never
 /// forwarded twice.
 pub const FORWARDED_HEADER: &str = "x-keel-forwarded";
@@ -97,11 +101,13 @@ pub struct PeerClient {
     client: Client<HttpConnector, Full<Bytes>>,
     secret: Arc<str>,
     from: u64,
+    limits: Arc<str>,
 }
 
 impl PeerClient {
-    /// A client of node `from` sending `secret` with every request.
-    pub fn new(secret: &str, from: u64) -> PeerClient {
+    /// A client of node `from` sending `secret` and its write `limits`
+    /// with every request.
+    pub fn new(secret: &str, from: u64, limits: &str) -> PeerClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -111,6 +117,7 @@ impl PeerClient {
                 .build(connector),
             secret: Arc::from(secret),
             from,
+            limits: Arc::from(limits),
         }
     }
 
@@ -133,7 +140,8 @@ impl PeerClient {
             .method(method)
             .uri(format!("http://{addr}{path_and_query}"))
             .header(SECRET_HEADER, &*self.secret)
-            .header(FROM_HEADER, self.from);
+            .header(FROM_HEADER, self.from)
+            .header(LIMITS_HEADER, &*self.limits);
         for (name, value) in headers {
             req = req.header(name, value);
         }
