@@ -847,6 +847,11 @@ fn every_node_speaks_the_redis_protocol_through_raft() {
         }
         let lag = format!("follower_{}_lag_entries:", f + 1);
         assert_eq!(info.contains(&lag), i == l, "{info}");
+        let own = format!("follower_{}_lag_entries:", i + 1);
+        assert!(
+            !info.contains(&own),
+            "a node is not its own follower: {info}"
+        );
     }
     let applied = status(&nodes[l])["applied_index"].as_u64().unwrap();
     wait_applied(&nodes.iter().collect::<Vec<_>>(), applied);
