@@ -417,6 +417,15 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
     ] {
         assert!(m.contains(want), "/metrics lacks {want}:\n{m}");
     }
+    // Followers only: the leader is not its own.
+    let own = format!("keel_raft_replication_lag_entries{{follower=\"{l}\"}}");
+    assert!(!m.contains(&own), "{m}");
+    let replication = &status(&nodes[(l - 1) as usize])["replication"];
+    assert_eq!(
+        replication.as_object().map(|r| r.len()),
+        Some(2),
+        "{replication}"
+    );
 }
 
 /// `name_count` and `name_sum` of a histogram in a `/metrics` page.

@@ -446,11 +446,13 @@ pub fn write_limits(o: &keel::Options) -> String {
 
 /// On the leader, each follower's id, the last index known to match the
 /// leader's log, and how many entries it is behind; elsewhere none.
+/// (openraft's replication map holds the leader itself too: left out.)
 pub fn follower_lags(m: &openraft::RaftMetrics<u64, BasicNode>) -> Vec<(u64, Option<u64>, u64)> {
     let Some(r) = &m.replication else {
         return Vec::new();
     };
     r.iter()
+        .filter(|(id, _)| **id != m.id)
         .map(|(id, matched)| {
             let matched = matched.map(|l| l.index);
             let lag = m

@@ -309,11 +309,8 @@ impl Session<'_> {
             m.last_log_index.unwrap_or(0),
             applied,
         );
-        // openraft's replication map holds the leader itself too.
         for (id, _, lag) in super::follower_lags(&m) {
-            if id != self.node.id {
-                text += &format!("follower_{id}_lag_entries:{lag}\r\n");
-            }
+            text += &format!("follower_{id}_lag_entries:{lag}\r\n");
         }
         let rendered = self.metrics.map(|h| h.render()).unwrap_or_default();
         for (what, name) in [
