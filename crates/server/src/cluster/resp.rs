@@ -31,6 +31,7 @@ use super::{ClusterNode, WriteFailure};
 use crate::resp::command::{
     config_get, db_error, flush_mode_ok, info_text, upper_name, wrong_arity, SET_OPTIONS,
 };
+use crate::resp::event_loop::OUTPUT_HIGH_WATER;
 use crate::resp::frame::{array_len, bulk, error, integer, simple};
 use crate::resp::remote::{Handoff, Remote, Reply};
 use crate::resp::transaction;
@@ -95,14 +96,18 @@ impl Remote for ClusterCommands {
                 unknown_write: false,
             };
             let mut out = Vec::new();
-            for h in commands {
-                match h {
-                    Handoff::Command(args) => session.command(args, &mut out).await,
-                    Handoff::Exec(queued) => session.exec(&queued, &mut out).await,
-                    Handoff::Reply(reply) => out.extend_from_slice(&reply),
+            let mut commands = commands.into_iter();
+            // Replies past the high water wait for the client to read
+            // them: the commands left go back to the loop (remote.rs).
+            while out.len() <= OUTPUT_HIGH_WATER {
+                match commands.next() {
+                    Some(Handoff::Command(args)) => session.command(args, &mut out).await,
+                    Some(Handoff::Exec(queued)) => session.exec(&queued, &mut out).await,
+                    Some(Handoff::Reply(reply)) => out.extend_from_slice(&reply),
+                    None => break,
                 }
             }
-            done.send(out);
+            done.send_part(out, commands.collect());
         });
     }
 }

@@ -192,6 +192,10 @@ struct Conn {
     handoff_bytes: usize,
     /// Handed off commands not yet answered: run nothing more till then.
     waiting: bool,
+    /// Handed off commands the remote gave back unrun (its replies passed
+    /// the high water): handed off again, before anything else, once the
+    /// client has read enough.
+    resume: Vec<Handoff>,
 }
 
 impl Conn {
@@ -471,6 +475,7 @@ impl EventLoop {
                         handoff: Vec::new(),
                         handoff_bytes: 0,
                         waiting: false,
+                        resume: Vec::new(),
                     });
                     self.next_id += 1;
                     self.live += 1;
@@ -551,7 +556,7 @@ impl EventLoop {
             let Some(Some(c)) = self.conns.get_mut(i) else {
                 continue;
             };
-            if c.dead || (c.closing && c.unsent() == 0 && !c.waiting) {
+            if c.dead || (c.closing && c.unsent() == 0 && !c.waiting && c.resume.is_empty()) {
                 self.close(i);
                 continue;
             }
@@ -585,6 +590,7 @@ impl EventLoop {
                 continue;
             };
             c.out.extend_from_slice(&replies);
+            c.resume = answer.rest;
             c.waiting = false;
             c.last_active = Instant::now();
             c.flush();
@@ -707,6 +713,16 @@ fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn
     let mut reads = 0;
     c.backlog = false;
     if c.waiting {
+        return;
+    }
+    if !c.resume.is_empty() {
+        if c.unsent() <= OUTPUT_HIGH_WATER {
+            for h in std::mem::take(&mut c.resume) {
+                c.hand_off(h);
+            }
+        } else {
+            c.backlog = true; // runnable again once the client has read
+        }
         return;
     }
     loop {

@@ -8,6 +8,12 @@
 //! (so replies stay in the order the commands were sent, and a command
 //! never runs before the connection's earlier writes are done). The answer
 //! (the replies, in order) is queued in [`Answers`] and the loop is woken.
+//!
+//! Replies are bounded as on a single node: a remote stops once its
+//! replies pass [`OUTPUT_HIGH_WATER`](super::event_loop::OUTPUT_HIGH_WATER)
+//! and gives back the commands it did
+//! not run ([`Reply::send_part`]); the loop hands them off again once the
+//! client has read its replies down below that.
 
 use mio::Waker;
 use std::sync::{Arc, Mutex};
@@ -19,7 +25,9 @@ pub trait Remote: Send + Sync {
 
     /// Runs `commands` one after another and gives their replies, in order,
     /// to `done` (on any thread, once; never before the writes among them
-    /// are acknowledged or refused).
+    /// are acknowledged or refused). Once the replies pass
+    /// [`OUTPUT_HIGH_WATER`](super::event_loop::OUTPUT_HIGH_WATER) it should
+    /// stop and give back the commands not run ([`Reply::send_part`]).
     fn run(&self, commands: Vec<Handoff>, done: Reply);
 }
 
@@ -62,17 +70,25 @@ pub struct Reply {
 
 impl Reply {
     /// Gives the replies back to the event loop and wakes it.
-    pub fn send(mut self, replies: Vec<u8>) {
-        self.sent = true;
-        self.deliver(Some(replies));
+    pub fn send(self, replies: Vec<u8>) {
+        self.send_part(replies, Vec::new());
     }
 
-    fn deliver(&self, replies: Option<Vec<u8>>) {
+    /// Gives back the replies to the first commands and the commands not
+    /// run (`rest`, in order), which the loop hands off again once the
+    /// client has read enough.
+    pub fn send_part(mut self, replies: Vec<u8>, rest: Vec<Handoff>) {
+        self.sent = true;
+        self.deliver(Some(replies), rest);
+    }
+
+    fn deliver(&self, replies: Option<Vec<u8>>, rest: Vec<Handoff>) {
         let mut done = self.answers.done.lock().unwrap_or_else(|p| p.into_inner());
         done.push(Answer {
             conn: self.conn,
             id: self.id,
             replies,
+            rest,
         });
         drop(done);
         // A failed wake leaves the answer queued until the loop's next
@@ -84,7 +100,7 @@ impl Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         if !self.sent {
-            self.deliver(None);
+            self.deliver(None, Vec::new());
         }
     }
 }
@@ -97,6 +113,8 @@ pub struct Answer {
     pub id: u64,
     /// The replies, in order; `None`: none will come, close the connection.
     pub replies: Option<Vec<u8>>,
+    /// The commands not run, to hand off again.
+    pub rest: Vec<Handoff>,
 }
 
 /// Answers waiting for the event loop.
@@ -141,11 +159,14 @@ mod tests {
     use std::time::Duration;
 
     /// Takes GET; answers each with the key as a bulk string after
-    /// `delay`, or drops the reply unsent for key `drop`. Records the size
-    /// of every hand-off.
+    /// `delay` (a key starting `big`: the key [`BIG`] times), or drops the
+    /// reply unsent for key `drop`; stops past the high water, as a remote
+    /// must. Records the size of every hand-off.
     struct Later {
         delay: Duration,
         sizes: Mutex<Vec<usize>>,
+        /// GETs answered.
+        answered: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Remote for Later {
@@ -156,23 +177,33 @@ mod tests {
         fn run(&self, commands: Vec<Handoff>, done: Reply) {
             self.sizes.lock().unwrap().push(commands.len());
             let delay = self.delay;
+            let answered = Arc::clone(&self.answered);
             std::thread::spawn(move || {
                 std::thread::sleep(delay);
                 let mut out = Vec::new();
-                for h in commands {
-                    match h {
-                        Handoff::Command(args) if args[1] == b"drop" => return, // done dropped
-                        Handoff::Command(args) => {
+                let mut commands = commands.into_iter();
+                while out.len() <= crate::resp::event_loop::OUTPUT_HIGH_WATER {
+                    match commands.next() {
+                        Some(Handoff::Command(args)) if args[1] == b"drop" => return, // done dropped
+                        Some(Handoff::Command(args)) if args[1].starts_with(b"big") => {
+                            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            crate::resp::frame::bulk(&mut out, Some(&args[1].repeat(BIG)))
+                        }
+                        Some(Handoff::Command(args)) => {
                             crate::resp::frame::bulk(&mut out, Some(&args[1]))
                         }
-                        Handoff::Reply(r) => out.extend_from_slice(&r),
-                        Handoff::Exec(_) => unreachable!("no MULTI in these tests"),
+                        Some(Handoff::Reply(r)) => out.extend_from_slice(&r),
+                        Some(Handoff::Exec(_)) => unreachable!("no MULTI in these tests"),
+                        None => break,
                     }
                 }
-                done.send(out);
+                done.send_part(out, commands.collect());
             });
         }
     }
+
+    /// A `bigN` key's reply is the key this many times (1 MiB for `big0`).
+    const BIG: usize = (1 << 20) / 4;
 
     fn serve(delay: Duration) -> (RespServer, Arc<Later>, tempfile::TempDir) {
         let t = tempfile::tempdir().unwrap();
@@ -180,6 +211,7 @@ mod tests {
         let later = Arc::new(Later {
             delay,
             sizes: Mutex::new(Vec::new()),
+            answered: Arc::default(),
         });
         let config = RespConfig {
             remote: Some(Arc::clone(&later) as Arc<dyn Remote>),
@@ -237,6 +269,35 @@ mod tests {
         // The first: GET a, PING's reply behind it, GET b.
         assert_eq!(sizes[0], 3, "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 3 + 1200, "{sizes:?}");
+    }
+
+    #[test]
+    fn replies_past_the_high_water_wait_for_the_client_to_read() {
+        let (server, later, _t) = serve(Duration::ZERO);
+        let mut s = connect(&server);
+        // 24 GETs of 1 MiB each, pipelined: the remote stops past 4 MiB
+        // and the loop hands the rest off again as the client reads.
+        let keys: Vec<String> = (0..24).map(|i| format!("big{i:x}")).collect();
+        let sent: String = keys.iter().map(|k| get(k)).collect();
+        s.write_all(sent.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // Unread, at most the high water stays in the server (and what the
+        // kernel's socket buffers took): not all 24 MiB.
+        let before = later.answered.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            before < keys.len(),
+            "all {before} answered before the client read"
+        );
+        for k in &keys {
+            let value = k.repeat(BIG);
+            let want = format!("${}\r\n{value}\r\n", value.len());
+            let got = read_n(&mut s, want.len());
+            assert!(got == want.as_bytes(), "reply to {k} differs");
+        }
+        let sizes = later.sizes.lock().unwrap().clone();
+        assert_eq!(sizes[0], 24, "{sizes:?}");
+        assert!(sizes.len() >= 4, "not bounded: {sizes:?}");
+        assert_eq!(later.answered.load(std::sync::atomic::Ordering::SeqCst), 24);
     }
 
     #[test]
