@@ -293,6 +293,8 @@ impl Session<'_> {
         }
         if let Err(why) = self.node.wait_applied(self.applied_write).await {
             error(out, &format!("TRYAGAIN {why}: nothing was read; retry"));
+            // As a failed confirmation: the hand-off's later reads fail at once.
+            self.confirmed = Some(Err(why));
             return None;
         }
         Some(self.node.engine.current())
