@@ -417,15 +417,6 @@ fn a_cluster_forms_serves_every_node_and_refuses_raft_requests_without_the_secre
     ] {
         assert!(m.contains(want), "/metrics lacks {want}:\n{m}");
     }
-    // Followers only: the leader is not its own.
-    let own = format!("keel_raft_replication_lag_entries{{follower=\"{l}\"}}");
-    assert!(!m.contains(&own), "{m}");
-    let replication = &status(&nodes[(l - 1) as usize])["replication"];
-    assert_eq!(
-        replication.as_object().map(|r| r.len()),
-        Some(2),
-        "{replication}"
-    );
 }
 
 /// `name_count` and `name_sum` of a histogram in a `/metrics` page.
@@ -752,6 +743,78 @@ fn three_with_resp(base: &Path, extra: &[&str]) -> (Vec<Node>, Vec<u16>) {
     (nodes, ports[3..].to_vec())
 }
 
+/// A pipeline on a follower (connection `con`, whose key `a` holds
+/// "19"): replies in order, each read sees the connection's own writes
+/// before it (the first read's confirmation came before them); PING (run
+/// on the event loop) does not overtake the writes before it.
+fn pipeline_on_a_follower(con: &mut redis::Connection) {
+    let mut pipe = redis::pipe();
+    pipe.cmd("GET").arg("a").cmd("SET").arg("p").arg("1");
+    pipe.cmd("GET").arg("p").cmd("PING");
+    pipe.cmd("MSET").arg("p").arg("2").arg("q").arg("3");
+    pipe.cmd("MGET").arg("p").arg("q").arg("none");
+    pipe.cmd("EXISTS").arg("p").arg("none");
+    let got: Vec<redis::Value> = pipe.query(con).unwrap();
+    let expected = vec![
+        bulk("19"),
+        redis::Value::Okay,
+        bulk("1"),
+        redis::Value::SimpleString("PONG".into()),
+        redis::Value::Okay,
+        redis::Value::Array(vec![bulk("2"), bulk("3"), redis::Value::Nil]),
+        redis::Value::Int(1),
+    ];
+    assert_eq!(got, expected);
+}
+
+/// The leader (`leader`, of three nodes) reports its two followers' lag,
+/// not its own, in `/metrics` and `GET /cluster`.
+fn check_followers_only(leader: &Node) {
+    let (code, body, _) = call("GET", &leader.url("/metrics"), None, &[]);
+    assert_eq!(code, 200);
+    let m = String::from_utf8(body).unwrap();
+    let own = format!(
+        "keel_raft_replication_lag_entries{{follower=\"{}\"}}",
+        leader.id
+    );
+    assert!(!m.contains(&own), "{m}");
+    let replication = &status(leader)["replication"];
+    assert_eq!(
+        replication.as_object().map(|r| r.len()),
+        Some(2),
+        "{replication}"
+    );
+}
+
+/// INFO on node `i` of a cluster led by node `l` with follower `f` (all
+/// 0-based) reports its part in the cluster.
+fn check_cluster_info(con: &mut redis::Connection, i: usize, l: usize, f: usize) {
+    let Ok(redis::Value::BulkString(info)) = redis_call(con, &["INFO"]) else {
+        panic!("INFO");
+    };
+    let info = String::from_utf8(info).unwrap();
+    let role = if i == l {
+        "role:Leader"
+    } else {
+        "role:Follower"
+    };
+    assert!(info.contains(role), "{info}");
+    assert!(info.contains(&format!("leader_id:{}\r\n", l + 1)), "{info}");
+    // Every node saw the first leader elected: at least one change.
+    assert!(!info.contains("leader_changes:0\r\n"), "{info}");
+    // Every node appended and applied entries.
+    for line in ["raft_append_p99_ms:", "raft_apply_p50_ms:"] {
+        assert!(info.contains(line), "{info}");
+    }
+    let lag = format!("follower_{}_lag_entries:", f + 1);
+    assert_eq!(info.contains(&lag), i == l, "{info}");
+    let own = format!("follower_{}_lag_entries:", i + 1);
+    assert!(
+        !info.contains(&own),
+        "a node is not its own follower: {info}"
+    );
+}
+
 #[test]
 fn every_node_speaks_the_redis_protocol_through_raft() {
     let t = tempfile::tempdir().unwrap();
@@ -765,69 +828,25 @@ fn every_node_speaks_the_redis_protocol_through_raft() {
     for i in 0..20 {
         let v = i.to_string();
         assert_eq!(redis_call(&mut cons[f], &["SET", "a", &v]), ok);
-        assert_eq!(
-            redis_call(&mut cons[g], &["GET", "a"]),
-            Ok(bulk(&v)),
-            "stale read at {i}"
-        );
+        let got = redis_call(&mut cons[g], &["GET", "a"]);
+        assert_eq!(got, Ok(bulk(&v)), "stale read at {i}");
     }
-    // A pipeline on a follower: replies in order, each read sees the
-    // connection's own writes before it (the first read's confirmation
-    // came before them); PING (run on the event loop) does not overtake
-    // the writes before it.
-    let mut pipe = redis::pipe();
-    pipe.cmd("GET")
-        .arg("a")
-        .cmd("SET")
-        .arg("p")
-        .arg("1")
-        .cmd("GET")
-        .arg("p")
-        .cmd("PING");
-    pipe.cmd("MSET").arg("p").arg("2").arg("q").arg("3");
-    pipe.cmd("MGET")
-        .arg("p")
-        .arg("q")
-        .arg("none")
-        .cmd("EXISTS")
-        .arg("p")
-        .arg("none");
-    let got: Vec<redis::Value> = pipe.query(&mut cons[f]).unwrap();
-    let nil = redis::Value::Nil;
-    let expected = vec![
-        bulk("19"),
-        redis::Value::Okay,
-        bulk("1"),
-        redis::Value::SimpleString("PONG".into()),
-        redis::Value::Okay,
-        redis::Value::Array(vec![bulk("2"), bulk("3"), nil.clone()]),
-        redis::Value::Int(1),
-    ];
-    assert_eq!(got, expected);
+    pipeline_on_a_follower(&mut cons[f]);
     // DEL counts what it deletes; a transaction's writes are one entry.
-    assert_eq!(
-        redis_call(&mut cons[g], &["DEL", "q", "none"]),
-        Ok(redis::Value::Int(1))
-    );
+    let deleted = redis_call(&mut cons[g], &["DEL", "q", "none"]);
+    assert_eq!(deleted, Ok(redis::Value::Int(1)));
     let mut tx = redis::pipe();
-    tx.atomic()
-        .cmd("SET")
-        .arg("t")
-        .arg("x")
-        .cmd("DEL")
-        .arg("p")
-        .cmd("GET")
-        .arg("t");
+    tx.atomic().cmd("SET").arg("t").arg("x");
+    tx.cmd("DEL").arg("p").cmd("GET").arg("t");
     let got: Vec<redis::Value> = tx.query(&mut cons[l]).unwrap();
+    let want = vec![redis::Value::Okay, redis::Value::Int(1), bulk("x")];
+    assert_eq!(got, want);
     assert_eq!(
-        got,
-        vec![redis::Value::Okay, redis::Value::Int(1), bulk("x")]
+        redis_call(&mut cons[f], &["GET", "p"]),
+        Ok(redis::Value::Nil)
     );
-    assert_eq!(redis_call(&mut cons[f], &["GET", "p"]), Ok(nil));
-    assert_eq!(
-        redis_call(&mut cons[f], &["DBSIZE"]),
-        Ok(redis::Value::Int(2))
-    );
+    let size = redis_call(&mut cons[f], &["DBSIZE"]);
+    assert_eq!(size, Ok(redis::Value::Int(2)));
     // Bad input is refused on every node and changes nothing.
     for c in cons.iter_mut() {
         let e = redis_call(c, &["SET", "k", ""]).unwrap_err();
@@ -835,33 +854,10 @@ fn every_node_speaks_the_redis_protocol_through_raft() {
         let e = redis_call(c, &["SET", "k", "v", "NX"]).unwrap_err();
         assert!(e.contains("not supported"), "{e}");
     }
-    // INFO reports the node's part in the cluster.
     for (i, c) in cons.iter_mut().enumerate() {
-        let Ok(redis::Value::BulkString(info)) = redis_call(c, &["INFO"]) else {
-            panic!("INFO");
-        };
-        let info = String::from_utf8(info).unwrap();
-        let role = if i == l {
-            "role:Leader"
-        } else {
-            "role:Follower"
-        };
-        assert!(info.contains(role), "{info}");
-        assert!(info.contains(&format!("leader_id:{}\r\n", l + 1)), "{info}");
-        // Every node saw the first leader elected: at least one change.
-        assert!(!info.contains("leader_changes:0\r\n"), "{info}");
-        // Every node appended and applied entries.
-        for line in ["raft_append_p99_ms:", "raft_apply_p50_ms:"] {
-            assert!(info.contains(line), "{info}");
-        }
-        let lag = format!("follower_{}_lag_entries:", f + 1);
-        assert_eq!(info.contains(&lag), i == l, "{info}");
-        let own = format!("follower_{}_lag_entries:", i + 1);
-        assert!(
-            !info.contains(&own),
-            "a node is not its own follower: {info}"
-        );
+        check_cluster_info(c, i, l, f);
     }
+    check_followers_only(&nodes[l]);
     let applied = status(&nodes[l])["applied_index"].as_u64().unwrap();
     wait_applied(&nodes.iter().collect::<Vec<_>>(), applied);
     let want: BTreeMap<String, String> = [("a", "19"), ("t", "x")]

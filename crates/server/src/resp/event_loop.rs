@@ -199,6 +199,34 @@ struct Conn {
 }
 
 impl Conn {
+    /// A new connection over `io`, with id `id`.
+    fn new(io: Transport, id: u64) -> Conn {
+        Conn {
+            io,
+            inbuf: Vec::new(),
+            start: 0,
+            parser: CommandParser::new(),
+            held: None,
+            out: Vec::new(),
+            sent: 0,
+            acks: Vec::new(),
+            may_read: true,
+            paused: false,
+            backlog: false,
+            closing: false,
+            dead: false,
+            queued: false,
+            authed: false,
+            tx: None,
+            last_active: Instant::now(),
+            id,
+            handoff: Vec::new(),
+            handoff_bytes: 0,
+            waiting: false,
+            resume: Vec::new(),
+        }
+    }
+
     fn unsent(&self) -> usize {
         self.out.len() - self.sent
     }
@@ -224,6 +252,23 @@ impl Conn {
             self.sent = 0;
             shrink(&mut self.out);
         }
+    }
+
+    /// Hands off again what the remote gave back unrun, once the client has
+    /// read its replies below the high water. `true`: there was some (the
+    /// connection runs nothing else until it is all answered).
+    fn resumed(&mut self) -> bool {
+        if self.resume.is_empty() {
+            return false;
+        }
+        if self.unsent() <= OUTPUT_HIGH_WATER {
+            for h in std::mem::take(&mut self.resume) {
+                self.hand_off(h);
+            }
+        } else {
+            self.backlog = true; // runnable again once the client has read
+        }
+        true
     }
 
     /// Adds a command to what this turn hands off.
@@ -453,30 +498,7 @@ impl EventLoop {
                             }
                         },
                     };
-                    self.conns[i] = Some(Conn {
-                        io,
-                        inbuf: Vec::new(),
-                        start: 0,
-                        parser: CommandParser::new(),
-                        held: None,
-                        out: Vec::new(),
-                        sent: 0,
-                        acks: Vec::new(),
-                        may_read: true,
-                        paused: false,
-                        backlog: false,
-                        closing: false,
-                        dead: false,
-                        queued: false,
-                        authed: false,
-                        tx: None,
-                        last_active: Instant::now(),
-                        id: self.next_id,
-                        handoff: Vec::new(),
-                        handoff_bytes: 0,
-                        waiting: false,
-                        resume: Vec::new(),
-                    });
+                    self.conns[i] = Some(Conn::new(io, self.next_id));
                     self.next_id += 1;
                     self.live += 1;
                     self.mark_runnable(i);
@@ -706,48 +728,47 @@ fn next_command(ctx: &Ctx<'_>, c: &mut Conn) -> Result<Option<Vec<Vec<u8>>>, sup
         .next(&c.inbuf, &mut c.start, ctx.limits, unauthenticated)
 }
 
+/// Executes every complete command `c` has buffered, while its unsent
+/// output is below the high water. `false`: stop reading for now (a command
+/// waits for this turn's commit, or the hand-off is full).
+fn run_buffered(ctx: &Ctx<'_>, c: &mut Conn, turn: &mut Turn) -> bool {
+    while !c.closing && c.unsent() <= OUTPUT_HIGH_WATER {
+        if c.handoff.len() >= HANDOFF_COMMANDS || c.handoff_bytes >= HANDOFF_BYTES {
+            return false; // the rest after the answer
+        }
+        match next_command(ctx, c) {
+            Ok(Some(args)) => {
+                if let Err(args) = run_one(ctx, c, args, turn) {
+                    c.held = Some(args);
+                    c.paused = true;
+                    return false;
+                }
+            }
+            Ok(None) => break,
+            Err(why) => {
+                tracing::info!("RESP: protocol error ({why}); closing the connection");
+                let before = c.out.len();
+                error(&mut c.out, &format!("ERR Protocol error: {why}"));
+                c.keep_order(before);
+                c.closing = true;
+            }
+        }
+    }
+    true
+}
+
 /// Reads and executes what connection `c` has, until it would block, is
 /// paused for a commit, has read its share, or has too much unsent output.
 fn run_commands(ctx: &Ctx<'_>, c: &mut Conn, scratch: &mut [u8], turn: &mut Turn) {
     let limits = ctx.limits;
     let mut reads = 0;
     c.backlog = false;
-    if c.waiting {
-        return;
-    }
-    if !c.resume.is_empty() {
-        if c.unsent() <= OUTPUT_HIGH_WATER {
-            for h in std::mem::take(&mut c.resume) {
-                c.hand_off(h);
-            }
-        } else {
-            c.backlog = true; // runnable again once the client has read
-        }
+    if c.waiting || c.resumed() {
         return;
     }
     loop {
-        // Execute every complete command buffered.
-        while !c.closing && c.unsent() <= OUTPUT_HIGH_WATER {
-            if c.handoff.len() >= HANDOFF_COMMANDS || c.handoff_bytes >= HANDOFF_BYTES {
-                return; // the rest after the answer
-            }
-            match next_command(ctx, c) {
-                Ok(Some(args)) => {
-                    if let Err(args) = run_one(ctx, c, args, turn) {
-                        c.held = Some(args);
-                        c.paused = true;
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(why) => {
-                    tracing::info!("RESP: protocol error ({why}); closing the connection");
-                    let before = c.out.len();
-                    error(&mut c.out, &format!("ERR Protocol error: {why}"));
-                    c.keep_order(before);
-                    c.closing = true;
-                }
-            }
+        if !run_buffered(ctx, c, turn) {
+            return;
         }
         if c.unsent() > OUTPUT_HIGH_WATER {
             c.backlog = !c.closing;
